@@ -1,0 +1,210 @@
+"""The server interceptor: request id, authentication, role check, error mapping, RPC metrics.
+
+Every RPC passes through ``_guarded``: domain errors become their status (api/status.py), driver
+errors are translated once (store/db.py), anything else is logged with its traceback and the
+caller gets INTERNAL without one.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextvars import ContextVar
+from typing import Any
+
+import grpc
+import structlog
+
+from escalation import errors
+from escalation.api import status
+from escalation.auth import Identity, Role, TokenVerifier
+from escalation.observability import metrics
+from escalation.store import db
+
+log = structlog.get_logger(__name__)
+
+_PLATFORM = frozenset({Role.PLATFORM, Role.PLATFORM_SUPERVISOR})
+# SPEC §3: which roles may call which service. Services not listed need no token.
+SERVICE_ROLES: Mapping[str, frozenset[Role]] = {
+    "escalation.v1.PlatformService": _PLATFORM,
+    "escalation.v1.MerchantService": frozenset({Role.MERCHANT}),
+    "escalation.v1.MerchantAdminService": frozenset({Role.MERCHANT, Role.OPS}),
+    "escalation.v1.OpsService": frozenset({Role.OPS}),
+}
+# Health must answer load balancers without credentials; reflection only describes the public API.
+PUBLIC_SERVICES = frozenset(
+    {
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+        "grpc.reflection.v1alpha.ServerReflection",
+    }
+)
+REQUEST_ID_HEADER = "x-request-id"
+_CODE_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
+
+_identity: ContextVar[Identity] = ContextVar("escalation_identity")
+
+
+def current_identity() -> Identity:
+    """The verified caller of the RPC being handled."""
+    return _identity.get()
+
+
+def _request_id(metadata: Mapping[str, str | bytes]) -> str:
+    supplied = metadata.get(REQUEST_ID_HEADER)
+    if isinstance(supplied, str) and 0 < len(supplied) <= 128 and supplied.isprintable():
+        return supplied
+    return uuid.uuid4().hex
+
+
+async def abort(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException, request_id: str) -> None:
+    """Ends the RPC with the status ``exc`` stands for; never returns."""
+    domain = db.translate(exc)
+    if domain is None:
+        log.error("rpc.internal_error", exc_info=exc)
+        proto = status.internal_status_proto()
+    else:
+        if isinstance(domain, errors.DatabaseUnavailable | errors.ConcurrentUpdate):
+            log.warning("rpc.retryable_error", reason=domain.reason, error=str(exc))
+        proto = status.to_status_proto(domain)
+    await context.abort(
+        _CODE_BY_NUMBER[proto.code],
+        proto.message,
+        trailing_metadata=(
+            ("grpc-status-details-bin", proto.SerializeToString()),
+            (REQUEST_ID_HEADER, request_id),
+        ),
+    )
+
+
+def _kind(handler: grpc.RpcMethodHandler[Any, Any]) -> str:
+    if handler.request_streaming and handler.response_streaming:
+        return "bidi_stream"
+    if handler.request_streaming:
+        return "client_stream"
+    if handler.response_streaming:
+        return "server_stream"
+    return "unary"
+
+
+def _rebuild(handler: grpc.RpcMethodHandler[Any, Any], behavior: Callable[..., Any]) -> grpc.RpcMethodHandler[Any, Any]:
+    factory = {
+        "unary": grpc.unary_unary_rpc_method_handler,
+        "server_stream": grpc.unary_stream_rpc_method_handler,
+        "client_stream": grpc.stream_unary_rpc_method_handler,
+        "bidi_stream": grpc.stream_stream_rpc_method_handler,
+    }[_kind(handler)]
+    return factory(
+        behavior,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
+
+
+def _original(handler: grpc.RpcMethodHandler[Any, Any]) -> Callable[..., Any]:
+    behavior = handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream
+    assert behavior is not None
+    return behavior
+
+
+class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+    """Authenticates, authorises, binds log context, maps errors and records RPC metrics."""
+
+    def __init__(self, verifier: TokenVerifier) -> None:
+        self._verifier = verifier
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        method: str = handler_call_details.method
+        _, service, name = method.split("/", 2)
+        metadata = {k: v for k, v in (handler_call_details.invocation_metadata or ())}
+        request_id = _request_id(metadata)
+        identity: Identity | None = None
+        failure: errors.EscalationError | None = None
+        if service not in PUBLIC_SERVICES:
+            try:
+                identity = self._verifier.verify(_text(metadata.get("authorization")))
+                allowed = SERVICE_ROLES.get(service, frozenset())
+                if identity.role not in allowed:
+                    raise errors.PermissionDenied(f"role {identity.role.value!r} may not call {method}")
+            except errors.EscalationError as exc:
+                failure = exc
+        return _guarded(handler, service, name, request_id, identity, failure)
+
+
+def _text(value: str | bytes | None) -> str | None:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _guarded(
+    handler: grpc.RpcMethodHandler[Any, Any],
+    service: str,
+    name: str,
+    request_id: str,
+    identity: Identity | None,
+    failure: errors.EscalationError | None,
+) -> grpc.RpcMethodHandler[Any, Any]:
+    behavior = _original(handler)
+    kind = _kind(handler)
+    labels = {"grpc_service": service, "grpc_method": name, "grpc_type": kind}
+
+    def enter(context: grpc.aio.ServicerContext[Any, Any]) -> float:
+        structlog.contextvars.bind_contextvars(request_id=request_id, rpc=f"{service}/{name}")
+        if identity is not None:
+            _identity.set(identity)
+            structlog.contextvars.bind_contextvars(caller=identity.subject, role=identity.role.value)
+        context.set_trailing_metadata(((REQUEST_ID_HEADER, request_id),))
+        return time.perf_counter()
+
+    def record(started: float, code: grpc.StatusCode) -> None:
+        metrics.GRPC_HANDLED.labels(**labels, grpc_code=code.name).inc()
+        metrics.GRPC_HANDLING_SECONDS.labels(**labels).observe(time.perf_counter() - started)
+
+    async def fail(context: grpc.aio.ServicerContext[Any, Any], started: float, exc: BaseException) -> None:
+        domain = db.translate(exc)
+        record(started, status.code_for(domain) if domain else grpc.StatusCode.INTERNAL)
+        await abort(context, exc, request_id)
+
+    if inspect.isasyncgenfunction(behavior):
+
+        async def stream_behavior(
+            request: Any, context: grpc.aio.ServicerContext[Any, Any]
+        ) -> AsyncIterator[Any]:
+            started = enter(context)
+            if failure is not None:
+                await fail(context, started, failure)
+            try:
+                async for item in behavior(request, context):
+                    yield item
+            except grpc.aio.AbortError:
+                record(started, context.code() or grpc.StatusCode.UNKNOWN)
+                raise
+            except Exception as exc:
+                await fail(context, started, exc)
+            record(started, grpc.StatusCode.OK)
+
+        return _rebuild(handler, stream_behavior)
+
+    async def unary_behavior(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        started = enter(context)
+        if failure is not None:
+            await fail(context, started, failure)
+        try:
+            response = await behavior(request, context)
+        except grpc.aio.AbortError:
+            record(started, context.code() or grpc.StatusCode.UNKNOWN)
+            raise
+        except Exception as exc:
+            await fail(context, started, exc)
+        record(started, grpc.StatusCode.OK)
+        return response
+
+    return _rebuild(handler, unary_behavior)

@@ -1,0 +1,102 @@
+"""Builds and runs the gRPC server: our four services, health, reflection, one interceptor."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Sequence
+
+import asyncpg
+import grpc
+import structlog
+from grpc_health.v1 import _async as health_aio
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from escalation.api.admin import MerchantAdminServicer
+from escalation.api.interceptors import ServerInterceptor
+from escalation.api.merchant import MerchantServicer
+from escalation.api.ops import OpsServicer
+from escalation.api.platform import PlatformServicer
+from escalation.auth import TokenVerifier
+from escalation.config import Settings
+from escalation.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    merchant_pb2,
+    merchant_pb2_grpc,
+    ops_pb2,
+    ops_pb2_grpc,
+    platform_pb2,
+    platform_pb2_grpc,
+)
+
+log = structlog.get_logger(__name__)
+
+MAX_INBOUND_MESSAGE_BYTES = 1024 * 1024
+SERVICE_NAMES: Sequence[str] = (
+    platform_pb2.DESCRIPTOR.services_by_name["PlatformService"].full_name,
+    merchant_pb2.DESCRIPTOR.services_by_name["MerchantService"].full_name,
+    admin_pb2.DESCRIPTOR.services_by_name["MerchantAdminService"].full_name,
+    ops_pb2.DESCRIPTOR.services_by_name["OpsService"].full_name,
+)
+
+_OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_INBOUND_MESSAGE_BYTES),
+    # Find dead peers on long-lived streams: ping after 30 s of silence, give up 10 s later.
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ("grpc.http2.max_pings_without_data", 0),
+]
+
+
+class Server:
+    """The gRPC server bound to its address, with health status kept in step with its life."""
+
+    def __init__(self, settings: Settings, pool: asyncpg.Pool, *, address: str | None = None) -> None:
+        self._settings = settings
+        self._server = grpc.aio.server(
+            interceptors=[ServerInterceptor(TokenVerifier(settings.jwt))], options=_OPTIONS
+        )
+        platform_pb2_grpc.add_PlatformServiceServicer_to_server(PlatformServicer(pool), self._server)
+        merchant_pb2_grpc.add_MerchantServiceServicer_to_server(MerchantServicer(pool), self._server)
+        admin_pb2_grpc.add_MerchantAdminServiceServicer_to_server(MerchantAdminServicer(pool), self._server)
+        ops_pb2_grpc.add_OpsServiceServicer_to_server(OpsServicer(pool), self._server)
+        self.health = health_aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
+        reflection.enable_server_reflection(
+            [*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME], self._server
+        )
+        self.port = self._server.add_insecure_port(address or settings.grpc_addr)
+        if self.port == 0:
+            raise OSError(f"cannot bind gRPC address {address or settings.grpc_addr}")
+
+    async def start(self) -> None:
+        await self._server.start()
+        for name in ("", *SERVICE_NAMES):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Reports NOT_SERVING first so balancers drain us, then lets in-flight RPCs finish."""
+        for name in ("", *SERVICE_NAMES):
+            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self._server.stop(self._settings.shutdown_grace_seconds if grace is None else grace)
+
+    async def wait(self) -> None:
+        await self._server.wait_for_termination()
+
+
+async def serve_until_signalled(server: Server) -> None:
+    """Runs until SIGTERM or SIGINT, then shuts down gracefully."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await server.start()
+    log.info("server.started", port=server.port)
+    await stop.wait()
+    log.info("server.stopping")
+    await server.stop()
+    log.info("server.stopped")

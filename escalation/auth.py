@@ -1,0 +1,114 @@
+"""Bearer-token identity: verification (server) and minting (development CLI).
+
+Identity comes only from a verified token, never from request fields (SPEC §3).
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+
+from escalation import errors
+from escalation.config import JwtSettings
+
+_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+
+
+class Role(enum.StrEnum):
+    PLATFORM = "platform"
+    PLATFORM_SUPERVISOR = "platform_supervisor"
+    MERCHANT = "merchant"
+    OPS = "ops"
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who is calling, as the verified token says."""
+
+    subject: str
+    role: Role
+    merchant_id: str | None = None
+
+    @property
+    def is_platform(self) -> bool:
+        return self.role in (Role.PLATFORM, Role.PLATFORM_SUPERVISOR)
+
+
+class TokenVerifier:
+    """Verifies ``authorization: Bearer <JWT>`` values against the configured key."""
+
+    def __init__(self, settings: JwtSettings) -> None:
+        self._settings = settings
+
+    def verify(self, authorization: str | None) -> Identity:
+        if not authorization:
+            raise errors.Unauthenticated(
+                "missing authorization metadata (Bearer token)", reason="TOKEN_MISSING"
+            )
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise errors.Unauthenticated("authorization must be 'Bearer <token>'", reason="TOKEN_MALFORMED")
+        try:
+            claims: dict[str, Any] = jwt.decode(
+                token.strip(),
+                self._settings.key,
+                algorithms=[self._settings.algorithm],
+                audience=self._settings.audience,
+                issuer=self._settings.issuer,
+                leeway=self._settings.leeway_seconds,
+                options={"require": ["exp", "sub", "role"]},
+            )
+        except jwt.ExpiredSignatureError:
+            raise errors.Unauthenticated("the token has expired", reason="TOKEN_EXPIRED") from None
+        except jwt.InvalidTokenError as exc:
+            raise errors.Unauthenticated(f"the token is invalid: {exc}", reason="TOKEN_INVALID") from None
+        return identity_from_claims(claims)
+
+
+def identity_from_claims(claims: dict[str, Any]) -> Identity:
+    """Checks the claims' shape: sub and merchant_id identifiers, a known role."""
+    subject, role_name, merchant_id = claims.get("sub"), claims.get("role"), claims.get("merchant_id")
+    if not isinstance(subject, str) or not _ID.match(subject):
+        raise errors.Unauthenticated("the token's sub is not a valid agent id", reason="TOKEN_INVALID")
+    try:
+        role = Role(str(role_name))
+    except ValueError:
+        raise errors.Unauthenticated(
+            f"the token's role {role_name!r} is unknown", reason="TOKEN_INVALID"
+        ) from None
+    if role is Role.MERCHANT:
+        if not isinstance(merchant_id, str) or not _ID.match(merchant_id):
+            raise errors.Unauthenticated(
+                "a merchant token needs a valid merchant_id claim", reason="TOKEN_INVALID"
+            )
+        return Identity(subject, role, merchant_id)
+    return Identity(subject, role, None)
+
+
+def mint(
+    *,
+    key: str,
+    algorithm: str,
+    subject: str,
+    role: Role,
+    merchant_id: str | None = None,
+    ttl_seconds: int = 24 * 3600,
+    audience: str | None = None,
+    issuer: str | None = None,
+    now: float | None = None,
+) -> str:
+    """A signed token for development and tests; production tokens come from the platform's IdP."""
+    issued = int(time.time() if now is None else now)
+    claims: dict[str, Any] = {"sub": subject, "role": role.value, "iat": issued, "exp": issued + ttl_seconds}
+    if merchant_id is not None:
+        claims["merchant_id"] = merchant_id
+    if audience:
+        claims["aud"] = audience
+    if issuer:
+        claims["iss"] = issuer
+    return jwt.encode(claims, key, algorithm=algorithm)

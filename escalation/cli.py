@@ -1,0 +1,141 @@
+"""`escalation serve | migrate | token | dev | worker …` — the one entry point for every process."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+
+import structlog
+
+from escalation import auth, config
+from escalation.observability import logging as obs_logging
+
+log = structlog.get_logger(__name__)
+
+EXIT_CONFIG = 2
+
+
+def _settings() -> config.Settings:
+    try:
+        return config.load()
+    except config.ConfigError as exc:
+        print(f"escalation: configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(EXIT_CONFIG) from None
+
+
+def _fail_config(message: str) -> None:
+    print(f"escalation: configuration error: {message}", file=sys.stderr)
+    raise SystemExit(EXIT_CONFIG)
+
+
+async def _serve(settings: config.Settings) -> None:
+    from escalation.api.server import Server, serve_until_signalled
+    from escalation.observability.http import start_metrics_server
+    from escalation.store import db
+
+    pool = await db.create_pool(
+        settings.require_database_url(),
+        min_size=settings.db_pool_min,
+        max_size=settings.db_pool_max,
+        command_timeout=settings.db_command_timeout_seconds,
+    )
+    try:
+        start_metrics_server(settings.metrics_addr)
+        server = Server(settings, pool)
+        await serve_until_signalled(server)
+    finally:
+        await pool.close()
+
+
+async def _migrate(settings: config.Settings) -> None:
+    import asyncpg
+
+    from escalation.store.migrate import migrate
+
+    conn = await asyncpg.connect(settings.require_database_url())
+    try:
+        applied = await migrate(conn)
+    finally:
+        await conn.close()
+    print(
+        f"migrated: {len(applied)} applied"
+        + (
+            f" ({', '.join(f'{m.version:04d}_{m.name}' for m in applied)})"
+            if applied
+            else ", already current"
+        )
+    )
+
+
+def _token(args: argparse.Namespace) -> None:
+    import os
+    from pathlib import Path
+
+    role = auth.Role(args.role)
+    if role is auth.Role.MERCHANT and not args.merchant_id:
+        _fail_config("--merchant-id is required for --role merchant")
+    if args.private_key:
+        key, algorithm = Path(args.private_key).read_text(), "RS256"
+    else:
+        key, algorithm = os.environ.get("ESCALATION_JWT_SECRET", ""), "HS256"
+        if len(key.encode()) < config.MIN_HS256_SECRET_BYTES:
+            _fail_config(
+                f"ESCALATION_JWT_SECRET must be set to at least {config.MIN_HS256_SECRET_BYTES} bytes "
+                "(or pass --private-key for RS256)"
+            )
+    print(
+        auth.mint(
+            key=key,
+            algorithm=algorithm,
+            subject=args.sub,
+            role=role,
+            merchant_id=args.merchant_id if role is auth.Role.MERCHANT else None,
+            ttl_seconds=args.ttl,
+            audience=os.environ.get("ESCALATION_JWT_AUDIENCE") or None,
+            issuer=os.environ.get("ESCALATION_JWT_ISSUER") or None,
+        )
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="escalation", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("serve", help="serve gRPC and /metrics (stateless; run N replicas)")
+    sub.add_parser("migrate", help="apply pending database migrations (safe to run concurrently)")
+    token = sub.add_parser("token", help="mint a development token (HS256 from ESCALATION_JWT_SECRET)")
+    token.add_argument("--role", required=True, choices=[r.value for r in auth.Role])
+    token.add_argument("--sub", required=True, help="agent id")
+    token.add_argument("--merchant-id", help="required for --role merchant")
+    token.add_argument("--ttl", type=int, default=24 * 3600, help="seconds until exp (default one day)")
+    token.add_argument("--private-key", help="PEM private key file: sign RS256 instead")
+    dev = sub.add_parser(
+        "dev", help="run everything locally: embedded PostgreSQL and broker, migrate, seed, serve"
+    )
+    dev.add_argument("--data-dir", default=".data", help="where PostgreSQL keeps its data (default .data)")
+    worker = sub.add_parser("worker", help="background workers")
+    worker.add_argument("name", choices=["deadlines", "outbox", "warnings"])
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    if args.command == "token":
+        _token(args)
+        return
+    if args.command == "dev":
+        from escalation.devenv.runner import run_dev
+
+        raise SystemExit(run_dev(data_dir=args.data_dir))
+    settings = _settings()
+    obs_logging.configure(log_format=settings.log_format, level=settings.log_level)
+    if args.command == "serve":
+        asyncio.run(_serve(settings))
+    elif args.command == "migrate":
+        asyncio.run(_migrate(settings))
+    elif args.command == "worker":
+        print(
+            f"escalation: worker {args.name!r} is not implemented yet (see README, 'Status')", file=sys.stderr
+        )
+        raise SystemExit(1)

@@ -1,0 +1,186 @@
+"""Configuration from the environment, validated once at start.
+
+Every setting is one ``ESCALATION_*`` variable; the README's configuration table lists them. A bad
+value raises ConfigError whose message is one line naming the variable; the CLI prints it and exits
+with status 2.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
+
+LOG_FORMATS = ("console", "json")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+JWT_ALGORITHMS = ("HS256", "RS256")
+# Below this PyJWT warns, and an HMAC key that short is guessable anyway.
+MIN_HS256_SECRET_BYTES = 32
+
+
+class ConfigError(Exception):
+    """A configuration variable has a bad value; the message is one line naming it."""
+
+
+@dataclass(frozen=True)
+class JwtSettings:
+    algorithm: str = "HS256"
+    # HS256: the shared secret. RS256: the PEM public key (verification only).
+    key: str = ""
+    audience: str | None = None
+    issuer: str | None = None
+    leeway_seconds: int = 30
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str | None = None
+    db_pool_min: int = 2
+    db_pool_max: int = 20
+    db_command_timeout_seconds: float = 10.0
+    kafka_bootstrap: str | None = None
+    # Off only for brokers without InitProducerId (the embedded test broker); on for Apache Kafka.
+    kafka_idempotence: bool = True
+    grpc_addr: str = "0.0.0.0:50051"
+    metrics_addr: str = "0.0.0.0:9464"
+    jwt: JwtSettings = field(default_factory=JwtSettings)
+    log_format: str = "json"
+    log_level: str = "info"
+    # Seconds in-flight RPCs get to finish on SIGTERM before they are cancelled.
+    shutdown_grace_seconds: float = 10.0
+
+    def require_database_url(self) -> str:
+        if not self.database_url:
+            raise ConfigError(
+                "ESCALATION_DATABASE_URL is required (e.g. postgresql://user@host:5432/escalation)"
+            )
+        return self.database_url
+
+
+def _get(env: Mapping[str, str], name: str, parse: Callable[[str], T], default: T, hint: str) -> T:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return parse(raw)
+    except (ValueError, OSError) as exc:
+        raise ConfigError(f"{name}={raw!r} is invalid: {hint} ({exc})") from None
+
+
+def _int_in(low: int, high: int) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        value = int(raw)
+        if not low <= value <= high:
+            raise ValueError(f"{value} is outside {low}..{high}")
+        return value
+
+    return parse
+
+
+def _positive_float(raw: str) -> float:
+    value = float(raw)
+    if not value > 0:
+        raise ValueError("must be greater than 0")
+    return value
+
+
+def _choice(options: tuple[str, ...]) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        for option in options:
+            if raw.lower() == option.lower():
+                return option
+        raise ValueError(f"expected one of {', '.join(options)}")
+
+    return parse
+
+
+def _bool(raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected true or false")
+
+
+def _host_port(raw: str) -> str:
+    host, sep, port = raw.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError("expected HOST:PORT")
+    return raw
+
+
+def _postgres_url(raw: str) -> str:
+    if not raw.startswith(("postgresql://", "postgres://")):
+        raise ValueError("expected a postgresql:// URL")
+    return raw
+
+
+def _bootstrap(raw: str) -> str:
+    for part in raw.split(","):
+        _host_port(part.strip())
+    return raw
+
+
+def _jwt(env: Mapping[str, str]) -> JwtSettings:
+    algorithm = _get(env, "ESCALATION_JWT_ALGORITHM", _choice(JWT_ALGORITHMS), "HS256", "HS256 or RS256")
+    if algorithm == "HS256":
+        key = env.get("ESCALATION_JWT_SECRET", "")
+        if not key:
+            raise ConfigError("ESCALATION_JWT_SECRET is required for HS256 (at least 32 bytes)")
+        if len(key.encode()) < MIN_HS256_SECRET_BYTES:
+            raise ConfigError(
+                f"ESCALATION_JWT_SECRET is too short: HS256 needs at least {MIN_HS256_SECRET_BYTES} bytes"
+            )
+    else:
+        key_file = env.get("ESCALATION_JWT_PUBLIC_KEY_FILE", "")
+        key = _get(
+            env, "ESCALATION_JWT_PUBLIC_KEY_FILE", lambda p: Path(p).read_text(), "", "a readable PEM file"
+        )
+        if not key:
+            key = env.get("ESCALATION_JWT_PUBLIC_KEY", "")
+        if "BEGIN PUBLIC KEY" not in key:
+            where = "ESCALATION_JWT_PUBLIC_KEY_FILE" if key_file else "ESCALATION_JWT_PUBLIC_KEY"
+            raise ConfigError(f"{where} must hold a PEM public key for RS256")
+    return JwtSettings(
+        algorithm=algorithm,
+        key=key,
+        audience=env.get("ESCALATION_JWT_AUDIENCE") or None,
+        issuer=env.get("ESCALATION_JWT_ISSUER") or None,
+        leeway_seconds=_get(env, "ESCALATION_JWT_LEEWAY_SECONDS", _int_in(0, 300), 30, "seconds, 0..300"),
+    )
+
+
+def load(env: Mapping[str, str] | None = None) -> Settings:
+    """Reads and validates every setting; raises ConfigError on the first bad one."""
+    env = os.environ if env is None else env
+    pool_min = _get(env, "ESCALATION_DB_POOL_MIN", _int_in(0, 1000), 2, "an integer 0..1000")
+    pool_max = _get(env, "ESCALATION_DB_POOL_MAX", _int_in(1, 1000), 20, "an integer 1..1000")
+    if pool_min > pool_max:
+        raise ConfigError(
+            f"ESCALATION_DB_POOL_MIN={pool_min} is larger than ESCALATION_DB_POOL_MAX={pool_max}"
+        )
+    return Settings(
+        database_url=_get(env, "ESCALATION_DATABASE_URL", _postgres_url, None, "a postgresql:// URL"),
+        db_pool_min=pool_min,
+        db_pool_max=pool_max,
+        db_command_timeout_seconds=_get(
+            env, "ESCALATION_DB_COMMAND_TIMEOUT_SECONDS", _positive_float, 10.0, "seconds > 0"
+        ),
+        kafka_bootstrap=_get(env, "ESCALATION_KAFKA_BOOTSTRAP", _bootstrap, None, "HOST:PORT[,HOST:PORT...]"),
+        kafka_idempotence=_get(env, "ESCALATION_KAFKA_IDEMPOTENCE", _bool, True, "true or false"),
+        grpc_addr=_get(env, "ESCALATION_GRPC_ADDR", _host_port, "0.0.0.0:50051", "HOST:PORT"),
+        metrics_addr=_get(env, "ESCALATION_METRICS_ADDR", _host_port, "0.0.0.0:9464", "HOST:PORT"),
+        jwt=_jwt(env),
+        log_format=_get(env, "ESCALATION_LOG_FORMAT", _choice(LOG_FORMATS), "json", "console or json"),
+        log_level=_get(
+            env, "ESCALATION_LOG_LEVEL", _choice(LOG_LEVELS), "info", "debug, info, warning or error"
+        ),
+        shutdown_grace_seconds=_get(
+            env, "ESCALATION_SHUTDOWN_GRACE_SECONDS", _positive_float, 10.0, "seconds > 0"
+        ),
+    )

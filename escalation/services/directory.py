@@ -1,0 +1,195 @@
+"""Use cases of the merchant directory: merchants, agents, reception settings, reply templates.
+
+Each function owns its transaction; store queries come from store/sql/directory.sql.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+import asyncpg
+
+from escalation import errors
+from escalation.auth import Identity, Role
+from escalation.domain.reception import DEFAULT_CAPACITY
+from escalation.store.queries import sql
+
+
+@dataclass(frozen=True)
+class MerchantScope:
+    """The merchant a directory call acts on, resolved from the caller's identity."""
+
+    merchant_id: str
+    caller: Identity
+
+
+def scope(caller: Identity, requested_merchant_id: str) -> MerchantScope:
+    """Merchants act on their own shop (another shop's id is NOT_FOUND); ops must name one."""
+    if caller.role is Role.MERCHANT:
+        assert caller.merchant_id is not None
+        if requested_merchant_id and requested_merchant_id != caller.merchant_id:
+            raise errors.MerchantNotFound()
+        return MerchantScope(caller.merchant_id, caller)
+    if caller.role is Role.OPS:
+        if not requested_merchant_id:
+            raise errors.InvalidArgument(
+                [errors.FieldViolation("merchant_id", "is required for ops callers")]
+            )
+        return MerchantScope(requested_merchant_id, caller)
+    raise errors.PermissionDenied()
+
+
+async def _merchant_for_write(conn: asyncpg.Connection, target: MerchantScope) -> asyncpg.Record:
+    """Locks the merchant row; only ops or the shop's main account may change its settings."""
+    merchant = await conn.fetchrow(sql("lock_merchant"), target.merchant_id)
+    if merchant is None:
+        raise errors.MerchantNotFound()
+    if target.caller.role is Role.MERCHANT and merchant["main_account_id"] != target.caller.subject:
+        raise errors.NotMainAccount()
+    return merchant
+
+
+async def _merchant_for_read(conn: asyncpg.Connection, target: MerchantScope) -> asyncpg.Record:
+    merchant = await conn.fetchrow(sql("get_merchant"), target.merchant_id)
+    if merchant is None:
+        raise errors.MerchantNotFound()
+    return merchant
+
+
+async def upsert_merchant(
+    pool: asyncpg.Pool, *, merchant_id: str, display_name: str, main_account_id: str, disabled: bool
+) -> asyncpg.Record:
+    """Creates or updates a merchant; its main account becomes an agent with IM permission."""
+    async with pool.acquire() as conn, conn.transaction():
+        merchant = await conn.fetchrow(
+            sql("upsert_merchant"), merchant_id, display_name or merchant_id, main_account_id, disabled
+        )
+        await conn.execute(sql("ensure_reception_settings"), merchant_id)
+        await conn.execute(sql("demote_other_main_accounts"), merchant_id, main_account_id)
+        await conn.execute(sql("upsert_main_account"), merchant_id, main_account_id)
+        assert merchant is not None
+        return merchant
+
+
+async def upsert_agent(
+    pool: asyncpg.Pool,
+    target: MerchantScope,
+    *,
+    agent_id: str,
+    display_name: str,
+    im_permission: bool,
+    disabled: bool,
+    capacity: int,
+) -> asyncpg.Record:
+    """Creates or updates an agent of the shop. Removing IM permission makes it ineligible at once."""
+    async with pool.acquire() as conn, conn.transaction():
+        await _merchant_for_write(conn, target)
+        await conn.execute(
+            sql("upsert_agent"),
+            target.merchant_id,
+            agent_id,
+            display_name or agent_id,
+            im_permission,
+            disabled,
+            capacity or DEFAULT_CAPACITY,
+        )
+        agent = await conn.fetchrow(sql("get_agent"), target.merchant_id, agent_id)
+        assert agent is not None
+        return agent
+
+
+async def list_agents(
+    pool: asyncpg.Pool, target: MerchantScope, *, after_agent_id: str | None, limit: int
+) -> list[asyncpg.Record]:
+    async with pool.acquire() as conn:
+        await _merchant_for_read(conn, target)
+        rows: list[asyncpg.Record] = await conn.fetch(
+            sql("list_agents"), target.merchant_id, after_agent_id, limit
+        )
+        return rows
+
+
+async def set_reception_agents(
+    pool: asyncpg.Pool, target: MerchantScope, agent_ids: list[str]
+) -> asyncpg.Record:
+    """Replaces the designated reception agents (SPEC R1); each needs IM permission."""
+    async with pool.acquire() as conn, conn.transaction():
+        # The merchant row lock serialises concurrent designation changes of one shop.
+        await _merchant_for_write(conn, target)
+        found = {
+            r["agent_id"]: r["im_permission"]
+            for r in await conn.fetch(sql("agents_by_id"), target.merchant_id, agent_ids)
+        }
+        missing = [a for a in agent_ids if a not in found]
+        if missing:
+            raise errors.AgentNotFound(
+                f"no such agent in this shop: {', '.join(missing)}", metadata={"agent_ids": ",".join(missing)}
+            )
+        without_im = [a for a in agent_ids if not found[a]]
+        if without_im:
+            raise errors.AgentNoImPermission(
+                f"agents without IM permission cannot be reception agents: {', '.join(without_im)}; "
+                "enable IM permission in the shop's account management first",
+                metadata={"agent_ids": ",".join(without_im)},
+            )
+        await conn.execute(sql("set_reception_agents"), target.merchant_id, agent_ids)
+        await conn.execute(sql("touch_reception_settings"), target.merchant_id)
+        return await _settings(conn, target.merchant_id)
+
+
+async def _settings(conn: asyncpg.Connection, merchant_id: str) -> asyncpg.Record:
+    settings = await conn.fetchrow(sql("get_reception_settings"), merchant_id)
+    if settings is None:
+        raise errors.MerchantNotFound()
+    return settings
+
+
+async def get_reception_settings(pool: asyncpg.Pool, target: MerchantScope) -> asyncpg.Record:
+    async with pool.acquire() as conn:
+        return await _settings(conn, target.merchant_id)
+
+
+async def update_reply_timeout(pool: asyncpg.Pool, target: MerchantScope, seconds: int) -> asyncpg.Record:
+    async with pool.acquire() as conn, conn.transaction():
+        await _merchant_for_write(conn, target)
+        await conn.execute(sql("update_reply_timeout"), target.merchant_id, seconds)
+        return await _settings(conn, target.merchant_id)
+
+
+async def create_reply_template(
+    pool: asyncpg.Pool, target: MerchantScope, *, title: str, body: str
+) -> asyncpg.Record:
+    async with pool.acquire() as conn, conn.transaction():
+        await _merchant_for_write(conn, target)
+        template = await conn.fetchrow(
+            sql("create_reply_template"), str(uuid.uuid4()), target.merchant_id, title, body
+        )
+        assert template is not None
+        return template
+
+
+async def delete_reply_template(pool: asyncpg.Pool, target: MerchantScope, template_id: str) -> None:
+    async with pool.acquire() as conn, conn.transaction():
+        await _merchant_for_write(conn, target)
+        status = await conn.execute(sql("delete_reply_template"), target.merchant_id, template_id)
+        if status == "DELETE 0":
+            raise errors.TemplateNotFound()
+
+
+async def list_reply_templates(
+    pool: asyncpg.Pool, target: MerchantScope, *, after: list[str] | None, limit: int
+) -> list[asyncpg.Record]:
+    async with pool.acquire() as conn:
+        await _merchant_for_read(conn, target)
+        after_time = after[0] if after else None
+        after_id = after[1] if after else None
+        rows: list[asyncpg.Record] = await conn.fetch(
+            sql("list_reply_templates"), target.merchant_id, _parse_time(after_time), after_id, limit
+        )
+        return rows
+
+
+def _parse_time(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
