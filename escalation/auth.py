@@ -47,9 +47,7 @@ class TokenVerifier:
 
     def verify(self, authorization: str | None) -> Identity:
         if not authorization:
-            raise errors.Unauthenticated(
-                "missing authorization metadata (Bearer token)", reason="TOKEN_MISSING"
-            )
+            raise errors.Unauthenticated("missing authorization metadata (Bearer token)", reason="TOKEN_MISSING")
         scheme, _, token = authorization.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise errors.Unauthenticated("authorization must be 'Bearer <token>'", reason="TOKEN_MALFORMED")
@@ -78,14 +76,10 @@ def identity_from_claims(claims: dict[str, Any]) -> Identity:
     try:
         role = Role(str(role_name))
     except ValueError:
-        raise errors.Unauthenticated(
-            f"the token's role {role_name!r} is unknown", reason="TOKEN_INVALID"
-        ) from None
+        raise errors.Unauthenticated(f"the token's role {role_name!r} is unknown", reason="TOKEN_INVALID") from None
     if role is Role.MERCHANT:
         if not isinstance(merchant_id, str) or not _ID.match(merchant_id):
-            raise errors.Unauthenticated(
-                "a merchant token needs a valid merchant_id claim", reason="TOKEN_INVALID"
-            )
+            raise errors.Unauthenticated("a merchant token needs a valid merchant_id claim", reason="TOKEN_INVALID")
         return Identity(subject, role, merchant_id)
     return Identity(subject, role, None)
 

@@ -1,4 +1,4 @@
-"""`escalation serve | migrate | token | dev | worker …` — the one entry point for every process."""
+"""`escalation serve | migrate | token | dev` — the one entry point for every process (workers will join)."""
 
 from __future__ import annotations
 
@@ -61,11 +61,7 @@ async def _migrate(settings: config.Settings) -> None:
         await conn.close()
     print(
         f"migrated: {len(applied)} applied"
-        + (
-            f" ({', '.join(f'{m.version:04d}_{m.name}' for m in applied)})"
-            if applied
-            else ", already current"
-        )
+        + (f" ({', '.join(f'{m.version:04d}_{m.name}' for m in applied)})" if applied else ", already current")
     )
 
 
@@ -110,17 +106,16 @@ def _parser() -> argparse.ArgumentParser:
     token.add_argument("--merchant-id", help="required for --role merchant")
     token.add_argument("--ttl", type=int, default=24 * 3600, help="seconds until exp (default one day)")
     token.add_argument("--private-key", help="PEM private key file: sign RS256 instead")
-    dev = sub.add_parser(
-        "dev", help="run everything locally: embedded PostgreSQL and broker, migrate, seed, serve"
-    )
+    dev = sub.add_parser("dev", help="run everything locally: embedded PostgreSQL and broker, migrate, seed, serve")
     dev.add_argument("--data-dir", default=".data", help="where PostgreSQL keeps its data (default .data)")
-    worker = sub.add_parser("worker", help="background workers")
-    worker.add_argument("name", choices=["deadlines", "outbox", "warnings"])
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = _parser().parse_args(argv)
+    from escalation.api.server import GrpcPortInUse
+    from escalation.observability.http import MetricsPortInUse
+
     if args.command == "token":
         _token(args)
         return
@@ -130,12 +125,16 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise SystemExit(run_dev(data_dir=args.data_dir))
     settings = _settings()
     obs_logging.configure(log_format=settings.log_format, level=settings.log_level)
-    if args.command == "serve":
-        asyncio.run(_serve(settings))
-    elif args.command == "migrate":
-        asyncio.run(_migrate(settings))
-    elif args.command == "worker":
-        print(
-            f"escalation: worker {args.name!r} is not implemented yet (see README, 'Status')", file=sys.stderr
-        )
-        raise SystemExit(1)
+    try:
+        if args.command == "serve":
+            settings.require_jwt()
+            settings.require_database_url()
+            asyncio.run(_serve(settings))
+        elif args.command == "migrate":
+            settings.require_database_url()
+            asyncio.run(_migrate(settings))
+    except config.ConfigError as exc:
+        _fail_config(str(exc))
+    except (MetricsPortInUse, GrpcPortInUse) as exc:
+        print(f"escalation: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
@@ -20,6 +20,14 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 JWT_ALGORITHMS = ("HS256", "RS256")
 # Below this PyJWT warns, and an HMAC key that short is guessable anyway.
 MIN_HS256_SECRET_BYTES = 32
+
+
+_JWT_VARIABLES = (
+    "ESCALATION_JWT_ALGORITHM",
+    "ESCALATION_JWT_SECRET",
+    "ESCALATION_JWT_PUBLIC_KEY",
+    "ESCALATION_JWT_PUBLIC_KEY_FILE",
+)
 
 
 class ConfigError(Exception):
@@ -47,17 +55,21 @@ class Settings:
     kafka_idempotence: bool = True
     grpc_addr: str = "0.0.0.0:50051"
     metrics_addr: str = "0.0.0.0:9464"
-    jwt: JwtSettings = field(default_factory=JwtSettings)
+    # None when no JWT variable is set: fine for `migrate` and the workers, an error for `serve`.
+    jwt: JwtSettings | None = None
     log_format: str = "json"
     log_level: str = "info"
     # Seconds in-flight RPCs get to finish on SIGTERM before they are cancelled.
     shutdown_grace_seconds: float = 10.0
 
+    def require_jwt(self) -> JwtSettings:
+        if self.jwt is None:
+            raise ConfigError("ESCALATION_JWT_SECRET (HS256) or ESCALATION_JWT_PUBLIC_KEY[_FILE] (RS256) is required")
+        return self.jwt
+
     def require_database_url(self) -> str:
         if not self.database_url:
-            raise ConfigError(
-                "ESCALATION_DATABASE_URL is required (e.g. postgresql://user@host:5432/escalation)"
-            )
+            raise ConfigError("ESCALATION_DATABASE_URL is required (e.g. postgresql://user@host:5432/escalation)")
         return self.database_url
 
 
@@ -126,7 +138,9 @@ def _bootstrap(raw: str) -> str:
     return raw
 
 
-def _jwt(env: Mapping[str, str]) -> JwtSettings:
+def _jwt(env: Mapping[str, str]) -> JwtSettings | None:
+    if not any(env.get(name) for name in _JWT_VARIABLES):
+        return None
     algorithm = _get(env, "ESCALATION_JWT_ALGORITHM", _choice(JWT_ALGORITHMS), "HS256", "HS256 or RS256")
     if algorithm == "HS256":
         key = env.get("ESCALATION_JWT_SECRET", "")
@@ -138,9 +152,7 @@ def _jwt(env: Mapping[str, str]) -> JwtSettings:
             )
     else:
         key_file = env.get("ESCALATION_JWT_PUBLIC_KEY_FILE", "")
-        key = _get(
-            env, "ESCALATION_JWT_PUBLIC_KEY_FILE", lambda p: Path(p).read_text(), "", "a readable PEM file"
-        )
+        key = _get(env, "ESCALATION_JWT_PUBLIC_KEY_FILE", lambda p: Path(p).read_text(), "", "a readable PEM file")
         if not key:
             key = env.get("ESCALATION_JWT_PUBLIC_KEY", "")
         if "BEGIN PUBLIC KEY" not in key:
@@ -161,9 +173,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
     pool_min = _get(env, "ESCALATION_DB_POOL_MIN", _int_in(0, 1000), 2, "an integer 0..1000")
     pool_max = _get(env, "ESCALATION_DB_POOL_MAX", _int_in(1, 1000), 20, "an integer 1..1000")
     if pool_min > pool_max:
-        raise ConfigError(
-            f"ESCALATION_DB_POOL_MIN={pool_min} is larger than ESCALATION_DB_POOL_MAX={pool_max}"
-        )
+        raise ConfigError(f"ESCALATION_DB_POOL_MIN={pool_min} is larger than ESCALATION_DB_POOL_MAX={pool_max}")
     return Settings(
         database_url=_get(env, "ESCALATION_DATABASE_URL", _postgres_url, None, "a postgresql:// URL"),
         db_pool_min=pool_min,
@@ -177,10 +187,6 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         metrics_addr=_get(env, "ESCALATION_METRICS_ADDR", _host_port, "0.0.0.0:9464", "HOST:PORT"),
         jwt=_jwt(env),
         log_format=_get(env, "ESCALATION_LOG_FORMAT", _choice(LOG_FORMATS), "json", "console or json"),
-        log_level=_get(
-            env, "ESCALATION_LOG_LEVEL", _choice(LOG_LEVELS), "info", "debug, info, warning or error"
-        ),
-        shutdown_grace_seconds=_get(
-            env, "ESCALATION_SHUTDOWN_GRACE_SECONDS", _positive_float, 10.0, "seconds > 0"
-        ),
+        log_level=_get(env, "ESCALATION_LOG_LEVEL", _choice(LOG_LEVELS), "info", "debug, info, warning or error"),
+        shutdown_grace_seconds=_get(env, "ESCALATION_SHUTDOWN_GRACE_SECONDS", _positive_float, 10.0, "seconds > 0"),
     )

@@ -44,9 +44,7 @@ class MerchantAdminServicer(admin_pb2_grpc.MerchantAdminServiceServicer):
             check.add("agent", "is required")
         a = request.agent
         check.identifier("agent.agent_id", a.agent_id)
-        name = check.text(
-            "agent.display_name", a.display_name, max_chars=100, required=False, multiline=False
-        )
+        name = check.text("agent.display_name", a.display_name, max_chars=100, required=False, multiline=False)
         if a.capacity != 0 and not MIN_CAPACITY <= a.capacity <= MAX_CAPACITY:
             check.add("agent.capacity", f"must be between {MIN_CAPACITY} and {MAX_CAPACITY} (0 means 10)")
         target = self._scope(request.merchant_id, check)
@@ -61,9 +59,7 @@ class MerchantAdminServicer(admin_pb2_grpc.MerchantAdminServiceServicer):
         )
         return convert.agent(row)
 
-    async def ListAgents(
-        self, request: admin_pb2.ListAgentsRequest, context: Context
-    ) -> admin_pb2.ListAgentsResponse:
+    async def ListAgents(self, request: admin_pb2.ListAgentsRequest, context: Context) -> admin_pb2.ListAgentsResponse:
         check = Violations()
         size = check.page_size("page_size", request.page_size, default=DEFAULT_AGENT_PAGE)
         target = self._scope(request.merchant_id, check)
@@ -73,9 +69,7 @@ class MerchantAdminServicer(admin_pb2_grpc.MerchantAdminServiceServicer):
             self._pool, target, after_agent_id=str(after[0]) if after else None, limit=size + 1
         )
         token = paging.encode([rows[size - 1]["agent_id"]], filters) if len(rows) > size else ""
-        return admin_pb2.ListAgentsResponse(
-            agents=[convert.agent(r) for r in rows[:size]], next_page_token=token
-        )
+        return admin_pb2.ListAgentsResponse(agents=[convert.agent(r) for r in rows[:size]], next_page_token=token)
 
     async def SetReceptionAgents(
         self, request: admin_pb2.SetReceptionAgentsRequest, context: Context
@@ -108,9 +102,7 @@ class MerchantAdminServicer(admin_pb2_grpc.MerchantAdminServiceServicer):
         elif timeout.nanos != 0 or not low <= timeout.seconds <= high:
             check.add("reply_timeout", f"must be whole seconds between {low} and {high}")
         target = self._scope(request.merchant_id, check)
-        return convert.reception_settings(
-            await directory.update_reply_timeout(self._pool, target, timeout.seconds)
-        )
+        return convert.reception_settings(await directory.update_reply_timeout(self._pool, target, timeout.seconds))
 
     async def CreateReplyTemplate(
         self, request: admin_pb2.CreateReplyTemplateRequest, context: Context
@@ -118,9 +110,7 @@ class MerchantAdminServicer(admin_pb2_grpc.MerchantAdminServiceServicer):
         check = Violations()
         if not request.HasField("template"):
             check.add("template", "is required")
-        title = check.text(
-            "template.title", request.template.title, max_chars=MAX_TEMPLATE_TITLE, multiline=False
-        )
+        title = check.text("template.title", request.template.title, max_chars=MAX_TEMPLATE_TITLE, multiline=False)
         text = check.text("template.text", request.template.text, max_chars=MAX_TEMPLATE_TEXT)
         target = self._scope(request.merchant_id, check)
         row = await directory.create_reply_template(self._pool, target, title=title, body=text)

@@ -175,9 +175,7 @@ def _guarded(
 
     if inspect.isasyncgenfunction(behavior):
 
-        async def stream_behavior(
-            request: Any, context: grpc.aio.ServicerContext[Any, Any]
-        ) -> AsyncIterator[Any]:
+        async def stream_behavior(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
             started = enter(context)
             if failure is not None:
                 await fail(context, started, failure)

@@ -54,9 +54,7 @@ class MerchantServicer(merchant_pb2_grpc.MerchantServiceServicer):
     async def Reply(self, request: merchant_pb2.ReplyRequest, context: Context) -> common_pb2.Message:
         raise errors.Unimplemented()
 
-    async def GetSession(
-        self, request: platform_pb2.GetSessionRequest, context: Context
-    ) -> common_pb2.Session:
+    async def GetSession(self, request: platform_pb2.GetSessionRequest, context: Context) -> common_pb2.Session:
         raise errors.Unimplemented()
 
     async def ListSessions(

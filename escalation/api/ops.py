@@ -20,18 +20,14 @@ class OpsServicer(ops_pb2_grpc.OpsServiceServicer):
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
 
-    async def UpsertMerchant(
-        self, request: ops_pb2.UpsertMerchantRequest, context: Context
-    ) -> ops_pb2.Merchant:
+    async def UpsertMerchant(self, request: ops_pb2.UpsertMerchantRequest, context: Context) -> ops_pb2.Merchant:
         check = Violations()
         if not request.HasField("merchant"):
             check.add("merchant", "is required")
         m = request.merchant
         check.identifier("merchant.merchant_id", m.merchant_id)
         check.identifier("merchant.main_account_id", m.main_account_id)
-        name = check.text(
-            "merchant.display_name", m.display_name, max_chars=100, required=False, multiline=False
-        )
+        name = check.text("merchant.display_name", m.display_name, max_chars=100, required=False, multiline=False)
         check.raise_if_any()
         row = await directory.upsert_merchant(
             self._pool,

@@ -23,19 +23,13 @@ class PlatformServicer(platform_pb2_grpc.PlatformServiceServicer):
     ) -> platform_pb2.OpenSessionResponse:
         raise errors.Unimplemented()
 
-    async def SendMessage(
-        self, request: platform_pb2.SendMessageRequest, context: Context
-    ) -> common_pb2.Message:
+    async def SendMessage(self, request: platform_pb2.SendMessageRequest, context: Context) -> common_pb2.Message:
         raise errors.Unimplemented()
 
-    async def CloseSession(
-        self, request: platform_pb2.CloseSessionRequest, context: Context
-    ) -> common_pb2.Session:
+    async def CloseSession(self, request: platform_pb2.CloseSessionRequest, context: Context) -> common_pb2.Session:
         raise errors.Unimplemented()
 
-    async def GetSession(
-        self, request: platform_pb2.GetSessionRequest, context: Context
-    ) -> common_pb2.Session:
+    async def GetSession(self, request: platform_pb2.GetSessionRequest, context: Context) -> common_pb2.Session:
         raise errors.Unimplemented()
 
     async def ListSessions(

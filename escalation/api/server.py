@@ -43,6 +43,8 @@ SERVICE_NAMES: Sequence[str] = (
 
 _OPTIONS = [
     ("grpc.max_receive_message_length", MAX_INBOUND_MESSAGE_BYTES),
+    # A second server on a taken port must fail, not silently share it.
+    ("grpc.so_reuseport", 0),
     # Find dead peers on long-lived streams: ping after 30 s of silence, give up 10 s later.
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.keepalive_timeout_ms", 10_000),
@@ -52,13 +54,17 @@ _OPTIONS = [
 ]
 
 
+class GrpcPortInUse(OSError):
+    """The gRPC address cannot be bound."""
+
+
 class Server:
     """The gRPC server bound to its address, with health status kept in step with its life."""
 
     def __init__(self, settings: Settings, pool: asyncpg.Pool, *, address: str | None = None) -> None:
         self._settings = settings
         self._server = grpc.aio.server(
-            interceptors=[ServerInterceptor(TokenVerifier(settings.jwt))], options=_OPTIONS
+            interceptors=[ServerInterceptor(TokenVerifier(settings.require_jwt()))], options=_OPTIONS
         )
         platform_pb2_grpc.add_PlatformServiceServicer_to_server(PlatformServicer(pool), self._server)
         merchant_pb2_grpc.add_MerchantServiceServicer_to_server(MerchantServicer(pool), self._server)
@@ -69,9 +75,13 @@ class Server:
         reflection.enable_server_reflection(
             [*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME], self._server
         )
-        self.port = self._server.add_insecure_port(address or settings.grpc_addr)
+        bind = address or settings.grpc_addr
+        try:
+            self.port = self._server.add_insecure_port(bind)
+        except RuntimeError:
+            self.port = 0
         if self.port == 0:
-            raise OSError(f"cannot bind gRPC address {address or settings.grpc_addr}")
+            raise GrpcPortInUse(f"cannot listen on gRPC address {bind} (in use?); set ESCALATION_GRPC_ADDR")
 
     async def start(self) -> None:
         await self._server.start()

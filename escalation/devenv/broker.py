@@ -146,9 +146,12 @@ class EmbeddedBroker:
         argv = [
             str(self._bin_path or find_tansu_bin()),
             "broker",
-            "--listener-url", url,
-            "--advertised-listener-url", url,
-            "--storage-engine", "memory://tansu/",
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+            "--storage-engine",
+            "memory://tansu/",
         ]
         self._proc = spawn(argv, log_path=self.log_path, env=env)
         try:
@@ -172,9 +175,7 @@ class EmbeddedBroker:
                 if advertised == (self.host, self.port) and self._proc.poll() is None:
                     return
             if time.monotonic() >= deadline:
-                raise StartupError(
-                    with_log(f"tansu not answering Kafka Metadata after {timeout:.0f}s", self.log_path)
-                )
+                raise StartupError(with_log(f"tansu not answering Kafka Metadata after {timeout:.0f}s", self.log_path))
             time.sleep(0.02)
 
     def stop(self, timeout: float = 10) -> None:

@@ -23,9 +23,7 @@ class PortInUseError(Exception):
         self.what = what
         self.env_var = env_var
         hint = f"set {env_var}" if env_var else "choose another port"
-        super().__init__(
-            f"port {port} ({what}) is already in use on {host}; stop whatever holds it or {hint}"
-        )
+        super().__init__(f"port {port} ({what}) is already in use on {host}; stop whatever holds it or {hint}")
 
 
 def _bind_probe(host: str, port: int) -> socket.socket:
@@ -71,8 +69,10 @@ def wait_for_port(
     while True:
         if proc is not None and proc.poll() is not None:
             raise StartupError(
-                with_log(f"process {proc.pid} exited with status {proc.returncode} before listening on "
-                         f"{host}:{port}", log_path)
+                with_log(
+                    f"process {proc.pid} exited with status {proc.returncode} before listening on {host}:{port}",
+                    log_path,
+                )
             )
         try:
             with socket.create_connection((host, port), timeout=0.5):

@@ -208,11 +208,14 @@ class EmbeddedPostgres:
         _chown_to_pg(self.data_dir)
         argv = [
             str(self.bin_dir / "initdb"),
-            "-D", str(self.data_dir),
+            "-D",
+            str(self.data_dir),
             "--auth=trust",
-            "-E", "UTF8",
+            "-E",
+            "UTF8",
             "--locale=C",
-            "-U", _SUPERUSER,
+            "-U",
+            _SUPERUSER,
             "--no-instructions",
         ]
         if self.fast:
@@ -246,9 +249,7 @@ class EmbeddedPostgres:
         except OSError:
             return  # dead (or not Linux): postgres's own check handles it
         if exe.startswith(("postgres", "postmaster")) and cwd == self.data_dir.resolve():
-            raise StartupError(
-                f"PostgreSQL (pid {pid}) is already running on {self.data_dir}; stop it first"
-            )
+            raise StartupError(f"PostgreSQL (pid {pid}) is already running on {self.data_dir}; stop it first")
         pidfile.unlink()
 
     def start(self, timeout: float = 30) -> None:
@@ -260,10 +261,14 @@ class EmbeddedPostgres:
         self._clear_stale_pidfile()
         argv = [
             str(self.bin_dir / "postgres"),
-            "-D", str(self.data_dir),
-            "-p", str(self.port),
-            "-h", self.host,
-            "-k", str(self._socket_dir()),
+            "-D",
+            str(self.data_dir),
+            "-p",
+            str(self.port),
+            "-h",
+            self.host,
+            "-k",
+            str(self._socket_dir()),
         ]
         self._proc = spawn(argv, log_path=self.log_path, user=self._user)
         try:
@@ -277,7 +282,17 @@ class EmbeddedPostgres:
         deadline = time.monotonic() + timeout
         argv = [
             str(self.bin_dir / "pg_isready"),
-            "-q", "-h", self.host, "-p", str(self.port), "-U", _SUPERUSER, "-d", "postgres", "-t", "2",
+            "-q",
+            "-h",
+            self.host,
+            "-p",
+            str(self.port),
+            "-U",
+            _SUPERUSER,
+            "-d",
+            "postgres",
+            "-t",
+            "2",
         ]
         while True:
             if self._proc.poll() is not None:
@@ -286,9 +301,7 @@ class EmbeddedPostgres:
             if subprocess.run(argv, stdin=subprocess.DEVNULL, check=False).returncode == 0:
                 return
             if time.monotonic() >= deadline:
-                raise StartupError(
-                    with_log(f"postgres not accepting connections after {timeout:.0f}s", self.log_path)
-                )
+                raise StartupError(with_log(f"postgres not accepting connections after {timeout:.0f}s", self.log_path))
             time.sleep(0.05)
 
     def stop(self, timeout: float = 30) -> None:

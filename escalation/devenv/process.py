@@ -84,8 +84,11 @@ def spawn(
     user: str | None = None,
     env: Mapping[str, str] | None = None,
     cwd: str = "/",
+    inherit_output: bool = False,
 ) -> subprocess.Popen[bytes]:
     """Start a service child in its own session with output appended to ``log_path``.
+
+    ``inherit_output`` lets a child write to our own stdout/stderr instead (the dev runner's server).
 
     The parent's copy of the log handle is closed right away: the child keeps its own descriptor, and
     nothing is left for the garbage collector to warn about.
@@ -106,8 +109,8 @@ def spawn(
         return subprocess.Popen(
             list(argv),
             stdin=subprocess.DEVNULL,
-            stdout=stdout if stdout is not None else subprocess.DEVNULL,
-            stderr=subprocess.STDOUT,
+            stdout=stdout if stdout is not None else (None if inherit_output else subprocess.DEVNULL),
+            stderr=None if inherit_output and stdout is None else subprocess.STDOUT,
             start_new_session=True,
             preexec_fn=preexec,  # see _pdeathsig_preexec
             env=dict(env) if env is not None else None,

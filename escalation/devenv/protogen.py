@@ -33,9 +33,7 @@ def generate(out_root: Path) -> None:
     """Runs protoc for every proto into out_root/escalation/v1."""
     from grpc_tools import protoc
 
-    protos = sorted(
-        str(p.relative_to(PROTO_ROOT)) for p in (PROTO_ROOT / "escalation" / "v1").glob("*.proto")
-    )
+    protos = sorted(str(p.relative_to(PROTO_ROOT)) for p in (PROTO_ROOT / "escalation" / "v1").glob("*.proto"))
     target = out_root / PACKAGE_DIR
     target.mkdir(parents=True, exist_ok=True)
     bin_dir = Path(sys.executable).parent
@@ -63,9 +61,7 @@ def drift(repo_root: Path = ROOT) -> list[str]:
         fresh = fresh_root / PACKAGE_DIR
         committed = repo_root / PACKAGE_DIR
         fresh_names = {p.name for p in fresh.iterdir() if p.is_file()}
-        committed_names = (
-            {p.name for p in committed.iterdir() if p.is_file()} if committed.exists() else set()
-        )
+        committed_names = {p.name for p in committed.iterdir() if p.is_file()} if committed.exists() else set()
         differing = sorted(fresh_names ^ committed_names)
         differing += sorted(
             name

@@ -32,7 +32,5 @@ def eligible(agents: Iterable[AgentFlags]) -> set[str]:
     return {
         a.agent_id
         for a in agents
-        if a.im_permission
-        and not a.disabled
-        and (a.reception_agent or (a.main_account and not anyone_designated))
+        if a.im_permission and not a.disabled and (a.reception_agent or (a.main_account and not anyone_designated))
     }

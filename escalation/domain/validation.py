@@ -39,9 +39,7 @@ class Violations:
             self.add(field, IDENTIFIER_RULE)
         return value
 
-    def text(
-        self, field: str, value: str, *, max_chars: int, required: bool = True, multiline: bool = True
-    ) -> str:
+    def text(self, field: str, value: str, *, max_chars: int, required: bool = True, multiline: bool = True) -> str:
         """Trims surrounding whitespace; rejects empty, over-long and control characters."""
         trimmed = value.strip()
         if not trimmed:

@@ -34,9 +34,7 @@ def scope(caller: Identity, requested_merchant_id: str) -> MerchantScope:
         return MerchantScope(caller.merchant_id, caller)
     if caller.role is Role.OPS:
         if not requested_merchant_id:
-            raise errors.InvalidArgument(
-                [errors.FieldViolation("merchant_id", "is required for ops callers")]
-            )
+            raise errors.InvalidArgument([errors.FieldViolation("merchant_id", "is required for ops callers")])
         return MerchantScope(requested_merchant_id, caller)
     raise errors.PermissionDenied()
 
@@ -105,15 +103,11 @@ async def list_agents(
 ) -> list[asyncpg.Record]:
     async with pool.acquire() as conn:
         await _merchant_for_read(conn, target)
-        rows: list[asyncpg.Record] = await conn.fetch(
-            sql("list_agents"), target.merchant_id, after_agent_id, limit
-        )
+        rows: list[asyncpg.Record] = await conn.fetch(sql("list_agents"), target.merchant_id, after_agent_id, limit)
         return rows
 
 
-async def set_reception_agents(
-    pool: asyncpg.Pool, target: MerchantScope, agent_ids: list[str]
-) -> asyncpg.Record:
+async def set_reception_agents(pool: asyncpg.Pool, target: MerchantScope, agent_ids: list[str]) -> asyncpg.Record:
     """Replaces the designated reception agents (SPEC R1); each needs IM permission."""
     async with pool.acquire() as conn, conn.transaction():
         # The merchant row lock serialises concurrent designation changes of one shop.
@@ -158,14 +152,10 @@ async def update_reply_timeout(pool: asyncpg.Pool, target: MerchantScope, second
         return await _settings(conn, target.merchant_id)
 
 
-async def create_reply_template(
-    pool: asyncpg.Pool, target: MerchantScope, *, title: str, body: str
-) -> asyncpg.Record:
+async def create_reply_template(pool: asyncpg.Pool, target: MerchantScope, *, title: str, body: str) -> asyncpg.Record:
     async with pool.acquire() as conn, conn.transaction():
         await _merchant_for_write(conn, target)
-        template = await conn.fetchrow(
-            sql("create_reply_template"), str(uuid.uuid4()), target.merchant_id, title, body
-        )
+        template = await conn.fetchrow(sql("create_reply_template"), str(uuid.uuid4()), target.merchant_id, title, body)
         assert template is not None
         return template
 

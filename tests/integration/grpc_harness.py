@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import cast
 
 import asyncpg
 import grpc
@@ -21,7 +22,12 @@ def settings() -> config.Settings:
 
 def token(role: auth.Role | str, sub: str, merchant_id: str | None = None, ttl: int = 600) -> str:
     return auth.mint(
-        key=JWT_SECRET, algorithm="HS256", subject=sub, role=auth.Role(role), merchant_id=merchant_id, ttl_seconds=ttl
+        key=JWT_SECRET,
+        algorithm="HS256",
+        subject=sub,
+        role=auth.Role(role),
+        merchant_id=merchant_id,
+        ttl_seconds=ttl,
     )
 
 
@@ -44,7 +50,8 @@ class RpcFailure:
 
 def failure(err: grpc.aio.AioRpcError) -> RpcFailure:
     """Decodes the AIP-193 details of a failed call; asserts exactly one ErrorInfo is present."""
-    raw = dict(err.trailing_metadata() or ()).get("grpc-status-details-bin")
+    pairs = cast("tuple[tuple[str, str | bytes], ...]", tuple(err.trailing_metadata() or ()))
+    raw = next((value for key, value in pairs if key == "grpc-status-details-bin"), None)
     assert isinstance(raw, bytes), f"no status details on {err.code()}: {err.details()}"
     status = status_pb2.Status.FromString(raw)
     infos, violations = [], {}
@@ -76,5 +83,5 @@ async def running_server(pool: asyncpg.Pool) -> AsyncIterator[grpc.aio.Channel]:
     try:
         yield channel
     finally:
-        await channel.close()
+        await channel.close(grace=None)
         await server.stop(grace=0.5)

@@ -1,0 +1,70 @@
+# escalation — `make run` and `make test` are the two commands a newcomer needs.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+# Where Debian installs PostgreSQL's server binaries; a fresh machine may lack them.
+PG_INITDB := $(firstword $(wildcard /usr/lib/postgresql/*/bin/initdb))
+PYTEST_ARGS ?=
+
+.PHONY: help run test lint typecheck check-proto proto schema fmt clean system-deps venv
+
+help: ## show this help
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[1m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(STAMP): pyproject.toml
+	@echo "==> creating $(VENV) and installing dependencies"
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -m pip install --disable-pip-version-check -q --upgrade pip
+	@$(BIN)/python -m pip install --disable-pip-version-check -q -e '.[dev]'
+	@rm -f $(VENV)/.installed-* && touch $@
+
+venv: $(STAMP) ## create the virtualenv and install dependencies
+
+system-deps: ## install Debian's postgresql when its server binaries are missing
+	@if [ -z "$(PG_INITDB)" ] && [ -z "$$ESCALATION_PG_BIN" ] && ! command -v initdb >/dev/null; then \
+	  echo "==> PostgreSQL server binaries are missing: installing Debian's postgresql"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; elif command -v sudo >/dev/null; then SUDO=sudo; else \
+	    echo "error: run as root or install the 'postgresql' package yourself" >&2; exit 1; fi; \
+	  if [ ! -e /etc/postgresql-common/createcluster.conf ]; then \
+	    $$SUDO mkdir -p /etc/postgresql-common && \
+	    echo "create_main_cluster = false" | $$SUDO tee /etc/postgresql-common/createcluster.conf >/dev/null; fi; \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq -o Dpkg::Options::=--force-confold postgresql >/dev/null; \
+	fi
+
+run: system-deps venv ## run everything locally (embedded PostgreSQL + broker), print how to call it
+	@exec $(BIN)/escalation dev
+
+test: system-deps venv lint typecheck ## lint, type-check and run the whole test suite
+	@echo "==> pytest"
+	@$(BIN)/pytest $(PYTEST_ARGS); rc=$$?; \
+	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; fi; exit $$rc
+
+lint: venv ## ruff (lint + format check)
+	@echo "==> ruff"
+	@$(BIN)/ruff check escalation workers tests
+	@$(BIN)/ruff format --check --quiet escalation workers tests
+
+typecheck: venv ## mypy --strict on our code
+	@echo "==> mypy --strict"
+	@$(BIN)/mypy
+
+fmt: venv ## format and auto-fix
+	@$(BIN)/ruff format escalation workers tests
+	@$(BIN)/ruff check --fix escalation workers tests
+
+proto: venv ## regenerate escalation/v1 from proto/escalation/v1
+	@$(BIN)/python -m escalation.devenv.protogen
+
+check-proto: venv ## fail if the generated code drifted from the protos
+	@$(BIN)/python -m escalation.devenv.protogen --check
+
+schema: system-deps venv ## rewrite escalation/store/schema.sql from the migrations
+	@$(BIN)/python -m escalation.devenv.schema
+
+clean: ## remove the virtualenv and caches (keeps .data/)
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

@@ -1,0 +1,240 @@
+"""`escalation dev` (what `make run` runs): embedded PostgreSQL and broker, migrate, seed, serve.
+
+One supervised process tree: PostgreSQL, the broker and `escalation serve` are children of this
+process. SIGINT/SIGTERM, or any child dying, stops them all in reverse order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from escalation import auth
+from escalation.devenv import seed
+from escalation.devenv.broker import EmbeddedBroker, TansuNotFoundError
+from escalation.devenv.ports import PortInUseError, ensure_free
+from escalation.devenv.postgres import EmbeddedPostgres, PostgresNotFoundError
+from escalation.devenv.process import StartupError, spawn, stop_process
+from escalation.store.migrate import migrate
+
+DATABASE = "escalation"
+TOKEN_TTL_SECONDS = 30 * 24 * 3600
+
+
+@dataclass(frozen=True)
+class DevPorts:
+    postgres: int
+    kafka: int
+    grpc_addr: str
+    metrics_addr: str
+
+    @classmethod
+    def from_env(cls) -> DevPorts:
+        return cls(
+            postgres=int(os.environ.get("ESCALATION_DEV_PG_PORT", "55432")),
+            kafka=int(os.environ.get("ESCALATION_DEV_KAFKA_PORT", "19092")),
+            grpc_addr=os.environ.get("ESCALATION_GRPC_ADDR", "0.0.0.0:50051"),
+            metrics_addr=os.environ.get("ESCALATION_METRICS_ADDR", "0.0.0.0:9464"),
+        )
+
+    def check_free(self) -> None:
+        ensure_free("127.0.0.1", self.postgres, "embedded PostgreSQL", "ESCALATION_DEV_PG_PORT")
+        ensure_free("127.0.0.1", self.kafka, "embedded Kafka broker", "ESCALATION_DEV_KAFKA_PORT")
+        for addr, what, var in (
+            (self.grpc_addr, "gRPC", "ESCALATION_GRPC_ADDR"),
+            (self.metrics_addr, "metrics", "ESCALATION_METRICS_ADDR"),
+        ):
+            host, _, port = addr.rpartition(":")
+            ensure_free(host, int(port), what, var)
+
+    @property
+    def grpc_port(self) -> int:
+        return int(self.grpc_addr.rpartition(":")[2])
+
+
+def _jwt_secret(data_dir: Path) -> str:
+    """A random secret per checkout, kept across runs so printed tokens stay valid."""
+    path = data_dir / "dev-jwt-secret"
+    if not path.exists():
+        path.write_text(secrets.token_urlsafe(48))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+async def _prepare_database(admin_dsn: str, dsn: str) -> None:
+    admin = await asyncpg.connect(admin_dsn)
+    try:
+        if not await admin.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", DATABASE):
+            await admin.execute(f'CREATE DATABASE "{DATABASE}"')
+    finally:
+        await admin.close()
+    conn = await asyncpg.connect(dsn)
+    try:
+        await migrate(conn)
+    finally:
+        await conn.close()
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
+    try:
+        await seed.seed_demo(pool)
+    finally:
+        await pool.close()
+
+
+def _wait_serving(port: int, server: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            if server.poll() is not None:
+                raise StartupError(f"`escalation serve` exited with status {server.returncode}; see its output above")
+            try:
+                if (
+                    stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status
+                    == health_pb2.HealthCheckResponse.SERVING
+                ):
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.2)
+    raise StartupError(f"`escalation serve` did not report SERVING on port {port} within {timeout:.0f} s")
+
+
+def _banner(ports: DevPorts, secret: str, data_dir: Path) -> str:
+    def tok(role: auth.Role, sub: str, merchant_id: str | None = None) -> str:
+        return auth.mint(
+            key=secret,
+            algorithm="HS256",
+            subject=sub,
+            role=role,
+            merchant_id=merchant_id,
+            ttl_seconds=TOKEN_TTL_SECONDS,
+        )
+
+    grpcurl = Path(sys.executable).with_name("grpcurl")
+    g = shlex.quote(os.path.relpath(grpcurl)) if grpcurl.exists() else "grpcurl"
+    target = f"localhost:{ports.grpc_port}"
+    env_file = data_dir / "dev.env"
+    env_file.write_text(
+        f"export OPS_TOKEN={tok(auth.Role.OPS, 'ops-demo')}\n"
+        f"export MAIN_TOKEN={tok(auth.Role.MERCHANT, seed.DEMO_MAIN_ACCOUNT, seed.DEMO_MERCHANT)}\n"
+        f"export AGENT_TOKEN={tok(auth.Role.MERCHANT, seed.DEMO_AGENTS[0], seed.DEMO_MERCHANT)}\n"
+        f"export PLATFORM_TOKEN={tok(auth.Role.PLATFORM, 'platform-demo')}\n"
+        f"export ESCALATION_JWT_SECRET={secret}\n"
+    )
+    rel_env = shlex.quote(os.path.relpath(env_file))
+    return f"""
+escalation is running (demo merchant {seed.DEMO_MERCHANT!r}: main account {seed.DEMO_MAIN_ACCOUNT!r},
+designated agents {", ".join(seed.DEMO_AGENTS)}).
+
+  gRPC      {target}            metrics  http://localhost:{ports.metrics_addr.rpartition(":")[2]}/metrics
+  Postgres  postgresql://postgres@127.0.0.1:{ports.postgres}/{DATABASE}
+  Kafka     127.0.0.1:{ports.kafka}
+
+In another terminal (tokens are valid for 30 days; mint more with `escalation token`):
+
+  source {rel_env}
+  {g} -plaintext {target} list
+  {g} -plaintext -H "authorization: Bearer $MAIN_TOKEN" {target} escalation.v1.MerchantAdminService/ListAgents
+  {g} -plaintext -H "authorization: Bearer $MAIN_TOKEN" {target} escalation.v1.MerchantAdminService/GetReceptionSettings
+  {g} -plaintext -H "authorization: Bearer $MAIN_TOKEN" -d '{{"reply_timeout": "150s"}}' \\
+      {target} escalation.v1.MerchantAdminService/UpdateReplyTimeout
+  {g} -plaintext -H "authorization: Bearer $OPS_TOKEN" \\
+      -d '{{"merchant": {{"merchant_id": "shop-2", "main_account_id": "shop-2-main"}}}}' \\
+      {target} escalation.v1.OpsService/UpsertMerchant
+
+Ctrl-C stops everything; data stays in {os.path.relpath(data_dir)}/ for the next run.
+"""
+
+
+def run_dev(data_dir: str = ".data") -> int:
+    """Runs until SIGINT/SIGTERM or until a child dies; returns the exit status."""
+    root = Path(data_dir).absolute()
+    root.mkdir(parents=True, exist_ok=True)
+    logs = root / "logs"
+    ports = DevPorts.from_env()
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+
+    postgres = EmbeddedPostgres(root / "pg", port=ports.postgres, log_path=logs / "postgres.log")
+    broker = EmbeddedBroker(port=ports.kafka, log_path=logs / "broker.log")
+    server: subprocess.Popen[bytes] | None = None
+    status = 0
+    try:
+        ports.check_free()
+        print(
+            f"starting PostgreSQL on 127.0.0.1:{ports.postgres} (data in {os.path.relpath(postgres.data_dir)})",
+            flush=True,
+        )
+        postgres.init()
+        postgres.start()
+        dsn = postgres.dsn(DATABASE)
+        print("migrating and seeding the demo merchant", flush=True)
+        asyncio.run(_prepare_database(postgres.dsn("postgres"), dsn))
+        print(f"starting the Kafka-protocol broker on 127.0.0.1:{ports.kafka}", flush=True)
+        broker.start()
+        secret = _jwt_secret(root)
+        env = {
+            **os.environ,
+            "ESCALATION_DATABASE_URL": dsn,
+            "ESCALATION_KAFKA_BOOTSTRAP": broker.bootstrap,
+            # The embedded broker lacks InitProducerId; Apache Kafka keeps the default (on).
+            "ESCALATION_KAFKA_IDEMPOTENCE": "false",
+            "ESCALATION_GRPC_ADDR": ports.grpc_addr,
+            "ESCALATION_METRICS_ADDR": ports.metrics_addr,
+            "ESCALATION_JWT_ALGORITHM": "HS256",
+            "ESCALATION_JWT_SECRET": secret,
+            "ESCALATION_LOG_FORMAT": os.environ.get("ESCALATION_LOG_FORMAT", "console"),
+        }
+        print("starting `escalation serve`", flush=True)
+        server = spawn(
+            [sys.executable, "-m", "escalation", "serve"],
+            log_path=None,
+            env=env,
+            cwd=os.getcwd(),
+            inherit_output=True,
+        )
+        _wait_serving(ports.grpc_port, server)
+        print(_banner(ports, secret, root), flush=True)
+        while not stop.wait(0.5):
+            died = [
+                name
+                for name, alive in (
+                    ("server", server.poll() is None),
+                    ("PostgreSQL", postgres.is_running),
+                    ("broker", broker.is_running),
+                )
+                if not alive
+            ]
+            if died:
+                print(
+                    f"escalation dev: {', '.join(died)} stopped unexpectedly; shutting down",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                status = 1
+                break
+    except (PortInUseError, PostgresNotFoundError, TansuNotFoundError, StartupError, PermissionError) as exc:
+        print(f"escalation dev: {exc}", file=sys.stderr, flush=True)
+        status = 1
+    finally:
+        print("stopping", flush=True)
+        if server is not None:
+            stop_process(server, signal.SIGTERM, timeout=15)
+        broker.stop()
+        postgres.stop()
+        print("stopped", flush=True)
+    return status

@@ -1,0 +1,209 @@
+-- The declared schema: `make schema` writes this file from the migrations; do not edit it.
+CREATE TABLE public.agents (
+    merchant_id text NOT NULL,
+    agent_id text NOT NULL,
+    display_name text NOT NULL,
+    main_account boolean DEFAULT false NOT NULL,
+    im_permission boolean DEFAULT false NOT NULL,
+    disabled boolean DEFAULT false NOT NULL,
+    reception_agent boolean DEFAULT false NOT NULL,
+    capacity integer DEFAULT 10 NOT NULL,
+    open_sessions integer DEFAULT 0 NOT NULL,
+    last_assign_time timestamp with time zone,
+    create_time timestamp with time zone DEFAULT now() NOT NULL,
+    update_time timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT agents_capacity_range CHECK (((capacity >= 1) AND (capacity <= 50))),
+    CONSTRAINT agents_main_account_has_im CHECK (((NOT main_account) OR im_permission)),
+    CONSTRAINT agents_open_sessions_nonnegative CHECK ((open_sessions >= 0))
+);
+CREATE VIEW public.agent_eligibility AS
+ SELECT a.merchant_id,
+    a.agent_id,
+    a.display_name,
+    a.main_account,
+    a.im_permission,
+    a.disabled,
+    a.reception_agent,
+    a.capacity,
+    a.open_sessions,
+    a.last_assign_time,
+    a.create_time,
+    a.update_time,
+    ((NOT a.disabled) AND a.im_permission AND (a.reception_agent OR (a.main_account AND (NOT (EXISTS ( SELECT 1
+           FROM public.agents d
+          WHERE ((d.merchant_id = a.merchant_id) AND d.reception_agent))))))) AS eligible
+   FROM public.agents a;
+CREATE TABLE public.merchant_events (
+    merchant_id text NOT NULL,
+    cursor bigint NOT NULL,
+    session_id uuid,
+    agent_id text,
+    kind text NOT NULL,
+    payload bytea NOT NULL,
+    event_time timestamp with time zone DEFAULT now() NOT NULL
+);
+CREATE TABLE public.merchant_warnings (
+    warning_id uuid NOT NULL,
+    merchant_id text NOT NULL,
+    period_start timestamp with time zone NOT NULL,
+    period_end timestamp with time zone NOT NULL,
+    kinds text[] NOT NULL,
+    payload bytea NOT NULL,
+    create_time timestamp with time zone DEFAULT now() NOT NULL
+);
+CREATE TABLE public.merchants (
+    merchant_id text NOT NULL,
+    display_name text NOT NULL,
+    main_account_id text NOT NULL,
+    disabled boolean DEFAULT false NOT NULL,
+    last_event_cursor bigint DEFAULT 0 NOT NULL,
+    create_time timestamp with time zone DEFAULT now() NOT NULL,
+    update_time timestamp with time zone DEFAULT now() NOT NULL
+);
+CREATE TABLE public.messages (
+    session_id uuid NOT NULL,
+    seq bigint NOT NULL,
+    sender text NOT NULL,
+    sender_id text NOT NULL,
+    kind text NOT NULL,
+    client_msg_id text,
+    template_id text,
+    content bytea NOT NULL,
+    send_time timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT messages_kind_known CHECK ((kind = ANY (ARRAY['TEXT'::text, 'ORDER_CARD'::text, 'IMAGE'::text, 'EMOJI'::text]))),
+    CONSTRAINT messages_sender_known CHECK ((sender = ANY (ARRAY['PLATFORM'::text, 'MERCHANT'::text]))),
+    CONSTRAINT messages_seq_positive CHECK ((seq >= 1))
+);
+CREATE TABLE public.outbox (
+    id bigint NOT NULL,
+    topic text NOT NULL,
+    message_key bytea NOT NULL,
+    event_id text NOT NULL,
+    content_type text NOT NULL,
+    payload bytea NOT NULL,
+    create_time timestamp with time zone DEFAULT now() NOT NULL,
+    attempts integer DEFAULT 0 NOT NULL,
+    last_error text,
+    published_time timestamp with time zone
+);
+ALTER TABLE public.outbox ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
+    SEQUENCE NAME public.outbox_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1
+);
+CREATE TABLE public.reception_settings (
+    merchant_id text NOT NULL,
+    reply_timeout_seconds integer DEFAULT 180 NOT NULL,
+    update_time timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT reception_settings_reply_timeout_range CHECK (((reply_timeout_seconds >= 120) AND (reply_timeout_seconds <= 180)))
+);
+CREATE TABLE public.reply_templates (
+    template_id text NOT NULL,
+    merchant_id text NOT NULL,
+    title text NOT NULL,
+    body text NOT NULL,
+    create_time timestamp with time zone DEFAULT now() NOT NULL
+);
+CREATE TABLE public.schema_migrations (
+    version integer NOT NULL,
+    name text NOT NULL,
+    applied_at timestamp with time zone DEFAULT now() NOT NULL
+);
+CREATE TABLE public.sessions (
+    session_id uuid NOT NULL,
+    merchant_id text NOT NULL,
+    assigned_agent_id text NOT NULL,
+    platform_agent_id text NOT NULL,
+    order_id text,
+    category text NOT NULL,
+    state text DEFAULT 'OPEN'::text NOT NULL,
+    close_reason text,
+    open_time timestamp with time zone DEFAULT now() NOT NULL,
+    close_time timestamp with time zone,
+    reply_deadline timestamp with time zone,
+    remind_time timestamp with time zone,
+    last_seq bigint DEFAULT 0 NOT NULL,
+    merchant_read_seq bigint DEFAULT 0 NOT NULL,
+    platform_read_seq bigint DEFAULT 0 NOT NULL,
+    request_id text NOT NULL,
+    request_hash bytea NOT NULL,
+    assignment bytea NOT NULL,
+    CONSTRAINT sessions_category_known CHECK ((category = ANY (ARRAY['REFUND'::text, 'ORDER_OPERATION'::text, 'EXCHANGE'::text, 'PRODUCT'::text, 'NEGOTIATED_REFUND'::text, 'LOGISTICS'::text]))),
+    CONSTRAINT sessions_close_reason_known CHECK ((close_reason = ANY (ARRAY['RESOLVED'::text, 'PLATFORM_ESCALATED'::text, 'MERCHANT_TIMEOUT'::text]))),
+    CONSTRAINT sessions_end_consistent CHECK ((((state = 'OPEN'::text) AND (close_reason IS NULL) AND (close_time IS NULL)) OR ((state = 'ENDED'::text) AND (close_reason IS NOT NULL) AND (close_time IS NOT NULL) AND (reply_deadline IS NULL) AND (remind_time IS NULL)))),
+    CONSTRAINT sessions_state_known CHECK ((state = ANY (ARRAY['OPEN'::text, 'ENDED'::text])))
+);
+CREATE TABLE public.tickets (
+    ticket_id uuid NOT NULL,
+    session_id uuid NOT NULL,
+    merchant_id text NOT NULL,
+    reason text NOT NULL,
+    category text NOT NULL,
+    handle_by timestamp with time zone NOT NULL,
+    transcript_digest text NOT NULL,
+    payload bytea NOT NULL,
+    create_time timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT tickets_reason_known CHECK ((reason = ANY (ARRAY['PLATFORM_ESCALATED'::text, 'MERCHANT_TIMEOUT'::text])))
+);
+ALTER TABLE ONLY public.agents
+    ADD CONSTRAINT agents_pkey PRIMARY KEY (merchant_id, agent_id);
+ALTER TABLE ONLY public.merchant_events
+    ADD CONSTRAINT merchant_events_pkey PRIMARY KEY (merchant_id, cursor);
+ALTER TABLE ONLY public.merchant_warnings
+    ADD CONSTRAINT merchant_warnings_one_per_period UNIQUE (merchant_id, period_start);
+ALTER TABLE ONLY public.merchant_warnings
+    ADD CONSTRAINT merchant_warnings_pkey PRIMARY KEY (warning_id);
+ALTER TABLE ONLY public.merchants
+    ADD CONSTRAINT merchants_pkey PRIMARY KEY (merchant_id);
+ALTER TABLE ONLY public.messages
+    ADD CONSTRAINT messages_pkey PRIMARY KEY (session_id, seq);
+ALTER TABLE ONLY public.outbox
+    ADD CONSTRAINT outbox_pkey PRIMARY KEY (id);
+ALTER TABLE ONLY public.reception_settings
+    ADD CONSTRAINT reception_settings_pkey PRIMARY KEY (merchant_id);
+ALTER TABLE ONLY public.reply_templates
+    ADD CONSTRAINT reply_templates_pkey PRIMARY KEY (template_id);
+ALTER TABLE ONLY public.schema_migrations
+    ADD CONSTRAINT schema_migrations_pkey PRIMARY KEY (version);
+ALTER TABLE ONLY public.sessions
+    ADD CONSTRAINT sessions_pkey PRIMARY KEY (session_id);
+ALTER TABLE ONLY public.tickets
+    ADD CONSTRAINT tickets_pkey PRIMARY KEY (ticket_id);
+ALTER TABLE ONLY public.tickets
+    ADD CONSTRAINT tickets_session_id_key UNIQUE (session_id);
+CREATE UNIQUE INDEX agents_one_main_account ON public.agents USING btree (merchant_id) WHERE main_account;
+CREATE INDEX merchant_events_event_time ON public.merchant_events USING btree (event_time);
+CREATE INDEX merchant_warnings_create_time ON public.merchant_warnings USING btree (create_time DESC, warning_id DESC);
+CREATE UNIQUE INDEX messages_client_msg_id ON public.messages USING btree (session_id, sender, client_msg_id) WHERE (client_msg_id IS NOT NULL);
+CREATE INDEX outbox_pending ON public.outbox USING btree (id) WHERE (published_time IS NULL);
+CREATE INDEX reply_templates_merchant ON public.reply_templates USING btree (merchant_id, create_time, template_id);
+CREATE INDEX sessions_agent_open_time ON public.sessions USING btree (merchant_id, assigned_agent_id, open_time DESC, session_id DESC);
+CREATE INDEX sessions_due ON public.sessions USING btree (reply_deadline) WHERE (reply_deadline IS NOT NULL);
+CREATE INDEX sessions_merchant_open_time ON public.sessions USING btree (merchant_id, open_time DESC, session_id DESC);
+CREATE INDEX sessions_platform_agent_open_time ON public.sessions USING btree (platform_agent_id, open_time DESC, session_id DESC);
+CREATE INDEX sessions_remind_due ON public.sessions USING btree (remind_time) WHERE (remind_time IS NOT NULL);
+CREATE UNIQUE INDEX sessions_request_id ON public.sessions USING btree (platform_agent_id, request_id);
+CREATE INDEX tickets_merchant_create_time ON public.tickets USING btree (merchant_id, create_time);
+ALTER TABLE ONLY public.agents
+    ADD CONSTRAINT agents_merchant_id_fkey FOREIGN KEY (merchant_id) REFERENCES public.merchants(merchant_id) ON DELETE CASCADE;
+ALTER TABLE ONLY public.merchant_events
+    ADD CONSTRAINT merchant_events_merchant_id_fkey FOREIGN KEY (merchant_id) REFERENCES public.merchants(merchant_id) ON DELETE CASCADE;
+ALTER TABLE ONLY public.merchant_warnings
+    ADD CONSTRAINT merchant_warnings_merchant_id_fkey FOREIGN KEY (merchant_id) REFERENCES public.merchants(merchant_id) ON DELETE CASCADE;
+ALTER TABLE ONLY public.messages
+    ADD CONSTRAINT messages_session_id_fkey FOREIGN KEY (session_id) REFERENCES public.sessions(session_id) ON DELETE CASCADE;
+ALTER TABLE ONLY public.reception_settings
+    ADD CONSTRAINT reception_settings_merchant_id_fkey FOREIGN KEY (merchant_id) REFERENCES public.merchants(merchant_id) ON DELETE CASCADE;
+ALTER TABLE ONLY public.reply_templates
+    ADD CONSTRAINT reply_templates_merchant_id_fkey FOREIGN KEY (merchant_id) REFERENCES public.merchants(merchant_id) ON DELETE CASCADE;
+ALTER TABLE ONLY public.sessions
+    ADD CONSTRAINT sessions_merchant_id_assigned_agent_id_fkey FOREIGN KEY (merchant_id, assigned_agent_id) REFERENCES public.agents(merchant_id, agent_id);
+ALTER TABLE ONLY public.sessions
+    ADD CONSTRAINT sessions_merchant_id_fkey FOREIGN KEY (merchant_id) REFERENCES public.merchants(merchant_id);
+ALTER TABLE ONLY public.tickets
+    ADD CONSTRAINT tickets_merchant_id_fkey FOREIGN KEY (merchant_id) REFERENCES public.merchants(merchant_id);
+ALTER TABLE ONLY public.tickets
+    ADD CONSTRAINT tickets_session_id_fkey FOREIGN KEY (session_id) REFERENCES public.sessions(session_id);
