@@ -1,0 +1,95 @@
+"""Token verification: identity only from a verified token with sub, role and exp."""
+
+from __future__ import annotations
+
+import time
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from escalation import auth, errors
+from escalation.config import JwtSettings
+
+SECRET = "k" * 40
+HS = JwtSettings(algorithm="HS256", key=SECRET)
+
+
+def _verify(token: str, settings: JwtSettings = HS) -> auth.Identity:
+    return auth.TokenVerifier(settings).verify(f"Bearer {token}")
+
+
+def test_minted_merchant_token_round_trips() -> None:
+    token = auth.mint(key=SECRET, algorithm="HS256", subject="a1", role=auth.Role.MERCHANT, merchant_id="m1")
+    assert _verify(token) == auth.Identity("a1", auth.Role.MERCHANT, "m1")
+
+
+def test_merchant_id_claim_is_ignored_for_other_roles() -> None:
+    token = jwt.encode({"sub": "p1", "role": "platform", "merchant_id": "m1", "exp": time.time() + 60}, SECRET)
+    assert _verify(token) == auth.Identity("p1", auth.Role.PLATFORM, None)
+
+
+@pytest.mark.parametrize(
+    ("claims", "reason"),
+    [
+        ({"sub": "a", "role": "ops"}, "TOKEN_INVALID"),  # no exp
+        ({"role": "ops", "exp": 4e9}, "TOKEN_INVALID"),  # no sub
+        ({"sub": "a", "exp": 4e9}, "TOKEN_INVALID"),  # no role
+        ({"sub": "a", "role": "admin", "exp": 4e9}, "TOKEN_INVALID"),
+        ({"sub": "a b", "role": "ops", "exp": 4e9}, "TOKEN_INVALID"),
+        ({"sub": "a", "role": "merchant", "exp": 4e9}, "TOKEN_INVALID"),  # merchant without merchant_id
+        ({"sub": "a", "role": "ops", "exp": time.time() - 3600}, "TOKEN_EXPIRED"),
+    ],
+)
+def test_bad_claims_are_unauthenticated(claims: dict[str, object], reason: str) -> None:
+    with pytest.raises(errors.Unauthenticated) as caught:
+        _verify(jwt.encode(claims, SECRET))
+    assert caught.value.reason == reason
+
+
+def test_wrong_key_and_alg_none_are_rejected() -> None:
+    claims = {"sub": "a", "role": "ops", "exp": 4e9}
+    with pytest.raises(errors.Unauthenticated):
+        _verify(jwt.encode(claims, "x" * 40))
+    with pytest.raises(errors.Unauthenticated):
+        _verify(jwt.encode(claims, "", algorithm="none"))
+
+
+@pytest.mark.parametrize(
+    ("header", "reason"), [(None, "TOKEN_MISSING"), ("", "TOKEN_MISSING"), ("Token abc", "TOKEN_MALFORMED")]
+)
+def test_missing_or_malformed_header(header: str | None, reason: str) -> None:
+    with pytest.raises(errors.Unauthenticated) as caught:
+        auth.TokenVerifier(HS).verify(header)
+    assert caught.value.reason == reason
+
+
+def test_rs256_verifies_with_the_public_key_only() -> None:
+    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    private_pem = private.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    public_pem = (
+        private.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+    token = auth.mint(key=private_pem, algorithm="RS256", subject="ops-1", role=auth.Role.OPS)
+    settings = JwtSettings(algorithm="RS256", key=public_pem)
+    assert _verify(token, settings) == auth.Identity("ops-1", auth.Role.OPS)
+    # An HS256 token signed with the public key as secret must not pass (algorithm confusion).
+    forged = jwt.encode({"sub": "x", "role": "ops", "exp": 4e9}, "p" * 40, algorithm="HS256")
+    with pytest.raises(errors.Unauthenticated):
+        _verify(forged, settings)
+
+
+def test_audience_and_issuer_are_enforced_when_configured() -> None:
+    settings = JwtSettings(algorithm="HS256", key=SECRET, audience="escalation", issuer="idp")
+    good = auth.mint(
+        key=SECRET, algorithm="HS256", subject="a", role=auth.Role.OPS, audience="escalation", issuer="idp"
+    )
+    assert _verify(good, settings).subject == "a"
+    bad = auth.mint(key=SECRET, algorithm="HS256", subject="a", role=auth.Role.OPS, audience="other", issuer="idp")
+    with pytest.raises(errors.Unauthenticated):
+        _verify(bad, settings)
