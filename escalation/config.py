@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import TypeVar
+
+from escalation.domain.tickets import DEFAULT_SLA
 
 T = TypeVar("T")
 
@@ -61,6 +64,10 @@ class Settings:
     log_level: str = "info"
     # Seconds in-flight RPCs get to finish on SIGTERM before they are cancelled.
     shutdown_grace_seconds: float = 10.0
+    # The reply reminder is due this many seconds before the deadline (SPEC R5).
+    remind_before_seconds: int = 60
+    # Ticket SLA (handle_by = close time + this) per category name (SPEC R7).
+    ticket_sla: Mapping[str, timedelta] = field(default_factory=lambda: dict(DEFAULT_SLA))
 
     def require_jwt(self) -> JwtSettings:
         if self.jwt is None:
@@ -138,6 +145,24 @@ def _bootstrap(raw: str) -> str:
     return raw
 
 
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _sla(raw: str) -> dict[str, timedelta]:
+    """``REFUND=2h,LOGISTICS=1d``: overrides on top of the spec's defaults."""
+    table = dict(DEFAULT_SLA)
+    for item in raw.split(","):
+        name, sep, value = item.strip().partition("=")
+        name = name.strip().upper()
+        if not sep or name not in table:
+            raise ValueError(f"expected CATEGORY=DURATION with CATEGORY one of {', '.join(DEFAULT_SLA)}")
+        value = value.strip()
+        if len(value) < 2 or value[-1] not in _DURATION_UNITS or not value[:-1].isdigit() or int(value[:-1]) <= 0:
+            raise ValueError(f"{value!r} is not a duration like 90m, 2h or 1d")
+        table[name] = timedelta(seconds=int(value[:-1]) * _DURATION_UNITS[value[-1]])
+    return table
+
+
 def _jwt(env: Mapping[str, str]) -> JwtSettings | None:
     if not any(env.get(name) for name in _JWT_VARIABLES):
         return None
@@ -189,4 +214,6 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         log_format=_get(env, "ESCALATION_LOG_FORMAT", _choice(LOG_FORMATS), "json", "console or json"),
         log_level=_get(env, "ESCALATION_LOG_LEVEL", _choice(LOG_LEVELS), "info", "debug, info, warning or error"),
         shutdown_grace_seconds=_get(env, "ESCALATION_SHUTDOWN_GRACE_SECONDS", _positive_float, 10.0, "seconds > 0"),
+        remind_before_seconds=_get(env, "ESCALATION_REMIND_BEFORE_SECONDS", _int_in(1, 3600), 60, "seconds, 1..3600"),
+        ticket_sla=_get(env, "ESCALATION_TICKET_SLA", _sla, dict(DEFAULT_SLA), "e.g. REFUND=2h,LOGISTICS=1d"),
     )

@@ -80,6 +80,12 @@ class NotMainAccount(PermissionDenied):
     reason = "NOT_MAIN_ACCOUNT"
 
 
+class ImPermissionRequired(PermissionDenied):
+    """This agent has no IM permission (or is disabled) and cannot talk to the platform."""
+
+    reason = "IM_PERMISSION_REQUIRED"
+
+
 # --- what the caller asked for does not exist (or is outside its scope) ---------------------------
 
 

@@ -1,4 +1,4 @@
-"""MerchantService. Quick-reply templates work; the session RPCs and Connect arrive with their issues."""
+"""MerchantService: replies, the shop's sessions (R9 scope), quick replies. Connect arrives with Real time."""
 
 from __future__ import annotations
 
@@ -10,10 +10,13 @@ import grpc
 
 from escalation import errors
 from escalation.api import convert
+from escalation.api import session_requests as req
 from escalation.api.interceptors import current_identity
 from escalation.domain import paging
+from escalation.domain.session import Kind, Sender
 from escalation.domain.validation import Violations
-from escalation.services import directory
+from escalation.services import directory, records, sessions
+from escalation.services.sessions import NewMessage, SessionPolicy
 from escalation.v1 import common_pb2, merchant_pb2, merchant_pb2_grpc, platform_pb2
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -22,8 +25,9 @@ DEFAULT_TEMPLATE_PAGE = 100
 
 
 class MerchantServicer(merchant_pb2_grpc.MerchantServiceServicer):
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, policy: SessionPolicy) -> None:
         self._pool = pool
+        self._policy = policy
 
     async def ListReplyTemplates(
         self, request: merchant_pb2.ListReplyTemplatesRequest, context: Context
@@ -52,17 +56,36 @@ class MerchantServicer(merchant_pb2_grpc.MerchantServiceServicer):
         yield  # unreachable; makes this an async generator, as a streaming RPC must be
 
     async def Reply(self, request: merchant_pb2.ReplyRequest, context: Context) -> common_pb2.Message:
-        raise errors.Unimplemented()
+        return records.message(await reply(self._pool, self._policy, request))
 
     async def GetSession(self, request: platform_pb2.GetSessionRequest, context: Context) -> common_pb2.Session:
-        raise errors.Unimplemented()
+        return await req.get_session(self._pool, request)
 
     async def ListSessions(
         self, request: platform_pb2.ListSessionsRequest, context: Context
     ) -> platform_pb2.ListSessionsResponse:
-        raise errors.Unimplemented()
+        return await req.list_sessions(self._pool, request)
 
     async def ListMessages(
         self, request: platform_pb2.ListMessagesRequest, context: Context
     ) -> platform_pb2.ListMessagesResponse:
-        raise errors.Unimplemented()
+        return await req.list_messages(self._pool, request)
+
+
+async def reply(pool: asyncpg.Pool, policy: SessionPolicy, request: merchant_pb2.ReplyRequest) -> asyncpg.Record:
+    """A merchant reply (unary, or a Connect frame): text, image, emoji, or a quick-reply template."""
+    check = Violations()
+    sid = req.session_id(check, request.session_id)
+    msg_id = req.client_msg_id(check, request.client_msg_id)
+    has_content, template_id = request.HasField("content"), request.template_id
+    message: NewMessage | None = None
+    if has_content == bool(template_id):
+        check.add("content", "set exactly one of content and template_id")
+    elif template_id:
+        check.identifier("template_id", template_id)
+        message = NewMessage(Kind.TEXT, b"", msg_id, template_id)
+    else:
+        message = req.new_message(check, "content", request.content, Sender.MERCHANT, msg_id)
+    check.raise_if_any()
+    assert message is not None
+    return await sessions.add_message(pool, current_identity(), sid, message, policy)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import signal
 from collections.abc import Sequence
+from datetime import timedelta
 
 import asyncpg
 import grpc
@@ -20,6 +21,7 @@ from escalation.api.ops import OpsServicer
 from escalation.api.platform import PlatformServicer
 from escalation.auth import TokenVerifier
 from escalation.config import Settings
+from escalation.services.sessions import SessionPolicy
 from escalation.v1 import (
     admin_pb2,
     admin_pb2_grpc,
@@ -63,11 +65,14 @@ class Server:
 
     def __init__(self, settings: Settings, pool: asyncpg.Pool, *, address: str | None = None) -> None:
         self._settings = settings
+        policy = SessionPolicy(
+            remind_before=timedelta(seconds=settings.remind_before_seconds), ticket_sla=settings.ticket_sla
+        )
         self._server = grpc.aio.server(
             interceptors=[ServerInterceptor(TokenVerifier(settings.require_jwt()))], options=_OPTIONS
         )
-        platform_pb2_grpc.add_PlatformServiceServicer_to_server(PlatformServicer(pool), self._server)
-        merchant_pb2_grpc.add_MerchantServiceServicer_to_server(MerchantServicer(pool), self._server)
+        platform_pb2_grpc.add_PlatformServiceServicer_to_server(PlatformServicer(pool, policy), self._server)
+        merchant_pb2_grpc.add_MerchantServiceServicer_to_server(MerchantServicer(pool, policy), self._server)
         admin_pb2_grpc.add_MerchantAdminServiceServicer_to_server(MerchantAdminServicer(pool), self._server)
         ops_pb2_grpc.add_OpsServiceServicer_to_server(OpsServicer(pool), self._server)
         self.health = health_aio.HealthServicer()

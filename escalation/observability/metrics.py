@@ -17,3 +17,11 @@ GRPC_HANDLING_SECONDS = Histogram(
     ["grpc_service", "grpc_method", "grpc_type"],
     buckets=_LATENCY_BUCKETS,
 )
+
+SESSIONS_OPENED = Counter("escalation_sessions_opened_total", "Sessions opened, by category.", ["category"])
+SESSIONS_CLOSED = Counter("escalation_sessions_closed_total", "Sessions ended, by reason.", ["reason"])
+ASSIGNMENT_SATURATION = Histogram(
+    "escalation_assignment_saturation",
+    "Saturation (open sessions ÷ capacity) of the chosen agent just before each assignment.",
+    buckets=(0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9, 1.0, 1.5, 2.0, 5.0),
+)

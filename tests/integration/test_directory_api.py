@@ -425,11 +425,12 @@ async def test_reply_templates_are_kept_by_main_account_and_listed_by_agents(
 
 
 async def test_rpcs_of_later_issues_answer_unimplemented_with_error_info(channel: grpc.aio.Channel) -> None:
-    platform = platform_pb2_grpc.PlatformServiceStub(channel)
+    ops = ops_pb2_grpc.OpsServiceStub(channel)
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await platform.GetSession(platform_pb2.GetSessionRequest(session_id="x"), metadata=bearer("platform", "pa-1"))
+        await ops.ListWarnings(ops_pb2.ListWarningsRequest(), metadata=OPS)
     got = failure(caught.value)
     assert (got.code, got.reason) == (grpc.StatusCode.UNIMPLEMENTED, "NOT_IMPLEMENTED")
+    platform = platform_pb2_grpc.PlatformServiceStub(channel)
     watch = platform.WatchSession(platform_pb2.WatchSessionRequest(session_id="x"), metadata=bearer("platform", "pa-1"))
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         async for _ in watch:

@@ -1,0 +1,136 @@
+"""Request validation and the read RPCs that PlatformService and MerchantService share."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+from google.protobuf import message as pb_message
+from google.protobuf import timestamp_pb2
+
+from escalation.api.interceptors import current_identity
+from escalation.domain import messages as message_rules
+from escalation.domain import paging
+from escalation.domain.session import Sender
+from escalation.domain.validation import Violations
+from escalation.services import records, sessions
+from escalation.services.sessions import NewMessage
+from escalation.v1 import common_pb2, platform_pb2
+
+DEFAULT_SESSION_PAGE, DEFAULT_MESSAGE_PAGE = 50, 100
+_CLIENT_MSG_ID = re.compile(r"^[\x21-\x7e]{1,64}$")
+
+
+def session_id(check: Violations, value: str, field: str = "session_id") -> uuid.UUID:
+    """Parses a session id; a malformed one is INVALID_ARGUMENT, a well-formed unknown one NOT_FOUND."""
+    if not value:
+        check.add(field, "is required")
+        return uuid.UUID(int=0)
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        check.add(field, "must be a session id (UUID)")
+        return uuid.UUID(int=0)
+
+
+def client_msg_id(check: Violations, value: str) -> str | None:
+    if not value:
+        return None
+    if not _CLIENT_MSG_ID.match(value):
+        check.add("client_msg_id", "must be 1–64 printable ASCII characters without spaces")
+    return value
+
+
+def enum_value(check: Violations, field: str, enum: Any, value: int, *, required: bool) -> str | None:
+    """The value's name without the enum's prefix (CATEGORY_REFUND → REFUND); None when unset."""
+    try:
+        name: str = enum.Name(value)
+    except ValueError:
+        check.add(field, f"{value} is not a known value")
+        return None
+    if value == 0:
+        if required:
+            check.add(field, "is required")
+        return None
+    prefix = enum.Name(0).removesuffix("UNSPECIFIED")
+    return name.removeprefix(prefix)
+
+
+def new_message(
+    check: Violations, field: str, content: common_pb2.MessageContent, sender: Sender, msg_id: str | None
+) -> NewMessage | None:
+    kind = message_rules.content(check, field, content, sender)
+    if kind is None:
+        return None
+    return NewMessage(kind, content.SerializeToString(deterministic=True), msg_id)
+
+
+def request_hash(request: pb_message.Message) -> bytes:
+    """Fingerprint of a (validated, normalised) request for AIP-155 replay checks."""
+    return hashlib.sha256(request.SerializeToString(deterministic=True)).digest()
+
+
+def _time(ts: timestamp_pb2.Timestamp, present: bool) -> datetime | None:
+    return ts.ToDatetime(tzinfo=UTC) if present else None
+
+
+async def get_session(pool: asyncpg.Pool, request: platform_pb2.GetSessionRequest) -> common_pb2.Session:
+    check = Violations()
+    sid = session_id(check, request.session_id)
+    check.raise_if_any()
+    return records.session(await sessions.get_session(pool, current_identity(), sid))
+
+
+async def list_sessions(
+    pool: asyncpg.Pool, request: platform_pb2.ListSessionsRequest
+) -> platform_pb2.ListSessionsResponse:
+    check = Violations()
+    if request.merchant_id:
+        check.identifier("merchant_id", request.merchant_id)
+    state = enum_value(check, "state", common_pb2.SessionState, request.state, required=False)
+    size = check.page_size("page_size", request.page_size, default=DEFAULT_SESSION_PAGE)
+    start = _time(request.open_time_start, request.HasField("open_time_start"))
+    end = _time(request.open_time_end, request.HasField("open_time_end"))
+    if start and end and start >= end:
+        check.add("open_time_end", "must be after open_time_start")
+    check.raise_if_any()
+    where = sessions.SessionFilter(request.merchant_id or None, state, start, end)
+    filters = ["sessions", where.merchant_id, where.state, str(start), str(end)]
+    after_key = paging.decode(request.page_token, filters)
+    after = None
+    if after_key is not None:
+        try:
+            after = (datetime.fromisoformat(str(after_key[0])), uuid.UUID(str(after_key[1])))
+        except (ValueError, IndexError):
+            check.add("page_token", "is not a page token this service issued").raise_if_any()
+    rows = await sessions.list_sessions(pool, current_identity(), where, after=after, limit=size + 1)
+    token = ""
+    if len(rows) > size:
+        last = rows[size - 1]
+        token = paging.encode([last["open_time"].isoformat(), str(last["session_id"])], filters)
+    return platform_pb2.ListSessionsResponse(sessions=[records.session(r) for r in rows[:size]], next_page_token=token)
+
+
+async def list_messages(
+    pool: asyncpg.Pool, request: platform_pb2.ListMessagesRequest
+) -> platform_pb2.ListMessagesResponse:
+    check = Violations()
+    sid = session_id(check, request.session_id)
+    if request.after_seq < 0:
+        check.add("after_seq", "must not be negative")
+    size = check.page_size("page_size", request.page_size, default=DEFAULT_MESSAGE_PAGE)
+    check.raise_if_any()
+    filters = ["messages", str(sid), request.after_seq]
+    after_key = paging.decode(request.page_token, filters)
+    after_seq = request.after_seq
+    if after_key is not None:
+        if not after_key or not isinstance(after_key[0], int):
+            check.add("page_token", "is not a page token this service issued").raise_if_any()
+        after_seq = int(after_key[0])
+    rows = await sessions.list_messages(pool, current_identity(), sid, after_seq=after_seq, limit=size + 1)
+    token = paging.encode([rows[size - 1]["seq"]], filters) if len(rows) > size else ""
+    return platform_pb2.ListMessagesResponse(messages=[records.message(r) for r in rows[:size]], next_page_token=token)

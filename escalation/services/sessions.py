@@ -1,0 +1,338 @@
+"""Use cases of sessions: open (with assignment), messages both ways, close, read (SPEC R2–R6, R9).
+
+Every write locks the session row first (or, to open one, the merchant row), so the rules hold with
+any number of server replicas on one database.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import asyncpg
+import structlog
+
+from escalation import errors
+from escalation.auth import Identity, Role
+from escalation.domain import assignment
+from escalation.domain.session import CloseReason, Kind, Sender, State
+from escalation.domain.tickets import DEFAULT_SLA
+from escalation.observability import metrics
+from escalation.services import records, tickets
+from escalation.store.queries import sql
+from escalation.v1 import common_pb2
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class SessionPolicy:
+    """Settings the session rules need (from configuration)."""
+
+    remind_before: timedelta = timedelta(seconds=60)
+    ticket_sla: Mapping[str, timedelta] = field(default_factory=lambda: dict(DEFAULT_SLA))
+    # Whether an agent has a live Connect stream; recorded with each assignment, never used to choose.
+    is_connected: Callable[[str, str], bool] = lambda merchant_id, agent_id: False
+
+
+@dataclass(frozen=True)
+class NewMessage:
+    kind: Kind
+    content: bytes
+    client_msg_id: str | None = None
+    template_id: str | None = None
+
+
+@dataclass(frozen=True)
+class OpenRequest:
+    request_id: str
+    request_hash: bytes
+    merchant_id: str
+    category: str
+    order_id: str | None
+    messages: Sequence[NewMessage]
+
+
+@dataclass(frozen=True)
+class Opened:
+    session: asyncpg.Record
+    messages: list[asyncpg.Record]
+    replayed: bool
+
+
+def visible(caller: Identity, row: asyncpg.Record) -> bool:
+    """R9: sub-accounts see their own sessions, the main account its shop's, platform agents theirs."""
+    if caller.role is Role.PLATFORM_SUPERVISOR:
+        return True
+    if caller.role is Role.PLATFORM:
+        return bool(row["platform_agent_id"] == caller.subject)
+    if caller.role is Role.MERCHANT:
+        return row["merchant_id"] == caller.merchant_id and (
+            bool(row["caller_is_main"]) or row["assigned_agent_id"] == caller.subject
+        )
+    return False
+
+
+def _closed(row: asyncpg.Record) -> errors.SessionClosed:
+    ticket_id = row["ticket_id"]
+    return errors.SessionClosed(metadata={"ticket_id": str(ticket_id)} if ticket_id else None)
+
+
+# --- open ----------------------------------------------------------------------------------------
+
+
+async def open_session(pool: asyncpg.Pool, caller: Identity, req: OpenRequest, policy: SessionPolicy) -> Opened:
+    """Opens a session and assigns it (R2) in one transaction; the same request_id replays (AIP-155)."""
+    try:
+        async with pool.acquire() as conn, conn.transaction():
+            merchant = await conn.fetchrow(sql("lock_merchant_for_open"), req.merchant_id)
+            existing = await conn.fetchrow(sql("find_session_by_request"), caller.subject, req.request_id)
+            if existing is not None:
+                return await _replay(conn, caller, existing, req)
+            if merchant is None:
+                raise errors.MerchantNotFound()
+            if merchant["disabled"]:
+                raise errors.MerchantDisabled()
+            opened, saturation = await _assign_and_insert(conn, caller, req, merchant["reply_timeout_seconds"], policy)
+    except asyncpg.UniqueViolationError as exc:
+        # Same request_id, other merchant, at the same moment: the other transaction won the index.
+        if exc.constraint_name != "sessions_request_id":
+            raise
+        async with pool.acquire() as conn:
+            existing = await conn.fetchrow(sql("find_session_by_request"), caller.subject, req.request_id)
+            assert existing is not None
+            return await _replay(conn, caller, existing, req)
+    metrics.SESSIONS_OPENED.labels(category=req.category).inc()
+    metrics.ASSIGNMENT_SATURATION.observe(saturation)
+    return opened
+
+
+async def _replay(conn: asyncpg.Connection, caller: Identity, existing: asyncpg.Record, req: OpenRequest) -> Opened:
+    if existing["request_hash"] != req.request_hash:
+        raise errors.RequestIdReused()
+    session = await conn.fetchrow(sql("get_session"), existing["session_id"], caller.subject)
+    messages = await conn.fetch(sql("list_messages"), existing["session_id"], 0, len(req.messages))
+    return Opened(session, list(messages), replayed=True)
+
+
+async def _assign_and_insert(
+    conn: asyncpg.Connection, caller: Identity, req: OpenRequest, reply_timeout: int, policy: SessionPolicy
+) -> tuple[Opened, float]:
+    rows = await conn.fetch(sql("assignment_candidates"), req.merchant_id)
+    if not rows:
+        raise errors.NoEligibleAgent()
+    candidates = [
+        assignment.Candidate(r["agent_id"], r["open_sessions"], r["capacity"], r["last_assign_time"]) for r in rows
+    ]
+    winner = assignment.choose(candidates)
+    await conn.execute(sql("take_assignment"), req.merchant_id, winner.agent_id)
+    decision = common_pb2.AssignmentDecision(
+        rule_version=assignment.RULE_VERSION,
+        agent_id=winner.agent_id,
+        agent_connected=policy.is_connected(req.merchant_id, winner.agent_id),
+        candidates=[
+            common_pb2.AssignmentCandidate(
+                agent_id=c.agent_id,
+                open_sessions=c.open_sessions,
+                capacity=c.capacity,
+                saturation=float(c.saturation),
+                last_assign_time=records.timestamp(c.last_assign_time),
+            )
+            for c in sorted(candidates, key=lambda c: c.agent_id)
+        ],
+    )
+    session_id = uuid.uuid4()
+    decision.decide_time.GetCurrentTime()
+    await conn.execute(
+        sql("insert_session"),
+        session_id,
+        req.merchant_id,
+        winner.agent_id,
+        caller.subject,
+        req.order_id,
+        req.category,
+        req.request_id,
+        req.request_hash,
+        decision.SerializeToString(),
+    )
+    messages = [
+        await _append(conn, session_id, Sender.PLATFORM, caller.subject, m, reply_timeout, policy) for m in req.messages
+    ]
+    session = await conn.fetchrow(sql("get_session"), session_id, caller.subject)
+    return Opened(session, messages, replayed=False), float(winner.saturation)
+
+
+# --- messages ------------------------------------------------------------------------------------
+
+
+async def _append(
+    conn: asyncpg.Connection,
+    session_id: uuid.UUID,
+    sender: Sender,
+    sender_id: str,
+    message: NewMessage,
+    reply_timeout: int,
+    policy: SessionPolicy,
+) -> asyncpg.Record:
+    row = await conn.fetchrow(
+        sql("append_message"),
+        session_id,
+        sender.value,
+        sender_id,
+        message.kind.value,
+        message.client_msg_id,
+        reply_timeout,
+        policy.remind_before.total_seconds(),
+        message.template_id,
+        message.content,
+    )
+    assert row is not None, "append_message on a session that is not open"
+    return row
+
+
+async def add_message(
+    pool: asyncpg.Pool,
+    caller: Identity,
+    session_id: uuid.UUID,
+    message: NewMessage,
+    policy: SessionPolicy,
+) -> asyncpg.Record:
+    """Appends a platform message (caller is platform) or a merchant reply (caller is a merchant).
+
+    A retried client_msg_id returns the original message, even after the session ended.
+    """
+    sender = Sender.MERCHANT if caller.role is Role.MERCHANT else Sender.PLATFORM
+    async with pool.acquire() as conn, conn.transaction():
+        s = await conn.fetchrow(sql("lock_session"), session_id, caller.subject)
+        if s is None or not visible(caller, s):
+            raise errors.SessionNotFound()
+        if sender is Sender.MERCHANT and not s["caller_may_im"]:
+            raise errors.ImPermissionRequired()
+        if message.template_id is not None:
+            body = await conn.fetchval(sql("get_template_body"), s["merchant_id"], message.template_id)
+            if body is None:
+                raise errors.TemplateNotFound()
+            message = NewMessage(
+                Kind.TEXT,
+                common_pb2.MessageContent(text=common_pb2.Text(body=body)).SerializeToString(),
+                message.client_msg_id,
+                message.template_id,
+            )
+        if message.client_msg_id is not None:
+            prior = await conn.fetchrow(
+                sql("find_message_by_client_id"), session_id, sender.value, message.client_msg_id
+            )
+            if prior is not None:
+                same = (prior["kind"], prior["content"], prior["template_id"]) == (
+                    message.kind.value,
+                    message.content,
+                    message.template_id,
+                )
+                if not same:
+                    raise errors.ClientMsgIdReused()
+                return prior
+        if s["state"] == State.ENDED:
+            raise _closed(s)
+        return await _append(conn, session_id, sender, caller.subject, message, s["reply_timeout_seconds"], policy)
+
+
+# --- ending --------------------------------------------------------------------------------------
+
+
+async def end_locked(
+    conn: asyncpg.Connection, session_id: uuid.UUID, reason: CloseReason, policy: SessionPolicy
+) -> uuid.UUID | None:
+    """Ends a session whose row the caller has locked (R6); writes its ticket and outbox row (R7).
+
+    Returns the ticket id, or None for RESOLVED. Shared by CloseSession and the deadline worker, so
+    there is one way a session ends.
+    """
+    ended = await conn.fetchrow(sql("end_session"), session_id, reason.value)
+    if ended is None:
+        raise errors.SessionClosed()
+    await conn.execute(sql("release_assignment"), ended["merchant_id"], ended["assigned_agent_id"])
+    ticket_id = await tickets.create(conn, ended, reason, policy.ticket_sla) if reason.makes_ticket else None
+    metrics.SESSIONS_CLOSED.labels(reason=reason.value).inc()
+    return ticket_id
+
+
+async def close_session(
+    pool: asyncpg.Pool, caller: Identity, session_id: uuid.UUID, reason: CloseReason, policy: SessionPolicy
+) -> asyncpg.Record:
+    async with pool.acquire() as conn:
+        async with conn.transaction():
+            s = await conn.fetchrow(sql("lock_session"), session_id, caller.subject)
+            if s is None or not visible(caller, s):
+                raise errors.SessionNotFound()
+            if s["state"] == State.ENDED:
+                raise _closed(s)
+            await end_locked(conn, session_id, reason, policy)
+        session: asyncpg.Record = await conn.fetchrow(sql("get_session"), session_id, caller.subject)
+        return session
+
+
+# --- reads ---------------------------------------------------------------------------------------
+
+
+async def get_session(pool: asyncpg.Pool, caller: Identity, session_id: uuid.UUID) -> asyncpg.Record:
+    row = await pool.fetchrow(sql("get_session"), session_id, caller.subject)
+    if row is None or not visible(caller, row):
+        raise errors.SessionNotFound()
+    return row
+
+
+@dataclass(frozen=True)
+class SessionFilter:
+    merchant_id: str | None
+    state: str | None
+    open_time_start: datetime | None
+    open_time_end: datetime | None
+
+
+async def list_sessions(
+    pool: asyncpg.Pool,
+    caller: Identity,
+    where: SessionFilter,
+    *,
+    after: tuple[datetime, uuid.UUID] | None,
+    limit: int,
+) -> list[asyncpg.Record]:
+    """Newest first, scoped to what the caller may see (R9)."""
+    merchant_id, assigned, platform_agent = where.merchant_id, None, None
+    if caller.role is Role.PLATFORM:
+        platform_agent = caller.subject
+    elif caller.role is Role.MERCHANT:
+        if merchant_id is not None and merchant_id != caller.merchant_id:
+            return []
+        merchant_id = caller.merchant_id
+        main = await pool.fetchval(sql("get_merchant_main_account"), merchant_id)
+        if main != caller.subject:
+            assigned = caller.subject
+    elif caller.role is not Role.PLATFORM_SUPERVISOR:
+        return []
+    rows: list[asyncpg.Record] = await pool.fetch(
+        sql("list_sessions"),
+        merchant_id,
+        assigned,
+        platform_agent,
+        where.state,
+        where.open_time_start,
+        where.open_time_end,
+        after[0] if after else None,
+        after[1] if after else None,
+        limit,
+    )
+    return rows
+
+
+async def list_messages(
+    pool: asyncpg.Pool, caller: Identity, session_id: uuid.UUID, *, after_seq: int, limit: int
+) -> list[asyncpg.Record]:
+    async with pool.acquire() as conn:
+        row = await conn.fetchrow(sql("get_session"), session_id, caller.subject)
+        if row is None or not visible(caller, row):
+            raise errors.SessionNotFound()
+        rows: list[asyncpg.Record] = await conn.fetch(sql("list_messages"), session_id, after_seq, limit)
+        return rows

@@ -1,0 +1,122 @@
+-- Sessions and messages. Every writer first locks the session row (lock_session), so the rules of
+-- R5/R6 are applied by one transaction at a time per session.
+
+-- name: lock_merchant_for_open
+SELECT m.disabled, rs.reply_timeout_seconds
+FROM merchants m JOIN reception_settings rs USING (merchant_id)
+WHERE m.merchant_id = $1
+FOR UPDATE OF m;
+
+-- name: find_session_by_request
+SELECT session_id, request_hash FROM sessions WHERE platform_agent_id = $1 AND request_id = $2;
+
+-- name: assignment_candidates
+SELECT agent_id, open_sessions, capacity, last_assign_time
+FROM agent_eligibility
+WHERE merchant_id = $1 AND eligible;
+
+-- name: take_assignment
+UPDATE agents SET open_sessions = open_sessions + 1, last_assign_time = clock_timestamp()
+WHERE merchant_id = $1 AND agent_id = $2;
+
+-- name: insert_session
+INSERT INTO sessions (session_id, merchant_id, assigned_agent_id, platform_agent_id, order_id, category,
+                      request_id, request_hash, assignment, open_time)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, clock_timestamp());
+
+-- name: lock_session
+-- $2: the caller's agent id, to tell whether it is the shop's main account and may use IM.
+SELECT s.session_id, s.merchant_id, s.assigned_agent_id, s.platform_agent_id, s.state, s.last_seq,
+       s.reply_deadline, rs.reply_timeout_seconds, t.ticket_id,
+       (m.main_account_id = $2) AS caller_is_main,
+       coalesce(ca.im_permission AND NOT ca.disabled, false) AS caller_may_im
+FROM sessions s
+JOIN merchants m ON m.merchant_id = s.merchant_id
+JOIN reception_settings rs ON rs.merchant_id = s.merchant_id
+LEFT JOIN tickets t ON t.session_id = s.session_id
+LEFT JOIN agents ca ON ca.merchant_id = s.merchant_id AND ca.agent_id = $2
+WHERE s.session_id = $1
+FOR UPDATE OF s;
+
+-- name: find_message_by_client_id
+SELECT session_id, seq, sender, sender_id, kind, client_msg_id, template_id, content, send_time
+FROM messages WHERE session_id = $1 AND sender = $2 AND client_msg_id = $3;
+
+-- name: append_message
+-- SPEC R5 with the database clock, one instant per message: a platform message starts the reply
+-- deadline unless one is running; a merchant message clears it. $6: reply timeout, $7: remind
+-- before (seconds). The caller holds the session row lock and has checked the session is open.
+WITH t AS (SELECT clock_timestamp() AS at),
+s AS (
+    UPDATE sessions SET
+        last_seq = last_seq + 1,
+        reply_deadline = CASE
+            WHEN $2 = 'MERCHANT' THEN NULL
+            ELSE coalesce(reply_deadline, (SELECT at FROM t) + make_interval(secs => $6)) END,
+        remind_time = CASE
+            WHEN $2 = 'MERCHANT' THEN NULL
+            WHEN reply_deadline IS NOT NULL THEN remind_time
+            ELSE greatest((SELECT at FROM t), (SELECT at FROM t) + make_interval(secs => $6 - $7)) END
+    WHERE session_id = $1 AND state = 'OPEN'
+    RETURNING session_id, last_seq
+)
+INSERT INTO messages (session_id, seq, sender, sender_id, kind, client_msg_id, template_id, content, send_time)
+SELECT s.session_id, s.last_seq, $2, $3, $4, $5, $8, $9, (SELECT at FROM t) FROM s
+RETURNING session_id, seq, sender, sender_id, kind, client_msg_id, template_id, content, send_time;
+
+-- name: end_session
+UPDATE sessions SET state = 'ENDED', close_reason = $2, close_time = clock_timestamp(),
+                    reply_deadline = NULL, remind_time = NULL
+WHERE session_id = $1 AND state = 'OPEN'
+RETURNING session_id, merchant_id, assigned_agent_id, platform_agent_id, order_id, category, open_time, close_time;
+
+-- name: release_assignment
+UPDATE agents SET open_sessions = open_sessions - 1 WHERE merchant_id = $1 AND agent_id = $2;
+
+-- name: get_session
+SELECT s.session_id, s.merchant_id, s.assigned_agent_id, s.platform_agent_id, s.order_id, s.category, s.state,
+       s.close_reason, s.open_time, s.close_time, s.reply_deadline, s.last_seq, s.assignment, t.ticket_id,
+       (m.main_account_id = $2) AS caller_is_main
+FROM sessions s
+JOIN merchants m ON m.merchant_id = s.merchant_id
+LEFT JOIN tickets t ON t.session_id = s.session_id
+WHERE s.session_id = $1;
+
+-- name: list_sessions
+-- Newest first; keyset paging on (open_time, session_id). NULL parameters mean "no filter".
+-- $1 merchant, $2 assigned agent, $3 platform agent, $4 state, $5 opened at or after, $6 opened before,
+-- $7/$8 the last row of the previous page, $9 limit.
+SELECT s.session_id, s.merchant_id, s.assigned_agent_id, s.platform_agent_id, s.order_id, s.category, s.state,
+       s.close_reason, s.open_time, s.close_time, s.reply_deadline, s.last_seq, s.assignment, t.ticket_id
+FROM sessions s
+LEFT JOIN tickets t ON t.session_id = s.session_id
+WHERE ($1::text IS NULL OR s.merchant_id = $1)
+  AND ($2::text IS NULL OR s.assigned_agent_id = $2)
+  AND ($3::text IS NULL OR s.platform_agent_id = $3)
+  AND ($4::text IS NULL OR s.state = $4)
+  AND ($5::timestamptz IS NULL OR s.open_time >= $5)
+  AND ($6::timestamptz IS NULL OR s.open_time < $6)
+  AND ($7::timestamptz IS NULL OR (s.open_time, s.session_id) < ($7, $8::uuid))
+ORDER BY s.open_time DESC, s.session_id DESC
+LIMIT $9;
+
+-- name: list_messages
+SELECT session_id, seq, sender, sender_id, kind, client_msg_id, template_id, content, send_time
+FROM messages WHERE session_id = $1 AND seq > $2 ORDER BY seq LIMIT $3;
+
+-- name: transcript
+SELECT session_id, seq, sender, sender_id, kind, client_msg_id, template_id, content, send_time
+FROM messages WHERE session_id = $1 ORDER BY seq;
+
+-- name: insert_ticket
+INSERT INTO tickets (ticket_id, session_id, merchant_id, reason, category, handle_by, transcript_digest, payload, create_time)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9);
+
+-- name: insert_outbox
+INSERT INTO outbox (topic, message_key, event_id, content_type, payload) VALUES ($1, $2, $3, $4, $5);
+
+-- name: get_template_body
+SELECT body FROM reply_templates WHERE merchant_id = $1 AND template_id = $2;
+
+-- name: get_merchant_main_account
+SELECT main_account_id FROM merchants WHERE merchant_id = $1;
