@@ -7,6 +7,7 @@ import asyncio
 import sys
 from collections.abc import Sequence
 
+import asyncpg
 import structlog
 
 from escalation import auth, config
@@ -15,6 +16,24 @@ from escalation.observability import logging as obs_logging
 log = structlog.get_logger(__name__)
 
 EXIT_CONFIG = 2
+
+
+class _DatabaseUnreachable(Exception):
+    """The database cannot be reached at start (later, database errors are per-RPC statuses)."""
+
+
+async def _connect_pool(settings: config.Settings) -> asyncpg.Pool:
+    from escalation.store import db
+
+    try:
+        return await db.create_pool(
+            settings.require_database_url(),
+            min_size=settings.db_pool_min,
+            max_size=settings.db_pool_max,
+            command_timeout=settings.db_command_timeout_seconds,
+        )
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        raise _DatabaseUnreachable(str(exc)) from exc
 
 
 def _settings() -> config.Settings:
@@ -33,14 +52,8 @@ def _fail_config(message: str) -> None:
 async def _serve(settings: config.Settings) -> None:
     from escalation.api.server import Server, serve_until_signalled
     from escalation.observability.http import start_metrics_server
-    from escalation.store import db
 
-    pool = await db.create_pool(
-        settings.require_database_url(),
-        min_size=settings.db_pool_min,
-        max_size=settings.db_pool_max,
-        command_timeout=settings.db_command_timeout_seconds,
-    )
+    pool = await _connect_pool(settings)
     try:
         start_metrics_server(settings.metrics_addr)
         server = Server(settings, pool)
@@ -50,11 +63,12 @@ async def _serve(settings: config.Settings) -> None:
 
 
 async def _migrate(settings: config.Settings) -> None:
-    import asyncpg
-
     from escalation.store.migrate import migrate
 
-    conn = await asyncpg.connect(settings.require_database_url())
+    try:
+        conn = await asyncpg.connect(settings.require_database_url())
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        raise _DatabaseUnreachable(str(exc)) from exc
     try:
         applied = await migrate(conn)
     finally:
@@ -137,4 +151,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         _fail_config(str(exc))
     except (MetricsPortInUse, GrpcPortInUse) as exc:
         print(f"escalation: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+    except _DatabaseUnreachable as exc:
+        print(f"escalation: cannot use the database at ESCALATION_DATABASE_URL: {exc}", file=sys.stderr)
         raise SystemExit(1) from None

@@ -22,12 +22,13 @@ import asyncpg
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from escalation import auth
+from escalation import auth, config
 from escalation.devenv import seed
 from escalation.devenv.broker import EmbeddedBroker, TansuNotFoundError
 from escalation.devenv.ports import PortInUseError, ensure_free
 from escalation.devenv.postgres import EmbeddedPostgres, PostgresNotFoundError
 from escalation.devenv.process import StartupError, spawn, stop_process
+from escalation.observability import logging as obs_logging
 from escalation.store.migrate import migrate
 
 DATABASE = "escalation"
@@ -43,11 +44,20 @@ class DevPorts:
 
     @classmethod
     def from_env(cls) -> DevPorts:
+        """Reads the ports; a bad value is a ConfigError naming the variable."""
+        env = dict(os.environ)
+        for name, default in (("ESCALATION_DEV_PG_PORT", "55432"), ("ESCALATION_DEV_KAFKA_PORT", "19092")):
+            raw = env.get(name) or default
+            if not raw.isdigit() or not 0 < int(raw) < 65536:
+                raise config.ConfigError(f"{name}={raw!r} is invalid: expected a port number 1..65535")
+        settings = config.load(
+            {k: v for k, v in env.items() if k in ("ESCALATION_GRPC_ADDR", "ESCALATION_METRICS_ADDR")}
+        )
         return cls(
-            postgres=int(os.environ.get("ESCALATION_DEV_PG_PORT", "55432")),
-            kafka=int(os.environ.get("ESCALATION_DEV_KAFKA_PORT", "19092")),
-            grpc_addr=os.environ.get("ESCALATION_GRPC_ADDR", "0.0.0.0:50051"),
-            metrics_addr=os.environ.get("ESCALATION_METRICS_ADDR", "0.0.0.0:9464"),
+            postgres=int(env.get("ESCALATION_DEV_PG_PORT") or "55432"),
+            kafka=int(env.get("ESCALATION_DEV_KAFKA_PORT") or "19092"),
+            grpc_addr=settings.grpc_addr,
+            metrics_addr=settings.metrics_addr,
         )
 
     def check_free(self) -> None:
@@ -93,11 +103,21 @@ async def _prepare_database(admin_dsn: str, dsn: str) -> None:
         await pool.close()
 
 
-def _wait_serving(port: int, server: subprocess.Popen[bytes], timeout: float = 30) -> None:
+class _Interrupted(Exception):
+    """SIGINT/SIGTERM arrived while starting up: skip the rest and stop what runs."""
+
+
+def _shown(path: Path) -> str:
+    """A path as the user can paste it from the current directory."""
+    relative = os.path.relpath(path)
+    return str(path) if relative.startswith("..") else relative
+
+
+def _wait_serving(port: int, server: subprocess.Popen[bytes], stop: threading.Event, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and not stop.is_set():
             if server.poll() is not None:
                 raise StartupError(f"`escalation serve` exited with status {server.returncode}; see its output above")
             try:
@@ -109,6 +129,8 @@ def _wait_serving(port: int, server: subprocess.Popen[bytes], timeout: float = 3
             except grpc.RpcError:
                 pass
             time.sleep(0.2)
+    if stop.is_set():
+        raise _Interrupted
     raise StartupError(f"`escalation serve` did not report SERVING on port {port} within {timeout:.0f} s")
 
 
@@ -124,7 +146,7 @@ def _banner(ports: DevPorts, secret: str, data_dir: Path) -> str:
         )
 
     grpcurl = Path(sys.executable).with_name("grpcurl")
-    g = shlex.quote(os.path.relpath(grpcurl)) if grpcurl.exists() else "grpcurl"
+    g = shlex.quote(_shown(grpcurl)) if grpcurl.exists() else "grpcurl"
     target = f"localhost:{ports.grpc_port}"
     env_file = data_dir / "dev.env"
     env_file.write_text(
@@ -134,7 +156,7 @@ def _banner(ports: DevPorts, secret: str, data_dir: Path) -> str:
         f"export PLATFORM_TOKEN={tok(auth.Role.PLATFORM, 'platform-demo')}\n"
         f"export ESCALATION_JWT_SECRET={secret}\n"
     )
-    rel_env = shlex.quote(os.path.relpath(env_file))
+    rel_env = shlex.quote(_shown(env_file))
     return f"""
 escalation is running (demo merchant {seed.DEMO_MERCHANT!r}: main account {seed.DEMO_MAIN_ACCOUNT!r},
 designated agents {", ".join(seed.DEMO_AGENTS)}).
@@ -155,37 +177,52 @@ In another terminal (tokens are valid for 30 days; mint more with `escalation to
       -d '{{"merchant": {{"merchant_id": "shop-2", "main_account_id": "shop-2-main"}}}}' \\
       {target} escalation.v1.OpsService/UpsertMerchant
 
-Ctrl-C stops everything; data stays in {os.path.relpath(data_dir)}/ for the next run.
+Ctrl-C stops everything; data stays in {_shown(data_dir)}/ for the next run.
 """
 
 
 def run_dev(data_dir: str = ".data") -> int:
     """Runs until SIGINT/SIGTERM or until a child dies; returns the exit status."""
+    obs_logging.configure(log_format=os.environ.get("ESCALATION_LOG_FORMAT", "console"), level="info")
     root = Path(data_dir).absolute()
     root.mkdir(parents=True, exist_ok=True)
     logs = root / "logs"
-    ports = DevPorts.from_env()
+    try:
+        ports = DevPorts.from_env()
+    except config.ConfigError as exc:
+        print(f"escalation dev: configuration error: {exc}", file=sys.stderr, flush=True)
+        return 2
     stop = threading.Event()
+
+    def on_signal(*_: object) -> None:
+        stop.set()
+
+    def interrupted() -> None:
+        if stop.is_set():
+            raise _Interrupted
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, on_signal)
 
     postgres = EmbeddedPostgres(root / "pg", port=ports.postgres, log_path=logs / "postgres.log")
     broker = EmbeddedBroker(port=ports.kafka, log_path=logs / "broker.log")
     server: subprocess.Popen[bytes] | None = None
     status = 0
+    started = False
     try:
         ports.check_free()
-        print(
-            f"starting PostgreSQL on 127.0.0.1:{ports.postgres} (data in {os.path.relpath(postgres.data_dir)})",
-            flush=True,
-        )
+        started = True
+        print(f"starting PostgreSQL on 127.0.0.1:{ports.postgres} (data in {_shown(postgres.data_dir)})", flush=True)
         postgres.init()
         postgres.start()
+        interrupted()
         dsn = postgres.dsn(DATABASE)
         print("migrating and seeding the demo merchant", flush=True)
         asyncio.run(_prepare_database(postgres.dsn("postgres"), dsn))
+        interrupted()
         print(f"starting the Kafka-protocol broker on 127.0.0.1:{ports.kafka}", flush=True)
         broker.start()
+        interrupted()
         secret = _jwt_secret(root)
         env = {
             **os.environ,
@@ -207,7 +244,8 @@ def run_dev(data_dir: str = ".data") -> int:
             cwd=os.getcwd(),
             inherit_output=True,
         )
-        _wait_serving(ports.grpc_port, server)
+        _wait_serving(ports.grpc_port, server, stop)
+        interrupted()
         print(_banner(ports, secret, root), flush=True)
         while not stop.wait(0.5):
             died = [
@@ -227,14 +265,18 @@ def run_dev(data_dir: str = ".data") -> int:
                 )
                 status = 1
                 break
+    except _Interrupted:
+        pass
     except (PortInUseError, PostgresNotFoundError, TansuNotFoundError, StartupError, PermissionError) as exc:
         print(f"escalation dev: {exc}", file=sys.stderr, flush=True)
         status = 1
     finally:
-        print("stopping", flush=True)
+        if started:
+            print("stopping", flush=True)
         if server is not None:
             stop_process(server, signal.SIGTERM, timeout=15)
         broker.stop()
         postgres.stop()
-        print("stopped", flush=True)
+        if started:
+            print("stopped", flush=True)
     return status
