@@ -1,9 +1,10 @@
-"""`escalation serve | migrate | token | dev` — the one entry point for every process (workers will join)."""
+"""`escalation serve | worker … | tickets tail | migrate | token | dev`: the one entry point for every process."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -11,6 +12,7 @@ import asyncpg
 import structlog
 
 from escalation import auth, config
+from escalation.bus import kafka
 from escalation.observability import logging as obs_logging
 
 log = structlog.get_logger(__name__)
@@ -79,6 +81,53 @@ async def _migrate(settings: config.Settings) -> None:
     )
 
 
+def _kafka_settings(settings: config.Settings) -> kafka.KafkaSettings:
+    return kafka.KafkaSettings(
+        bootstrap=settings.require_kafka_bootstrap(),
+        idempotence=settings.kafka_idempotence,
+        partitions=settings.kafka_topic_partitions,
+        replication_factor=settings.kafka_replication_factor,
+        topic_prefix=settings.kafka_topic_prefix,
+    )
+
+
+async def _worker(settings: config.Settings, name: str) -> None:
+    """Runs one worker until SIGTERM/SIGINT, serving its own /metrics."""
+    from escalation.observability.http import start_metrics_server
+    from escalation.services.sessions import SessionPolicy
+    from workers.deadlines import DeadlineConfig, DeadlineWorker
+    from workers.outbox import OutboxConfig, OutboxRelay
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    pool = await _connect_pool(settings)
+    try:
+        start_metrics_server(settings.metrics_addr)
+        dsn = settings.require_database_url()
+        if name == "deadlines":
+            config_ = DeadlineConfig(
+                batch_size=settings.deadline_batch_size,
+                poll_interval=settings.deadline_poll_seconds,
+                policy=SessionPolicy.from_settings(settings),
+            )
+            await DeadlineWorker(pool, config_).run(stop, dsn)
+        else:
+            relay = OutboxRelay(
+                pool,
+                _kafka_settings(settings),
+                OutboxConfig(
+                    batch_size=settings.outbox_batch_size,
+                    poll_interval=settings.outbox_poll_seconds,
+                    retention_seconds=settings.outbox_retention_hours * 3600,
+                ),
+            )
+            await relay.run(stop, dsn)
+    finally:
+        await pool.close()
+
+
 def _token(args: argparse.Namespace) -> None:
     import os
     from pathlib import Path
@@ -120,6 +169,15 @@ def _parser() -> argparse.ArgumentParser:
     token.add_argument("--merchant-id", help="required for --role merchant")
     token.add_argument("--ttl", type=int, default=24 * 3600, help="seconds until exp (default one day)")
     token.add_argument("--private-key", help="PEM private key file: sign RS256 instead")
+    worker = sub.add_parser("worker", help="run a background worker (each safe with N replicas)")
+    worker.add_argument("name", choices=["deadlines", "outbox"])
+    tickets = sub.add_parser("tickets", help="service tickets on Kafka")
+    tickets_sub = tickets.add_subparsers(dest="tickets_command", required=True)
+    tail = tickets_sub.add_parser("tail", help="print tickets as they are published (a consumer-group member)")
+    tail.add_argument("--group", default="escalation-tickets-tail", help="consumer group id")
+    tail.add_argument("--from-beginning", action="store_true", help="with a new group, start at the oldest ticket")
+    tail.add_argument("--json", action="store_true", help="one JSON object per line")
+    tail.add_argument("--max", type=int, default=None, help="exit after this many distinct tickets")
     dev = sub.add_parser("dev", help="run everything locally: embedded PostgreSQL and broker, migrate, seed, serve")
     dev.add_argument("--data-dir", default=".data", help="where PostgreSQL keeps its data (default .data)")
     return parser
@@ -147,6 +205,23 @@ def main(argv: Sequence[str] | None = None) -> None:
         elif args.command == "migrate":
             settings.require_database_url()
             asyncio.run(_migrate(settings))
+        elif args.command == "worker":
+            settings.require_database_url()
+            if args.name == "outbox":
+                settings.require_kafka_bootstrap()
+            asyncio.run(_worker(settings, args.name))
+        elif args.command == "tickets":
+            from escalation.tickets_tail import tail
+
+            asyncio.run(
+                tail(
+                    _kafka_settings(settings),
+                    group_id=args.group,
+                    from_beginning=args.from_beginning,
+                    as_json=args.json,
+                    max_tickets=args.max,
+                )
+            )
     except config.ConfigError as exc:
         _fail_config(str(exc))
     except (MetricsPortInUse, GrpcPortInUse) as exc:

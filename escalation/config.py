@@ -8,6 +8,7 @@ with status 2.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -68,11 +69,26 @@ class Settings:
     remind_before_seconds: int = 60
     # Ticket SLA (handle_by = close time + this) per category name (SPEC R7).
     ticket_sla: Mapping[str, timedelta] = field(default_factory=lambda: dict(DEFAULT_SLA))
+    # Development and tests only: every merchant's reply timeout becomes this many seconds.
+    dev_override_reply_timeout_seconds: float | None = None
+    deadline_batch_size: int = 500
+    deadline_poll_seconds: float = 2.0
+    outbox_batch_size: int = 500
+    outbox_poll_seconds: float = 1.0
+    outbox_retention_hours: float = 168.0
+    kafka_topic_partitions: int = 6
+    kafka_replication_factor: int = 3
+    kafka_topic_prefix: str = ""
 
     def require_jwt(self) -> JwtSettings:
         if self.jwt is None:
             raise ConfigError("ESCALATION_JWT_SECRET (HS256) or ESCALATION_JWT_PUBLIC_KEY[_FILE] (RS256) is required")
         return self.jwt
+
+    def require_kafka_bootstrap(self) -> str:
+        if not self.kafka_bootstrap:
+            raise ConfigError("ESCALATION_KAFKA_BOOTSTRAP is required (e.g. kafka-1:9092,kafka-2:9092)")
+        return self.kafka_bootstrap
 
     def require_database_url(self) -> str:
         if not self.database_url:
@@ -98,6 +114,22 @@ def _int_in(low: int, high: int) -> Callable[[str], int]:
         return value
 
     return parse
+
+
+def _float_in(low: float, high: float) -> Callable[[str], float]:
+    def parse(raw: str) -> float:
+        value = float(raw)
+        if not low <= value <= high:
+            raise ValueError(f"{value} is outside {low}..{high}")
+        return value
+
+    return parse
+
+
+def _topic_prefix(raw: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9._-]{0,100}", raw):
+        raise ValueError("only letters, digits, '.', '_' and '-'")
+    return raw
 
 
 def _positive_float(raw: str) -> float:
@@ -216,4 +248,19 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         shutdown_grace_seconds=_get(env, "ESCALATION_SHUTDOWN_GRACE_SECONDS", _positive_float, 10.0, "seconds > 0"),
         remind_before_seconds=_get(env, "ESCALATION_REMIND_BEFORE_SECONDS", _int_in(1, 3600), 60, "seconds, 1..3600"),
         ticket_sla=_get(env, "ESCALATION_TICKET_SLA", _sla, dict(DEFAULT_SLA), "e.g. REFUND=2h,LOGISTICS=1d"),
+        dev_override_reply_timeout_seconds=_get(
+            env, "ESCALATION_DEV_OVERRIDE_REPLY_TIMEOUT_SECONDS", _float_in(0.1, 3600), None, "seconds, 0.1..3600"
+        ),
+        deadline_batch_size=_get(env, "ESCALATION_DEADLINE_BATCH_SIZE", _int_in(1, 10_000), 500, "1..10000"),
+        deadline_poll_seconds=_get(
+            env, "ESCALATION_DEADLINE_POLL_SECONDS", _float_in(0.05, 60), 2.0, "seconds, 0.05..60"
+        ),
+        outbox_batch_size=_get(env, "ESCALATION_OUTBOX_BATCH_SIZE", _int_in(1, 10_000), 500, "1..10000"),
+        outbox_poll_seconds=_get(env, "ESCALATION_OUTBOX_POLL_SECONDS", _float_in(0.05, 60), 1.0, "seconds, 0.05..60"),
+        outbox_retention_hours=_get(env, "ESCALATION_OUTBOX_RETENTION_HOURS", _float_in(0.01, 8760), 168.0, "hours"),
+        kafka_topic_partitions=_get(env, "ESCALATION_KAFKA_TOPIC_PARTITIONS", _int_in(1, 10_000), 6, "1..10000"),
+        kafka_replication_factor=_get(env, "ESCALATION_KAFKA_REPLICATION_FACTOR", _int_in(1, 100), 3, "1..100"),
+        kafka_topic_prefix=_get(
+            env, "ESCALATION_KAFKA_TOPIC_PREFIX", _topic_prefix, "", "letters, digits, '.', '_', '-'"
+        ),
     )

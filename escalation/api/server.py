@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import signal
 from collections.abc import Sequence
-from datetime import timedelta
 
 import asyncpg
 import grpc
@@ -65,9 +64,7 @@ class Server:
 
     def __init__(self, settings: Settings, pool: asyncpg.Pool, *, address: str | None = None) -> None:
         self._settings = settings
-        policy = SessionPolicy(
-            remind_before=timedelta(seconds=settings.remind_before_seconds), ticket_sla=settings.ticket_sla
-        )
+        policy = SessionPolicy.from_settings(settings)
         self._server = grpc.aio.server(
             interceptors=[ServerInterceptor(TokenVerifier(settings.require_jwt()))], options=_OPTIONS
         )

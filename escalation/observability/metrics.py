@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -24,4 +24,20 @@ ASSIGNMENT_SATURATION = Histogram(
     "escalation_assignment_saturation",
     "Saturation (open sessions ÷ capacity) of the chosen agent just before each assignment.",
     buckets=(0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9, 1.0, 1.5, 2.0, 5.0),
+)
+DEADLINE_LATENESS = Histogram(
+    "escalation_deadline_lateness_seconds",
+    "How long after its reply deadline (database clock) a session was actually closed.",
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0),
+)
+OUTBOX_PENDING = Gauge("escalation_outbox_pending", "Outbox rows not yet acknowledged by Kafka.")
+OUTBOX_OLDEST_AGE = Gauge(
+    "escalation_outbox_oldest_age_seconds", "Age of the oldest unpublished outbox row (0 when none)."
+)
+TICKETS_PUBLISHED = Counter(
+    "escalation_tickets_published_total",
+    "Service tickets acknowledged by Kafka (duplicates after a crash count again).",
+)
+OUTBOX_PUBLISHED = Counter(
+    "escalation_outbox_published_total", "Outbox rows acknowledged by Kafka, by topic.", ["topic"]
 )

@@ -16,6 +16,7 @@ import structlog
 
 from escalation import errors
 from escalation.auth import Identity, Role
+from escalation.config import Settings
 from escalation.domain import assignment
 from escalation.domain.session import CloseReason, Kind, Sender, State
 from escalation.domain.tickets import DEFAULT_SLA
@@ -33,8 +34,19 @@ class SessionPolicy:
 
     remind_before: timedelta = timedelta(seconds=60)
     ticket_sla: Mapping[str, timedelta] = field(default_factory=lambda: dict(DEFAULT_SLA))
+    # Development and tests only: replaces every merchant's reply timeout (seconds), so a session
+    # times out in seconds instead of minutes. Never set in production.
+    reply_timeout_override: float | None = None
     # Whether an agent has a live Connect stream; recorded with each assignment, never used to choose.
     is_connected: Callable[[str, str], bool] = lambda merchant_id, agent_id: False
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SessionPolicy:
+        return cls(
+            remind_before=timedelta(seconds=settings.remind_before_seconds),
+            ticket_sla=settings.ticket_sla,
+            reply_timeout_override=settings.dev_override_reply_timeout_seconds,
+        )
 
 
 @dataclass(frozen=True)
@@ -95,7 +107,8 @@ async def open_session(pool: asyncpg.Pool, caller: Identity, req: OpenRequest, p
                 raise errors.MerchantNotFound()
             if merchant["disabled"]:
                 raise errors.MerchantDisabled()
-            opened, saturation = await _assign_and_insert(conn, caller, req, merchant["reply_timeout_seconds"], policy)
+            timeout = policy.reply_timeout_override or merchant["reply_timeout_seconds"]
+            opened, saturation = await _assign_and_insert(conn, caller, req, timeout, policy)
     except asyncpg.UniqueViolationError as exc:
         # Same request_id, other merchant, at the same moment: the other transaction won the index.
         if exc.constraint_name != "sessions_request_id":
@@ -118,7 +131,7 @@ async def _replay(conn: asyncpg.Connection, caller: Identity, existing: asyncpg.
 
 
 async def _assign_and_insert(
-    conn: asyncpg.Connection, caller: Identity, req: OpenRequest, reply_timeout: int, policy: SessionPolicy
+    conn: asyncpg.Connection, caller: Identity, req: OpenRequest, reply_timeout: float, policy: SessionPolicy
 ) -> tuple[Opened, float]:
     rows = await conn.fetch(sql("assignment_candidates"), req.merchant_id)
     if not rows:
@@ -173,7 +186,7 @@ async def _append(
     sender: Sender,
     sender_id: str,
     message: NewMessage,
-    reply_timeout: int,
+    reply_timeout: float,
     policy: SessionPolicy,
 ) -> asyncpg.Record:
     row = await conn.fetchrow(
@@ -235,7 +248,8 @@ async def add_message(
                 return prior
         if s["state"] == State.ENDED:
             raise _closed(s)
-        return await _append(conn, session_id, sender, caller.subject, message, s["reply_timeout_seconds"], policy)
+        timeout = policy.reply_timeout_override or s["reply_timeout_seconds"]
+        return await _append(conn, session_id, sender, caller.subject, message, timeout, policy)
 
 
 # --- ending --------------------------------------------------------------------------------------
@@ -253,9 +267,8 @@ async def end_locked(
     if ended is None:
         raise errors.SessionClosed()
     await conn.execute(sql("release_assignment"), ended["merchant_id"], ended["assigned_agent_id"])
-    ticket_id = await tickets.create(conn, ended, reason, policy.ticket_sla) if reason.makes_ticket else None
-    metrics.SESSIONS_CLOSED.labels(reason=reason.value).inc()
-    return ticket_id
+    ticket = await tickets.create(conn, ended, reason, policy.ticket_sla) if reason.makes_ticket else None
+    return ticket.ticket_id if ticket else None
 
 
 async def close_session(
@@ -269,6 +282,7 @@ async def close_session(
             if s["state"] == State.ENDED:
                 raise _closed(s)
             await end_locked(conn, session_id, reason, policy)
+        metrics.SESSIONS_CLOSED.labels(reason=reason.value).inc()
         session: asyncpg.Record = await conn.fetchrow(sql("get_session"), session_id, caller.subject)
         return session
 

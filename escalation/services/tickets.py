@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
-from datetime import timedelta
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 import asyncpg
 
@@ -18,15 +19,28 @@ TOPIC = "escalation.service-tickets.v1"
 CONTENT_TYPE = "application/x-protobuf; messageType=escalation.v1.ServiceTicket"
 
 
-async def create(
-    conn: asyncpg.Connection, ended: asyncpg.Record, reason: CloseReason, sla: Mapping[str, timedelta]
-) -> uuid.UUID:
-    """Inserts the ticket and its outbox row; ``ended`` is the row end_session returned."""
-    transcript = [records.message(r) for r in await conn.fetch(sql("transcript"), ended["session_id"])]
+@dataclass(frozen=True)
+class Ticket:
+    ticket_id: uuid.UUID
+    session_id: uuid.UUID
+    merchant_id: str
+    reason: CloseReason
+    category: str
+    handle_by: datetime
+    digest: str
+    payload: bytes
+    create_time: datetime
+
+
+def build(
+    ended: asyncpg.Record, transcript: Sequence[asyncpg.Record], reason: CloseReason, sla: Mapping[str, timedelta]
+) -> Ticket:
+    """The ticket for a session that just ended; ``ended`` is the row its end statement returned."""
+    messages = [records.message(r) for r in transcript]
     ticket_id = uuid.uuid4()
     handle_by = rules.handle_by(ended["close_time"], ended["category"], sla)
-    digest = rules.transcript_digest(transcript)
-    ticket = events_pb2.ServiceTicket(
+    digest = rules.transcript_digest(messages)
+    event = events_pb2.ServiceTicket(
         ticket_id=str(ticket_id),
         session_id=str(ended["session_id"]),
         merchant_id=ended["merchant_id"],
@@ -35,7 +49,7 @@ async def create(
         order_id=ended["order_id"] or "",
         category=common_pb2.Category.Value(f"CATEGORY_{ended['category']}"),
         reason=common_pb2.CloseReason.Value(f"CLOSE_REASON_{reason.value}"),
-        transcript=transcript,
+        transcript=messages,
         open_time=records.timestamp(ended["open_time"]),
         close_time=records.timestamp(ended["close_time"]),
         handle_by=records.timestamp(handle_by),
@@ -43,20 +57,48 @@ async def create(
         digest_algorithm=rules.DIGEST_ALGORITHM,
         create_time=records.timestamp(ended["close_time"]),
     )
-    payload = ticket.SerializeToString()
-    await conn.execute(
-        sql("insert_ticket"),
+    return Ticket(
         ticket_id,
         ended["session_id"],
         ended["merchant_id"],
-        reason.value,
+        reason,
         ended["category"],
         handle_by,
         digest,
-        payload,
+        event.SerializeToString(),
         ended["close_time"],
     )
-    await conn.execute(
-        sql("insert_outbox"), TOPIC, ended["merchant_id"].encode(), str(ticket_id), CONTENT_TYPE, payload
+
+
+async def insert(conn: asyncpg.Connection, tickets: Sequence[Ticket]) -> None:
+    """Stores the tickets and their outbox rows (the caller's transaction makes them atomic)."""
+    await conn.executemany(
+        sql("insert_ticket"),
+        [
+            (
+                t.ticket_id,
+                t.session_id,
+                t.merchant_id,
+                t.reason.value,
+                t.category,
+                t.handle_by,
+                t.digest,
+                t.payload,
+                t.create_time,
+            )
+            for t in tickets
+        ],
     )
-    return ticket_id
+    await conn.executemany(
+        sql("insert_outbox"),
+        [(TOPIC, t.merchant_id.encode(), str(t.ticket_id), CONTENT_TYPE, t.payload) for t in tickets],
+    )
+
+
+async def create(
+    conn: asyncpg.Connection, ended: asyncpg.Record, reason: CloseReason, sla: Mapping[str, timedelta]
+) -> Ticket:
+    """Builds and stores the ticket of one session."""
+    ticket = build(ended, await conn.fetch(sql("transcript"), ended["session_id"]), reason, sla)
+    await insert(conn, [ticket])
+    return ticket

@@ -1,4 +1,20 @@
 -- The declared schema: `make schema` writes this file from the migrations; do not edit it.
+CREATE FUNCTION public.notify_deadline() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    PERFORM pg_notify('escalation_deadline',
+                      extract(epoch FROM least(NEW.remind_time, NEW.reply_deadline))::text);
+    RETURN NULL;
+END $$;
+CREATE FUNCTION public.notify_outbox() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    -- Identical notifications within one transaction are folded into one by PostgreSQL.
+    PERFORM pg_notify('escalation_outbox', '');
+    RETURN NULL;
+END $$;
 CREATE TABLE public.agents (
     merchant_id text NOT NULL,
     agent_id text NOT NULL,
@@ -179,6 +195,7 @@ CREATE INDEX merchant_events_event_time ON public.merchant_events USING btree (e
 CREATE INDEX merchant_warnings_create_time ON public.merchant_warnings USING btree (create_time DESC, warning_id DESC);
 CREATE UNIQUE INDEX messages_client_msg_id ON public.messages USING btree (session_id, sender, client_msg_id) WHERE (client_msg_id IS NOT NULL);
 CREATE INDEX outbox_pending ON public.outbox USING btree (id) WHERE (published_time IS NULL);
+CREATE INDEX outbox_pending_by_key ON public.outbox USING btree (message_key, id) WHERE (published_time IS NULL);
 CREATE INDEX reply_templates_merchant ON public.reply_templates USING btree (merchant_id, create_time, template_id);
 CREATE INDEX sessions_agent_open_time ON public.sessions USING btree (merchant_id, assigned_agent_id, open_time DESC, session_id DESC);
 CREATE INDEX sessions_due ON public.sessions USING btree (reply_deadline) WHERE (reply_deadline IS NOT NULL);
@@ -187,6 +204,8 @@ CREATE INDEX sessions_platform_agent_open_time ON public.sessions USING btree (p
 CREATE INDEX sessions_remind_due ON public.sessions USING btree (remind_time) WHERE (remind_time IS NOT NULL);
 CREATE UNIQUE INDEX sessions_request_id ON public.sessions USING btree (platform_agent_id, request_id);
 CREATE INDEX tickets_merchant_create_time ON public.tickets USING btree (merchant_id, create_time);
+CREATE TRIGGER outbox_notify AFTER INSERT ON public.outbox FOR EACH ROW EXECUTE FUNCTION public.notify_outbox();
+CREATE TRIGGER sessions_notify_deadline AFTER UPDATE OF reply_deadline, remind_time ON public.sessions FOR EACH ROW WHEN ((((new.reply_deadline IS NOT NULL) AND (new.reply_deadline IS DISTINCT FROM old.reply_deadline)) OR ((new.remind_time IS NOT NULL) AND (new.remind_time IS DISTINCT FROM old.remind_time)))) EXECUTE FUNCTION public.notify_deadline();
 ALTER TABLE ONLY public.agents
     ADD CONSTRAINT agents_merchant_id_fkey FOREIGN KEY (merchant_id) REFERENCES public.merchants(merchant_id) ON DELETE CASCADE;
 ALTER TABLE ONLY public.merchant_events

@@ -1,0 +1,64 @@
+"""The durable per-merchant event log (SPEC R8): gapless cursors assigned in the writer's transaction.
+
+Lock order, everywhere: session rows, then merchant rows (here, in merchant_id order), then agent rows.
+Keeping to it is what makes the deadline worker, replies and OpenSession deadlock-free together.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import asyncpg
+
+from escalation.store.queries import sql
+from escalation.v1 import merchant_pb2
+
+
+@dataclass(frozen=True)
+class Event:
+    merchant_id: str
+    session_id: uuid.UUID | None
+    # The session's assigned agent, so a sub-account's stream can be filtered to its own sessions.
+    agent_id: str | None
+    # Which field of MerchantEvent.kind is set; also stored as merchant_events.kind.
+    kind: str
+    body: merchant_pb2.MerchantEvent
+
+
+async def append(conn: asyncpg.Connection, events: Sequence[Event]) -> list[int]:
+    """Appends events (in order) to their merchants' logs; returns their cursors."""
+    by_merchant: dict[str, list[int]] = defaultdict(list)
+    for i, event in enumerate(events):
+        by_merchant[event.merchant_id].append(i)
+    cursors = [0] * len(events)
+    rows = []
+    for merchant_id in sorted(by_merchant):
+        indexes = by_merchant[merchant_id]
+        bumped = await conn.fetchrow(sql("allocate_event_cursors"), merchant_id, len(indexes))
+        assert bumped is not None, f"merchant {merchant_id} vanished"
+        first = bumped["last_event_cursor"] - len(indexes) + 1
+        for offset, i in enumerate(indexes):
+            event = events[i]
+            body = merchant_pb2.MerchantEvent()
+            body.CopyFrom(event.body)
+            body.cursor = first + offset
+            body.event_time.FromDatetime(bumped["at"])
+            if event.session_id is not None:
+                body.session_id = str(event.session_id)
+            cursors[i] = body.cursor
+            rows.append(
+                (
+                    merchant_id,
+                    body.cursor,
+                    event.session_id,
+                    event.agent_id,
+                    event.kind,
+                    body.SerializeToString(),
+                    bumped["at"],
+                )
+            )
+    await conn.executemany(sql("insert_event"), rows)
+    return cursors

@@ -1,0 +1,57 @@
+-- The deadline worker's claims. Each runs inside the transaction that acts on what it claimed.
+
+-- name: claim_due_sessions
+-- Ends up to $1 sessions whose deadline has passed by the database clock, in one statement; rows a
+-- racing reply holds are skipped (and looked at again next round).
+WITH due AS (
+    SELECT session_id, reply_deadline FROM sessions
+    WHERE reply_deadline <= clock_timestamp()
+    ORDER BY reply_deadline
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE sessions s
+SET state = 'ENDED', close_reason = 'MERCHANT_TIMEOUT', close_time = clock_timestamp(),
+    reply_deadline = NULL, remind_time = NULL
+FROM due
+WHERE s.session_id = due.session_id
+RETURNING s.session_id, s.merchant_id, s.assigned_agent_id, s.platform_agent_id, s.order_id, s.category,
+          s.open_time, s.close_time, due.reply_deadline;
+
+-- name: claim_due_reminders
+WITH due AS (
+    SELECT session_id FROM sessions
+    WHERE remind_time <= clock_timestamp()
+    ORDER BY remind_time
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE sessions s SET remind_time = NULL
+FROM due
+WHERE s.session_id = due.session_id
+RETURNING s.session_id, s.merchant_id, s.assigned_agent_id, s.reply_deadline;
+
+-- name: lock_merchants
+SELECT merchant_id FROM merchants WHERE merchant_id = ANY($1::text[]) ORDER BY merchant_id FOR UPDATE;
+
+-- name: lock_agents
+SELECT 1 FROM agents
+WHERE (merchant_id, agent_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))
+ORDER BY merchant_id, agent_id
+FOR UPDATE;
+
+-- name: release_assignments
+UPDATE agents a SET open_sessions = a.open_sessions - d.n
+FROM (SELECT m, g, count(*) AS n FROM unnest($1::text[], $2::text[]) AS u(m, g) GROUP BY m, g) d
+WHERE a.merchant_id = d.m AND a.agent_id = d.g;
+
+-- name: transcripts
+SELECT session_id, seq, sender, sender_id, kind, client_msg_id, template_id, content, send_time
+FROM messages WHERE session_id = ANY($1::uuid[]) ORDER BY session_id, seq;
+
+-- name: next_wakeup
+-- Seconds (database clock) until the nearest deadline or reminder; NULL when none is pending.
+SELECT extract(epoch FROM least(
+    (SELECT min(reply_deadline) FROM sessions WHERE reply_deadline IS NOT NULL),
+    (SELECT min(remind_time) FROM sessions WHERE remind_time IS NOT NULL)
+) - clock_timestamp())::float8 AS seconds;

@@ -1,0 +1,95 @@
+"""`escalation tickets tail`: the example consumer of escalation.service-tickets.v1.
+
+A real consumer: it joins a consumer group, commits offsets only after a ticket is printed, and
+dedupes by the ``event_id`` header (delivery is at least once). Prints each ticket readably, or one
+JSON object per line with ``--json``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+from collections import OrderedDict
+from typing import TextIO
+
+from google.protobuf import json_format
+
+from escalation.bus import kafka
+from escalation.v1 import common_pb2, events_pb2
+
+
+class SeenEventIds:
+    """A bounded memory of event ids, enough to drop redeliveries that arrive close together."""
+
+    def __init__(self, capacity: int = 100_000) -> None:
+        self._ids: OrderedDict[str, None] = OrderedDict()
+        self._capacity = capacity
+
+    def first_time(self, event_id: str) -> bool:
+        if event_id in self._ids:
+            self._ids.move_to_end(event_id)
+            return False
+        self._ids[event_id] = None
+        if len(self._ids) > self._capacity:
+            self._ids.popitem(last=False)
+        return True
+
+
+def readable(ticket: events_pb2.ServiceTicket) -> str:
+    reason = common_pb2.CloseReason.Name(ticket.reason).removeprefix("CLOSE_REASON_")
+    category = common_pb2.Category.Name(ticket.category).removeprefix("CATEGORY_")
+    lines = [
+        f"ticket {ticket.ticket_id}  {reason}  {category}  merchant {ticket.merchant_id}",
+        f"  session {ticket.session_id}  order {ticket.order_id or '-'}  agent {ticket.assigned_agent_id}"
+        f"  platform agent {ticket.platform_agent_id}",
+        f"  opened {ticket.open_time.ToJsonString()}  closed {ticket.close_time.ToJsonString()}"
+        f"  handle by {ticket.handle_by.ToJsonString()}",
+    ]
+    for m in ticket.transcript:
+        who = "platform" if m.sender == common_pb2.SENDER_PLATFORM else "merchant"
+        kind = m.content.WhichOneof("kind")
+        body = m.content.text.body if kind == "text" else f"[{kind}]"
+        lines.append(f"  #{m.seq} {m.send_time.ToJsonString()} {who} {m.sender_id}: {body}")
+    lines.append(f"  digest {ticket.digest_algorithm} {ticket.transcript_digest}")
+    return "\n".join(lines)
+
+
+async def tail(
+    settings: kafka.KafkaSettings,
+    *,
+    group_id: str,
+    from_beginning: bool,
+    as_json: bool,
+    max_tickets: int | None,
+    out: TextIO = sys.stdout,
+) -> int:
+    """Prints tickets until interrupted (or ``max_tickets`` distinct ones); returns how many."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    consumer = kafka.consumer(settings, kafka.TICKETS_TOPIC, group_id, from_beginning=from_beginning)
+    await consumer.start()
+    seen, printed = SeenEventIds(), 0
+    try:
+        while not stop.is_set() and (max_tickets is None or printed < max_tickets):
+            batches = await consumer.getmany(timeout_ms=500)
+            for records in batches.values():
+                for record in records:
+                    headers = {k: v.decode() for k, v in record.headers}
+                    event_id = headers.get("event_id", "")
+                    if not seen.first_time(event_id):
+                        continue
+                    ticket = events_pb2.ServiceTicket.FromString(record.value or b"")
+                    if as_json:
+                        print(json.dumps(json_format.MessageToDict(ticket)), file=out, flush=True)
+                    else:
+                        print(readable(ticket) + "\n", file=out, flush=True)
+                    printed += 1
+            if batches:
+                await consumer.commit()
+    finally:
+        await consumer.stop()
+    return printed

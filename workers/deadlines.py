@@ -1,0 +1,139 @@
+"""The deadline worker (SPEC R5–R7): ends sessions whose reply deadline passed and sends reminders.
+
+Deadlines live in PostgreSQL and are judged by its clock, so a restart of every process loses none
+and no replica's clock can fire one early. Each round claims a batch with one ``FOR UPDATE SKIP
+LOCKED`` statement and, in that transaction, ends the sessions, writes their tickets and outbox rows.
+Any number of replicas may run: a row one of them holds is skipped by the others, and a reply that
+holds a session's lock first wins (the worker looks again next round and finds nothing due).
+
+Between rounds it sleeps until the nearest deadline or reminder, woken early by NOTIFY on
+``escalation_deadline`` when a nearer one is written, and never longer than ``poll_interval``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+import asyncpg
+import structlog
+
+from escalation.domain.session import CloseReason
+from escalation.observability import metrics
+from escalation.realtime import events
+from escalation.services import records, tickets
+from escalation.services.sessions import SessionPolicy
+from escalation.store.queries import sql
+from escalation.v1 import merchant_pb2
+from workers.loop import Wakeup, run_forever
+
+log = structlog.get_logger(__name__)
+
+CHANNEL = "escalation_deadline"
+
+
+@dataclass(frozen=True)
+class DeadlineConfig:
+    batch_size: int = 500  # sessions (and, separately, reminders) per transaction
+    poll_interval: float = 2.0  # seconds; the longest sleep when nothing nearer is known
+    policy: SessionPolicy = field(default_factory=SessionPolicy)
+
+
+@dataclass
+class RoundResult:
+    ended: int = 0
+    reminded: int = 0
+
+
+class DeadlineWorker:
+    def __init__(self, pool: asyncpg.Pool, config: DeadlineConfig | None = None) -> None:
+        self._pool = pool
+        self.config = config or DeadlineConfig()
+
+    async def run_once(self) -> RoundResult:
+        """One round: every due reminder and every due session, batch by batch, until none is due."""
+        result = RoundResult()
+        while (n := await self._remind_batch()) > 0:
+            result.reminded += n
+        while (n := await self._end_batch()) > 0:
+            result.ended += n
+        return result
+
+    async def _end_batch(self) -> int:
+        async with self._pool.acquire() as conn, conn.transaction():
+            ended = await conn.fetch(sql("claim_due_sessions"), self.config.batch_size)
+            if not ended:
+                return 0
+            ids = [r["session_id"] for r in ended]
+            transcripts: dict[object, list[asyncpg.Record]] = {sid: [] for sid in ids}
+            for row in await conn.fetch(sql("transcripts"), ids):
+                transcripts[row["session_id"]].append(row)
+            built = [
+                tickets.build(
+                    r, transcripts[r["session_id"]], CloseReason.MERCHANT_TIMEOUT, self.config.policy.ticket_sla
+                )
+                for r in ended
+            ]
+            # Lock order: sessions (claimed above), merchants, agents — as everywhere else.
+            await conn.execute(sql("lock_merchants"), sorted({r["merchant_id"] for r in ended}))
+            merchants = [r["merchant_id"] for r in ended]
+            agents = [r["assigned_agent_id"] for r in ended]
+            await conn.execute(sql("lock_agents"), merchants, agents)
+            await conn.execute(sql("release_assignments"), merchants, agents)
+            await tickets.insert(conn, built)
+        for row in ended:
+            metrics.DEADLINE_LATENESS.observe((row["close_time"] - row["reply_deadline"]).total_seconds())
+        metrics.SESSIONS_CLOSED.labels(reason=CloseReason.MERCHANT_TIMEOUT.value).inc(len(ended))
+        log.info("deadlines.ended", sessions=len(ended))
+        return len(ended)
+
+    async def _remind_batch(self) -> int:
+        async with self._pool.acquire() as conn, conn.transaction():
+            due = await conn.fetch(sql("claim_due_reminders"), self.config.batch_size)
+            if not due:
+                return 0
+            await events.append(
+                conn,
+                [
+                    events.Event(
+                        merchant_id=r["merchant_id"],
+                        session_id=r["session_id"],
+                        agent_id=r["assigned_agent_id"],
+                        kind="reply_reminder",
+                        body=merchant_pb2.MerchantEvent(
+                            reply_reminder=merchant_pb2.ReplyReminder(
+                                session_id=str(r["session_id"]),
+                                reply_deadline=records.timestamp(r["reply_deadline"]),
+                            )
+                        ),
+                    )
+                    for r in due
+                ],
+            )
+        log.info("deadlines.reminded", sessions=len(due))
+        return len(due)
+
+    async def seconds_until_next(self) -> float:
+        """Database-clock seconds until the nearest deadline or reminder (the poll interval if none)."""
+        seconds = await self._pool.fetchval(sql("next_wakeup"))
+        if seconds is None:
+            return self.config.poll_interval
+        return max(0.0, min(float(seconds), self.config.poll_interval))
+
+    async def run(self, stop: asyncio.Event, listen_dsn: str) -> None:
+        """Rounds until ``stop`` is set; errors are logged and retried, never fatal."""
+        await run_forever(
+            name="deadlines", stop=stop, wakeup=Wakeup(listen_dsn, CHANNEL, self._nearer), round_=self._round
+        )
+
+    async def _round(self) -> float:
+        await self.run_once()
+        return await self.seconds_until_next()
+
+    def _nearer(self, payload: str) -> float | None:
+        """A NOTIFY payload is the epoch second something becomes due; wake then, if sooner."""
+        try:
+            return max(0.0, float(payload) - time.time())
+        except ValueError:
+            return 0.0
