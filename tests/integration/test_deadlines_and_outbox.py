@@ -75,7 +75,7 @@ async def relay(pool: asyncpg.Pool, kafka_settings: kafka.KafkaSettings) -> Asyn
 
 
 async def _consume(
-    settings: kafka.KafkaSettings, count: int, timeout: float = 20
+    settings: kafka.KafkaSettings, count: int, wait: float = 20
 ) -> list[tuple[bytes | None, dict[str, str], bytes]]:
     consumer = AIOKafkaConsumer(
         settings.topic(kafka.TICKETS_TOPIC),
