@@ -18,7 +18,7 @@ from escalation.domain.reception import (
     MIN_CAPACITY,
     MIN_REPLY_TIMEOUT_SECONDS,
 )
-from escalation.domain.validation import Violations
+from escalation.domain.validation import IDENTIFIER, Violations
 from escalation.services import directory
 from escalation.v1 import admin_pb2, admin_pb2_grpc, merchant_pb2
 
@@ -62,11 +62,13 @@ class MerchantAdminServicer(admin_pb2_grpc.MerchantAdminServiceServicer):
     async def ListAgents(self, request: admin_pb2.ListAgentsRequest, context: Context) -> admin_pb2.ListAgentsResponse:
         check = Violations()
         size = check.page_size("page_size", request.page_size, default=DEFAULT_AGENT_PAGE)
+        filters = ["agents", request.merchant_id, current_identity().merchant_id]
+        after = paging.decode(request.page_token, filters, check)
+        if after is not None and (len(after) != 1 or not isinstance(after[0], str) or not IDENTIFIER.match(after[0])):
+            check.add("page_token", paging.NOT_OURS)
         target = self._scope(request.merchant_id, check)
-        filters = ["agents", target.merchant_id]
-        after = paging.decode(request.page_token, filters)
         rows = await directory.list_agents(
-            self._pool, target, after_agent_id=str(after[0]) if after else None, limit=size + 1
+            self._pool, target, after_agent_id=after[0] if after else None, limit=size + 1
         )
         token = paging.encode([rows[size - 1]["agent_id"]], filters) if len(rows) > size else ""
         return admin_pb2.ListAgentsResponse(agents=[convert.agent(r) for r in rows[:size]], next_page_token=token)

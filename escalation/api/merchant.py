@@ -34,13 +34,11 @@ class MerchantServicer(merchant_pb2_grpc.MerchantServiceServicer):
     ) -> merchant_pb2.ListReplyTemplatesResponse:
         check = Violations()
         size = check.page_size("page_size", request.page_size, default=DEFAULT_TEMPLATE_PAGE)
-        check.raise_if_any()
         target = directory.scope(current_identity(), "")
         filters = ["templates", target.merchant_id]
-        after = paging.decode(request.page_token, filters)
-        rows = await directory.list_reply_templates(
-            self._pool, target, after=[str(k) for k in after] if after else None, limit=size + 1
-        )
+        after = req.time_and_id_key(check, paging.decode(request.page_token, filters, check))
+        check.raise_if_any()
+        rows = await directory.list_reply_templates(self._pool, target, after=after, limit=size + 1)
         token = ""
         if len(rows) > size:
             last = rows[size - 1]
@@ -81,6 +79,7 @@ async def reply(pool: asyncpg.Pool, policy: SessionPolicy, request: merchant_pb2
     message: NewMessage | None = None
     if has_content == bool(template_id):
         check.add("content", "set exactly one of content and template_id")
+        check.add("template_id", "set exactly one of content and template_id")
     elif template_id:
         check.identifier("template_id", template_id)
         message = NewMessage(Kind.TEXT, b"", msg_id, template_id)

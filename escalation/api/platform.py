@@ -63,8 +63,6 @@ class PlatformServicer(platform_pb2_grpc.PlatformServiceServicer):
         check = Violations()
         sid = req.session_id(check, request.session_id)
         msg_id = req.client_msg_id(check, request.client_msg_id)
-        if not request.HasField("content"):
-            check.add("content", "is required: set text or order_card")
         message = req.new_message(check, "content", request.content, Sender.PLATFORM, msg_id)
         check.raise_if_any()
         assert message is not None

@@ -31,10 +31,13 @@ def session_id(check: Violations, value: str, field: str = "session_id") -> uuid
         check.add(field, "is required")
         return uuid.UUID(int=0)
     try:
-        return uuid.UUID(value)
+        parsed = uuid.UUID(value)
     except ValueError:
-        check.add(field, "must be a session id (UUID)")
+        parsed = None
+    if parsed is None or str(parsed) != value:
+        check.add(field, "must be a session id (a UUID in canonical lower-case form)")
         return uuid.UUID(int=0)
+    return parsed
 
 
 def client_msg_id(check: Violations, value: str) -> str | None:
@@ -74,8 +77,48 @@ def request_hash(request: pb_message.Message) -> bytes:
     return hashlib.sha256(request.SerializeToString(deterministic=True)).digest()
 
 
-def _time(ts: timestamp_pb2.Timestamp, present: bool) -> datetime | None:
-    return ts.ToDatetime(tzinfo=UTC) if present else None
+def _time(check: Violations, field: str, ts: timestamp_pb2.Timestamp, present: bool) -> datetime | None:
+    return check.timestamp(field, ts.seconds, ts.nanos) if present else None
+
+
+_MAX_SEQ = 2**63 - 1
+
+
+def time_and_id_key(check: Violations, key: list[Any] | None) -> tuple[datetime, str] | None:
+    """A (time, id) page key, e.g. a session's (open_time, session_id); a forged one is noted in check."""
+    if key is None:
+        return None
+    at: datetime | None = None
+    if len(key) == 2 and isinstance(key[0], str) and isinstance(key[1], str):
+        try:
+            at = datetime.fromisoformat(key[0]).astimezone(UTC)
+        except (ValueError, OverflowError):
+            at = None
+    if at is None or datetime.fromisoformat(key[0]).tzinfo is None:
+        check.add("page_token", paging.NOT_OURS)
+        return None
+    return at, key[1]
+
+
+def _session_key(check: Violations, key: list[Any] | None) -> tuple[datetime, uuid.UUID] | None:
+    """The (open_time, session_id) a ListSessions token resumes after."""
+    parsed = time_and_id_key(check, key)
+    if parsed is None:
+        return None
+    try:
+        return parsed[0], uuid.UUID(parsed[1])
+    except ValueError:
+        check.add("page_token", paging.NOT_OURS)
+        return None
+
+
+def _seq_key(check: Violations, key: list[Any] | None) -> int | None:
+    if key is None:
+        return None
+    if len(key) != 1 or not isinstance(key[0], int) or isinstance(key[0], bool) or not 0 <= key[0] <= _MAX_SEQ:
+        check.add("page_token", paging.NOT_OURS)
+        return None
+    return key[0]
 
 
 async def get_session(pool: asyncpg.Pool, request: platform_pb2.GetSessionRequest) -> common_pb2.Session:
@@ -93,20 +136,14 @@ async def list_sessions(
         check.identifier("merchant_id", request.merchant_id)
     state = enum_value(check, "state", common_pb2.SessionState, request.state, required=False)
     size = check.page_size("page_size", request.page_size, default=DEFAULT_SESSION_PAGE)
-    start = _time(request.open_time_start, request.HasField("open_time_start"))
-    end = _time(request.open_time_end, request.HasField("open_time_end"))
+    start = _time(check, "open_time_start", request.open_time_start, request.HasField("open_time_start"))
+    end = _time(check, "open_time_end", request.open_time_end, request.HasField("open_time_end"))
     if start and end and start >= end:
         check.add("open_time_end", "must be after open_time_start")
+    filters = ["sessions", request.merchant_id, state, str(start), str(end)]
+    after = _session_key(check, paging.decode(request.page_token, filters, check))
     check.raise_if_any()
     where = sessions.SessionFilter(request.merchant_id or None, state, start, end)
-    filters = ["sessions", where.merchant_id, where.state, str(start), str(end)]
-    after_key = paging.decode(request.page_token, filters)
-    after = None
-    if after_key is not None:
-        try:
-            after = (datetime.fromisoformat(str(after_key[0])), uuid.UUID(str(after_key[1])))
-        except (ValueError, IndexError):
-            check.add("page_token", "is not a page token this service issued").raise_if_any()
     rows = await sessions.list_sessions(pool, current_identity(), where, after=after, limit=size + 1)
     token = ""
     if len(rows) > size:
@@ -123,14 +160,11 @@ async def list_messages(
     if request.after_seq < 0:
         check.add("after_seq", "must not be negative")
     size = check.page_size("page_size", request.page_size, default=DEFAULT_MESSAGE_PAGE)
+    filters = ["messages", request.session_id, request.after_seq]
+    after_seq = _seq_key(check, paging.decode(request.page_token, filters, check))
     check.raise_if_any()
-    filters = ["messages", str(sid), request.after_seq]
-    after_key = paging.decode(request.page_token, filters)
-    after_seq = request.after_seq
-    if after_key is not None:
-        if not after_key or not isinstance(after_key[0], int):
-            check.add("page_token", "is not a page token this service issued").raise_if_any()
-        after_seq = int(after_key[0])
-    rows = await sessions.list_messages(pool, current_identity(), sid, after_seq=after_seq, limit=size + 1)
+    rows = await sessions.list_messages(
+        pool, current_identity(), sid, after_seq=request.after_seq if after_seq is None else after_seq, limit=size + 1
+    )
     token = paging.encode([rows[size - 1]["seq"]], filters) if len(rows) > size else ""
     return platform_pb2.ListMessagesResponse(messages=[records.message(r) for r in rows[:size]], next_page_token=token)

@@ -32,6 +32,8 @@ from escalation.observability import logging as obs_logging
 from escalation.store.migrate import migrate
 
 DATABASE = "escalation"
+# Each gets the metrics port after serve's (9465, 9466 by default).
+WORKERS = ("deadlines", "outbox")
 TOKEN_TTL_SECONDS = 30 * 24 * 3600
 
 
@@ -157,6 +159,9 @@ def _banner(ports: DevPorts, secret: str, data_dir: Path) -> str:
         f"export ESCALATION_JWT_SECRET={secret}\n"
     )
     rel_env = shlex.quote(_shown(env_file))
+    cli = _shown(Path(sys.executable).with_name("escalation"))
+    override = os.environ.get("ESCALATION_DEV_OVERRIDE_REPLY_TIMEOUT_SECONDS")
+    timeout = f"overridden to {override} s" if override else "180 s unless changed with UpdateReplyTimeout"
     return f"""
 escalation is running (demo merchant {seed.DEMO_MERCHANT!r}: main account {seed.DEMO_MAIN_ACCOUNT!r},
 designated agents {", ".join(seed.DEMO_AGENTS)}).
@@ -176,6 +181,25 @@ In another terminal (tokens are valid for 30 days; mint more with `escalation to
   {g} -plaintext -H "authorization: Bearer $OPS_TOKEN" \\
       -d '{{"merchant": {{"merchant_id": "shop-2", "main_account_id": "shop-2-main"}}}}' \\
       {target} escalation.v1.OpsService/UpsertMerchant
+
+  # A platform agent asks the demo shop; the least saturated designated agent gets it.
+  {g} -plaintext -H "authorization: Bearer $PLATFORM_TOKEN" \\
+      -d '{{"request_id": "demo-1", "merchant_id": "demo-shop", "category": "CATEGORY_ORDER_OPERATION",
+      "order_id": "order-42",
+      "messages": [{{"text": {{"body": "The buyer wants it shipped today. Can you ship today?"}}}}]}}' \\
+      {target} escalation.v1.PlatformService/OpenSession
+  # The assigned agent (say demo-agent-1, AGENT_TOKEN) answers; SESSION_ID from the answer above.
+  {g} -plaintext -H "authorization: Bearer $AGENT_TOKEN" \\
+      -d '{{"session_id": "SESSION_ID", "content": {{"text": {{"body": "Yes, it ships today."}}}}}}' \\
+      {target} escalation.v1.MerchantService/Reply
+  {g} -plaintext -H "authorization: Bearer $PLATFORM_TOKEN" \\
+      -d '{{"session_id": "SESSION_ID", "outcome": "OUTCOME_ESCALATED"}}' \\
+      {target} escalation.v1.PlatformService/CloseSession
+  # Tickets as the ticketing system sees them (sessions unanswered for the reply timeout, or escalated):
+  ESCALATION_KAFKA_BOOTSTRAP=127.0.0.1:{ports.kafka} {cli} tickets tail --from-beginning
+
+Unanswered sessions close after the merchant's reply timeout ({timeout}); to watch one time out
+sooner, restart with ESCALATION_DEV_OVERRIDE_REPLY_TIMEOUT_SECONDS=15 make run.
 
 Ctrl-C stops everything; data stays in {_shown(data_dir)}/ for the next run.
 """
@@ -207,6 +231,7 @@ def run_dev(data_dir: str = ".data") -> int:
     postgres = EmbeddedPostgres(root / "pg", port=ports.postgres, log_path=logs / "postgres.log")
     broker = EmbeddedBroker(port=ports.kafka, log_path=logs / "broker.log")
     server: subprocess.Popen[bytes] | None = None
+    workers: dict[str, subprocess.Popen[bytes]] = {}
     status = 0
     started = False
     try:
@@ -235,8 +260,11 @@ def run_dev(data_dir: str = ".data") -> int:
             "ESCALATION_JWT_ALGORITHM": "HS256",
             "ESCALATION_JWT_SECRET": secret,
             "ESCALATION_LOG_FORMAT": os.environ.get("ESCALATION_LOG_FORMAT", "console"),
+            # One embedded broker: topics cannot have more replicas than that.
+            "ESCALATION_KAFKA_REPLICATION_FACTOR": "1",
+            "ESCALATION_KAFKA_TOPIC_PARTITIONS": os.environ.get("ESCALATION_KAFKA_TOPIC_PARTITIONS", "3"),
         }
-        print("starting `escalation serve`", flush=True)
+        print("starting `escalation serve` and the workers", flush=True)
         server = spawn(
             [sys.executable, "-m", "escalation", "serve"],
             log_path=None,
@@ -244,14 +272,27 @@ def run_dev(data_dir: str = ".data") -> int:
             cwd=os.getcwd(),
             inherit_output=True,
         )
+        metrics_host, _, metrics_port = ports.metrics_addr.rpartition(":")
+        for offset, name in enumerate(WORKERS, start=1):
+            worker_env = {**env, "ESCALATION_METRICS_ADDR": f"{metrics_host}:{int(metrics_port) + offset}"}
+            workers[name] = spawn(
+                [sys.executable, "-m", "escalation", "worker", name],
+                log_path=None,
+                env=worker_env,
+                cwd=os.getcwd(),
+                inherit_output=True,
+            )
         _wait_serving(ports.grpc_port, server, stop)
         interrupted()
         print(_banner(ports, secret, root), flush=True)
         while not stop.wait(0.5):
+            children = [("server", server.poll() is None)] + [
+                (f"worker {n}", p.poll() is None) for n, p in workers.items()
+            ]
             died = [
                 name
                 for name, alive in (
-                    ("server", server.poll() is None),
+                    *children,
                     ("PostgreSQL", postgres.is_running),
                     ("broker", broker.is_running),
                 )
@@ -273,8 +314,8 @@ def run_dev(data_dir: str = ".data") -> int:
     finally:
         if started:
             print("stopping", flush=True)
-        if server is not None:
-            stop_process(server, signal.SIGTERM, timeout=15)
+        for proc in [*workers.values(), *([server] if server is not None else [])]:
+            stop_process(proc, signal.SIGTERM, timeout=15)
         broker.stop()
         postgres.stop()
         if started:

@@ -169,17 +169,15 @@ async def delete_reply_template(pool: asyncpg.Pool, target: MerchantScope, templ
 
 
 async def list_reply_templates(
-    pool: asyncpg.Pool, target: MerchantScope, *, after: list[str] | None, limit: int
+    pool: asyncpg.Pool, target: MerchantScope, *, after: tuple[datetime, str] | None, limit: int
 ) -> list[asyncpg.Record]:
     async with pool.acquire() as conn:
         await _merchant_for_read(conn, target)
-        after_time = after[0] if after else None
-        after_id = after[1] if after else None
         rows: list[asyncpg.Record] = await conn.fetch(
-            sql("list_reply_templates"), target.merchant_id, _parse_time(after_time), after_id, limit
+            sql("list_reply_templates"),
+            target.merchant_id,
+            after[0] if after else None,
+            after[1] if after else None,
+            limit,
         )
         return rows
-
-
-def _parse_time(value: str | None) -> datetime | None:
-    return datetime.fromisoformat(value) if value else None

@@ -35,7 +35,8 @@ class ReplyRequest(_message.Message):
     session_id: _builtins.str
     """Required."""
     client_msg_id: _builtins.str
-    """Optional idempotency key, 1–64 characters. A retry returns the original message; reuse with
+    """Optional idempotency key, 1–64 printable ASCII characters without spaces, scoped to the session
+    and the sending side. A retry returns the original message; reuse with
     different content is INVALID_ARGUMENT (CLIENT_MSG_ID_REUSED).
     """
     template_id: _builtins.str

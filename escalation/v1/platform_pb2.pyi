@@ -33,7 +33,8 @@ class OpenSessionRequest(_message.Message):
     ORDER_ID_FIELD_NUMBER: _builtins.int
     MESSAGES_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
-    """Required. Idempotency key, 1–64 characters. The same id returns the same session; the same id
+    """Required. Idempotency key, identifier rules (1–64 of A–Z a–z 0–9 . _ : -), scoped to the calling
+    platform agent. The same id returns the same session; the same id
     with a different payload is INVALID_ARGUMENT (REQUEST_ID_REUSED).
     """
     merchant_id: _builtins.str
@@ -101,7 +102,8 @@ class SendMessageRequest(_message.Message):
     session_id: _builtins.str
     """Required."""
     client_msg_id: _builtins.str
-    """Optional idempotency key, 1–64 characters. A retry returns the original message; reuse with
+    """Optional idempotency key, 1–64 printable ASCII characters without spaces, scoped to the session
+    and the sending side. A retry returns the original message; reuse with
     different content is INVALID_ARGUMENT (CLIENT_MSG_ID_REUSED).
     """
     @_builtins.property

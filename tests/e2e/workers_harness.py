@@ -1,0 +1,389 @@
+"""`escalation worker deadlines|outbox` and `escalation tickets tail` as real OS processes, for e2e tests.
+
+Each worker gets its own free metrics port, JSON logs in files, and the Kafka settings of one test (its
+own topic prefix); the context managers stop it (SIGTERM, then SIGKILL) and reap it whatever happened.
+Also: opening sessions straight through the service layer, polling with a bound, reading a topic to
+its end with a consumer that joins no group, and reading a process's /metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
+
+from escalation.auth import Identity, Role
+from escalation.devenv.ports import free_port
+from escalation.domain.session import Kind
+from escalation.services import directory, sessions
+from escalation.v1 import common_pb2, events_pb2
+
+REPO = Path(__file__).resolve().parents[2]
+ESCALATION = (sys.executable, "-m", "escalation")
+TICKETS_TOPIC = "escalation.service-tickets.v1"
+
+STOP_TIMEOUT = 15.0
+START_TIMEOUT = 30.0
+
+PLATFORM = Identity("pa-1", Role.PLATFORM)
+
+
+# --- environment -----------------------------------------------------------------------------------
+
+
+def clean_env(**overrides: str) -> dict[str, str]:
+    """This environment minus any ESCALATION_* a developer's shell may carry, plus ``overrides``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ESCALATION_")}
+    env.update(overrides)
+    return env
+
+
+def free_addr() -> str:
+    return f"127.0.0.1:{free_port()}"
+
+
+@dataclass(frozen=True)
+class KafkaTarget:
+    """One broker and the topic prefix a single test owns there."""
+
+    bootstrap: str
+    prefix: str = field(default_factory=lambda: f"e2e-{uuid.uuid4().hex[:10]}.")
+    partitions: int = 3
+
+    @property
+    def tickets_topic(self) -> str:
+        return self.prefix + TICKETS_TOPIC
+
+    def env(self) -> dict[str, str]:
+        return {
+            "ESCALATION_KAFKA_BOOTSTRAP": self.bootstrap,
+            "ESCALATION_KAFKA_IDEMPOTENCE": "false",  # the embedded broker has no InitProducerId
+            "ESCALATION_KAFKA_REPLICATION_FACTOR": "1",
+            "ESCALATION_KAFKA_TOPIC_PARTITIONS": str(self.partitions),
+            "ESCALATION_KAFKA_TOPIC_PREFIX": self.prefix,
+        }
+
+
+# --- processes -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Process:
+    name: str
+    proc: subprocess.Popen[bytes]
+    stdout_path: Path
+    stderr_path: Path
+    metrics_addr: str = ""
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stdout(self) -> str:
+        return self.stdout_path.read_text(errors="replace")
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
+    def output(self) -> str:
+        return f"--- {self.name} stdout ---\n{self.stdout()}\n--- {self.name} stderr ---\n{self.stderr()}"
+
+    def log_events(self) -> list[dict[str, Any]]:
+        """Every JSON log line of both streams (other lines are skipped: see ``foreign_lines``)."""
+        events: list[dict[str, Any]] = []
+        for line in (self.stdout() + "\n" + self.stderr()).splitlines():
+            try:
+                event = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(event, dict):
+                events.append(event)
+        return events
+
+    def foreign_lines(self) -> list[str]:
+        """Output lines that are not JSON log events (e.g. a raw traceback, a library's print)."""
+        lines = []
+        for line in (self.stdout() + "\n" + self.stderr()).splitlines():
+            if not line.strip():
+                continue
+            try:
+                json.loads(line)
+            except json.JSONDecodeError:
+                lines.append(line)
+        return lines
+
+    def events_named(self, name: str) -> list[dict[str, Any]]:
+        return [e for e in self.log_events() if e.get("event") == name]
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown code runs, as in a crash or an OOM kill."""
+        if self.alive:
+            self.proc.kill()
+        self.proc.wait()
+
+    def terminate(self, timeout: float = STOP_TIMEOUT) -> int:
+        """SIGTERM and wait; raises TimeoutExpired (the context's cleanup then kills it)."""
+        if self.alive:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def stop(self, timeout: float = STOP_TIMEOUT) -> None:
+        """SIGTERM, SIGKILL if that is not enough, and always reap."""
+        if self.alive:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self.proc.wait()
+
+
+@contextmanager
+def started(
+    argv: tuple[str, ...], env: dict[str, str], logs: Path, name: str, metrics_addr: str = ""
+) -> Iterator[Process]:
+    logs.mkdir(parents=True, exist_ok=True)
+    stdout_path, stderr_path = logs / f"{name}.out", logs / f"{name}.err"
+    # The child has its own copies of the descriptors; ours are closed straight away.
+    with stdout_path.open("wb") as out, stderr_path.open("wb") as err:
+        proc = subprocess.Popen(argv, env=env, cwd=REPO, stdin=subprocess.DEVNULL, stdout=out, stderr=err)
+    process = Process(name, proc, stdout_path, stderr_path, metrics_addr)
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+@contextmanager
+def worker(
+    kind: str, database_url: str, logs: Path, name: str, kafka: KafkaTarget | None = None, **extra: str
+) -> Iterator[Process]:
+    """``escalation worker <kind>`` (deadlines or outbox) on free ports with JSON logs."""
+    metrics_addr = free_addr()
+    env = clean_env(
+        ESCALATION_DATABASE_URL=database_url,
+        ESCALATION_METRICS_ADDR=metrics_addr,
+        ESCALATION_LOG_FORMAT="json",
+        **(kafka.env() if kafka is not None else {}),
+        **extra,
+    )
+    with started((*ESCALATION, "worker", kind), env, logs, name, metrics_addr) as process:
+        yield process
+
+
+async def wait_started(process: Process, within: float = START_TIMEOUT) -> None:
+    """Until the worker logged ``worker.started``; fails fast (with its output) if it exits first."""
+    deadline = time.monotonic() + within
+    while not process.events_named("worker.started"):
+        if not process.alive:
+            pytest.fail(f"{process.name} exited with status {process.proc.returncode}\n{process.output()}")
+        if time.monotonic() >= deadline:
+            pytest.fail(f"{process.name} did not log worker.started within {within:.0f} s\n{process.output()}")
+        await asyncio.sleep(0.05)
+
+
+def _fetch_metrics(addr: str) -> str:
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(f"http://{addr}/metrics", timeout=5) as response:
+        body: bytes = response.read()
+    return body.decode()
+
+
+async def metrics(process: Process) -> dict[str, float]:
+    """The process's /metrics: each sample name mapped to the sum of its values over all labels."""
+    text = await asyncio.to_thread(_fetch_metrics, process.metrics_addr)
+    samples: dict[str, float] = defaultdict(float)
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[sample.name] += sample.value
+    return dict(samples)
+
+
+async def wait_for(
+    check: Callable[[], Awaitable[bool]],
+    within: float,
+    what: str,
+    explain: Callable[[], Awaitable[str]] | None = None,
+) -> float:
+    """Polls ``check`` until true; returns the seconds it took, fails with ``explain()`` after ``within``."""
+    started_at = time.monotonic()
+    while not await check():
+        if time.monotonic() - started_at >= within:
+            pytest.fail(f"{what}: not within {within:.0f} s\n{await explain() if explain else ''}")
+        await asyncio.sleep(0.1)
+    return time.monotonic() - started_at
+
+
+# --- sessions ----------------------------------------------------------------------------------------
+
+
+def policy(timeout: float, remind_before: float = 1.0) -> sessions.SessionPolicy:
+    return sessions.SessionPolicy(remind_before=timedelta(seconds=remind_before), reply_timeout_override=timeout)
+
+
+async def make_shop(pool: asyncpg.Pool, merchant_id: str = "shop", agents: int = 3, capacity: int = 200) -> None:
+    await directory.upsert_merchant(
+        pool, merchant_id=merchant_id, display_name="", main_account_id=f"{merchant_id}-main", disabled=False
+    )
+    target = directory.MerchantScope(merchant_id, Identity("ops", Role.OPS))
+    ids = [f"{merchant_id}-agent-{n}" for n in range(agents)]
+    for agent_id in ids:
+        await directory.upsert_agent(
+            pool, target, agent_id=agent_id, display_name="", im_permission=True, disabled=False, capacity=capacity
+        )
+    await directory.set_reception_agents(pool, target, ids)
+
+
+async def open_sessions(
+    pool: asyncpg.Pool, count: int, session_policy: sessions.SessionPolicy, merchant_id: str = "shop"
+) -> list[uuid.UUID]:
+    """``count`` sessions, each with one platform message (so each has a reply deadline)."""
+    content = common_pb2.MessageContent(text=common_pb2.Text(body="Can you ship today?")).SerializeToString()
+    limit = asyncio.Semaphore(8)
+
+    async def one(n: int) -> uuid.UUID:
+        async with limit:
+            opened = await sessions.open_session(
+                pool,
+                PLATFORM,
+                sessions.OpenRequest(
+                    f"r-{uuid.uuid4()}",
+                    b"h",
+                    merchant_id,
+                    "REFUND",
+                    f"o-{n}",
+                    [sessions.NewMessage(Kind.TEXT, content)],
+                ),
+                session_policy,
+            )
+        sid: uuid.UUID = opened.session["session_id"]
+        return sid
+
+    return list(await asyncio.gather(*(one(n) for n in range(count))))
+
+
+async def deadlines(pool: asyncpg.Pool, ids: list[uuid.UUID]) -> dict[uuid.UUID, datetime]:
+    """Each session's stored reply deadline (read before a worker ends it: ending clears the column)."""
+    rows = await pool.fetch("SELECT session_id, reply_deadline FROM sessions WHERE session_id = ANY($1::uuid[])", ids)
+    return {r["session_id"]: r["reply_deadline"] for r in rows}
+
+
+async def all_ended_and_published(pool: asyncpg.Pool, count: int) -> bool:
+    row = await pool.fetchrow(
+        "SELECT (SELECT count(*) FROM sessions WHERE state = 'ENDED') AS ended,"
+        " (SELECT count(*) FROM outbox) AS rows,"
+        " (SELECT count(*) FROM outbox WHERE published_time IS NULL) AS pending"
+    )
+    assert row is not None
+    return bool(row["ended"] == count and row["rows"] >= count and row["pending"] == 0)
+
+
+async def progress(pool: asyncpg.Pool) -> str:
+    rows = await pool.fetch("SELECT state, count(*) FROM sessions GROUP BY state")
+    outbox = await pool.fetchrow(
+        "SELECT count(*) AS rows, count(*) FILTER (WHERE published_time IS NULL) AS pending,"
+        " max(attempts) AS attempts, max(last_error) AS last_error FROM outbox"
+    )
+    return f"sessions {dict((r[0], r[1]) for r in rows)}; outbox {dict(outbox) if outbox else None}"
+
+
+# --- Kafka -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Record:
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+    headers: tuple[tuple[str, bytes], ...]
+
+    @property
+    def event_id(self) -> str:
+        return dict(self.headers)["event_id"].decode()
+
+    def ticket(self) -> events_pb2.ServiceTicket:
+        return events_pb2.ServiceTicket.FromString(self.value)
+
+
+def _consumer(bootstrap: str) -> AIOKafkaConsumer:
+    # No group: partitions are assigned by hand, so there is no join (and no rebalance) to wait for.
+    return AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False, auto_offset_reset="earliest"
+    )
+
+
+async def _partitions(consumer: AIOKafkaConsumer, topic: str, within: float) -> list[TopicPartition]:
+    deadline = time.monotonic() + within
+    while True:
+        if topic in await consumer.topics():
+            found = consumer.partitions_for_topic(topic)
+            if found:
+                return [TopicPartition(topic, p) for p in sorted(found)]
+        if time.monotonic() >= deadline:
+            pytest.fail(f"topic {topic} does not exist after {within:.0f} s")
+        await asyncio.sleep(0.2)
+
+
+async def read_topic(
+    bootstrap: str,
+    topic: str,
+    *,
+    until: Callable[[list[Record]], bool] | None = None,
+    within: float = 30.0,
+) -> list[Record]:
+    """Every record of ``topic`` from the beginning.
+
+    Without ``until``: up to the end offsets as of the call. With it: until ``until(records)`` holds
+    (failing after ``within`` seconds), re-reading the partition list in case the topic was recreated.
+    """
+    consumer = _consumer(bootstrap)
+    await consumer.start()
+    got: list[Record] = []
+    try:
+        tps = await _partitions(consumer, topic, within)
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends: dict[TopicPartition, int] = await consumer.end_offsets(tps) if until is None else {}
+        deadline = time.monotonic() + within
+        while True:
+            if until is None:
+                positions = {tp: await consumer.position(tp) for tp in tps}
+                if all(positions[tp] >= ends[tp] for tp in tps):
+                    return got
+            elif until(got):
+                return got
+            if time.monotonic() >= deadline:
+                pytest.fail(f"reading {topic}: condition not met within {within:.0f} s ({len(got)} records read)")
+            for records in (await consumer.getmany(timeout_ms=200)).values():
+                got += [Record(r.partition, r.offset, r.key, r.value or b"", tuple(r.headers or ())) for r in records]
+    finally:
+        await consumer.stop()
+
+
+def event_ids(records: list[Record]) -> set[str]:
+    return {r.event_id for r in records}
+
+
+def assert_event_id_is_ticket_id(records: list[Record]) -> None:
+    """Every record's ``event_id`` header names the ticket its value carries (so dedupe by it is safe)."""
+    for r in records:
+        assert r.event_id == r.ticket().ticket_id, (r.partition, r.offset)
