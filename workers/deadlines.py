@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from dataclasses import dataclass, field
 
 import asyncpg
@@ -75,13 +76,22 @@ class DeadlineWorker:
                 )
                 for r in ended
             ]
-            # Lock order: sessions (claimed above), merchants, agents — as everywhere else.
-            await conn.execute(sql("lock_merchants"), sorted({r["merchant_id"] for r in ended}))
+            await tickets.insert(conn, built)
+            # Lock order: sessions (claimed above), merchants (events), agents — as everywhere else.
+            handle_by = {t.session_id: t.handle_by for t in built}
+            closed = [records.session(r) for r in await conn.fetch(sql("sessions_by_id"), ids)]
+            await events.append(
+                conn,
+                [
+                    e
+                    for session in closed
+                    for e in events.session_closed(session, handle_by[uuid.UUID(session.session_id)])
+                ],
+            )
             merchants = [r["merchant_id"] for r in ended]
             agents = [r["assigned_agent_id"] for r in ended]
             await conn.execute(sql("lock_agents"), merchants, agents)
             await conn.execute(sql("release_assignments"), merchants, agents)
-            await tickets.insert(conn, built)
         for row in ended:
             metrics.DEADLINE_LATENESS.observe((row["close_time"] - row["reply_deadline"]).total_seconds())
         metrics.SESSIONS_CLOSED.labels(reason=CloseReason.MERCHANT_TIMEOUT.value).inc(len(ended))

@@ -10,11 +10,12 @@ import uuid
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 import asyncpg
 
 from escalation.store.queries import sql
-from escalation.v1 import merchant_pb2
+from escalation.v1 import common_pb2, merchant_pb2
 
 
 @dataclass(frozen=True)
@@ -62,3 +63,44 @@ async def append(conn: asyncpg.Connection, events: Sequence[Event]) -> list[int]
             )
     await conn.executemany(sql("insert_event"), rows)
     return cursors
+
+
+def _event(session: common_pb2.Session, kind: str, body: merchant_pb2.MerchantEvent) -> Event:
+    return Event(session.merchant_id, uuid.UUID(session.session_id), session.assigned_agent_id, kind, body)
+
+
+def session_assigned(session: common_pb2.Session, messages: Sequence[common_pb2.Message]) -> list[Event]:
+    """A new session for its agent, followed by its opening messages."""
+    assigned = _event(
+        session,
+        "session_assigned",
+        merchant_pb2.MerchantEvent(session_assigned=merchant_pb2.SessionAssigned(session=session)),
+    )
+    return [assigned, *(message_added(session, m) for m in messages)]
+
+
+def message_added(session: common_pb2.Session, message: common_pb2.Message) -> Event:
+    return _event(
+        session, "message_added", merchant_pb2.MerchantEvent(message_added=merchant_pb2.MessageAdded(message=message))
+    )
+
+
+def session_closed(session: common_pb2.Session, handle_by: datetime | None) -> list[Event]:
+    """The end of a session and, when it became one, its ticket."""
+    closed = [
+        _event(
+            session,
+            "session_closed",
+            merchant_pb2.MerchantEvent(session_closed=merchant_pb2.SessionClosed(session=session)),
+        )
+    ]
+    if session.ticket_id:
+        created = merchant_pb2.TicketCreated(session_id=session.session_id, ticket_id=session.ticket_id)
+        if handle_by is not None:
+            created.handle_by.FromDatetime(handle_by)
+        closed.append(_event(session, "ticket_created", merchant_pb2.MerchantEvent(ticket_created=created)))
+    return closed
+
+
+def read_receipt(session: common_pb2.Session, receipt: common_pb2.ReadReceipt) -> Event:
+    return _event(session, "read_receipt", merchant_pb2.MerchantEvent(read_receipt=receipt))

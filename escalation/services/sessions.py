@@ -21,6 +21,7 @@ from escalation.domain import assignment
 from escalation.domain.session import CloseReason, Kind, Sender, State
 from escalation.domain.tickets import DEFAULT_SLA
 from escalation.observability import metrics
+from escalation.realtime import events
 from escalation.services import records, tickets
 from escalation.store.queries import sql
 from escalation.v1 import common_pb2
@@ -174,6 +175,7 @@ async def _assign_and_insert(
         await _append(conn, session_id, Sender.PLATFORM, caller.subject, m, reply_timeout, policy) for m in req.messages
     ]
     session = await conn.fetchrow(sql("get_session"), session_id, caller.subject)
+    await events.append(conn, events.session_assigned(records.session(session), [records.message(m) for m in messages]))
     return Opened(session, messages, replayed=False), float(winner.saturation)
 
 
@@ -249,7 +251,12 @@ async def add_message(
         if s["state"] == State.ENDED:
             raise _closed(s)
         timeout = policy.reply_timeout_override or s["reply_timeout_seconds"]
-        return await _append(conn, session_id, sender, caller.subject, message, timeout, policy)
+        row = await _append(conn, session_id, sender, caller.subject, message, timeout, policy)
+        session = common_pb2.Session(
+            session_id=str(session_id), merchant_id=s["merchant_id"], assigned_agent_id=s["assigned_agent_id"]
+        )
+        await events.append(conn, [events.message_added(session, records.message(row))])
+        return row
 
 
 # --- ending --------------------------------------------------------------------------------------
@@ -258,16 +265,19 @@ async def add_message(
 async def end_locked(
     conn: asyncpg.Connection, session_id: uuid.UUID, reason: CloseReason, policy: SessionPolicy
 ) -> uuid.UUID | None:
-    """Ends a session whose row the caller has locked (R6); writes its ticket and outbox row (R7).
+    """Ends a session whose row the caller has locked (R6); writes its ticket and outbox row (R7) and
+    the merchant's SessionClosed (and TicketCreated) events. Returns the ticket id, or None.
 
-    Returns the ticket id, or None for RESOLVED. Shared by CloseSession and the deadline worker, so
-    there is one way a session ends.
+    The deadline worker does the same steps for a batch at once (workers/deadlines.py), in the same
+    lock order: the session, then the merchant (events), then the agent (open count).
     """
     ended = await conn.fetchrow(sql("end_session"), session_id, reason.value)
     if ended is None:
         raise errors.SessionClosed()
-    await conn.execute(sql("release_assignment"), ended["merchant_id"], ended["assigned_agent_id"])
     ticket = await tickets.create(conn, ended, reason, policy.ticket_sla) if reason.makes_ticket else None
+    session = await conn.fetchrow(sql("get_session"), session_id, "")
+    await events.append(conn, events.session_closed(records.session(session), ticket.handle_by if ticket else None))
+    await conn.execute(sql("release_assignment"), ended["merchant_id"], ended["assigned_agent_id"])
     return ticket.ticket_id if ticket else None
 
 

@@ -31,9 +31,6 @@ FROM due
 WHERE s.session_id = due.session_id
 RETURNING s.session_id, s.merchant_id, s.assigned_agent_id, s.reply_deadline;
 
--- name: lock_merchants
-SELECT merchant_id FROM merchants WHERE merchant_id = ANY($1::text[]) ORDER BY merchant_id FOR UPDATE;
-
 -- name: lock_agents
 SELECT 1 FROM agents
 WHERE (merchant_id, agent_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))
@@ -55,3 +52,11 @@ SELECT extract(epoch FROM least(
     (SELECT min(reply_deadline) FROM sessions WHERE reply_deadline IS NOT NULL),
     (SELECT min(remind_time) FROM sessions WHERE remind_time IS NOT NULL)
 ) - clock_timestamp())::float8 AS seconds;
+
+-- name: sessions_by_id
+SELECT s.session_id, s.merchant_id, s.assigned_agent_id, s.platform_agent_id, s.order_id, s.category, s.state,
+       s.close_reason, s.open_time, s.close_time, s.reply_deadline, s.last_seq, s.assignment, t.ticket_id
+FROM sessions s
+LEFT JOIN tickets t ON t.session_id = s.session_id
+WHERE s.session_id = ANY($1::uuid[])
+ORDER BY s.close_time, s.session_id;
