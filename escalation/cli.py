@@ -111,6 +111,7 @@ async def _worker(settings: config.Settings, name: str) -> None:
                 batch_size=settings.deadline_batch_size,
                 poll_interval=settings.deadline_poll_seconds,
                 policy=SessionPolicy.from_settings(settings),
+                event_retention_seconds=settings.event_retention_hours * 3600,
             )
             await DeadlineWorker(pool, config_).run(stop, dsn)
         else:

@@ -79,6 +79,10 @@ class Settings:
     kafka_topic_partitions: int = 6
     kafka_replication_factor: int = 3
     kafka_topic_prefix: str = ""
+    stream_heartbeat_seconds: float = 15.0
+    stream_write_timeout_seconds: float = 10.0
+    stream_max_lag_events: int = 10_000
+    event_retention_hours: float = 72.0
 
     def require_jwt(self) -> JwtSettings:
         if self.jwt is None:
@@ -260,6 +264,12 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         outbox_retention_hours=_get(env, "ESCALATION_OUTBOX_RETENTION_HOURS", _float_in(0.01, 8760), 168.0, "hours"),
         kafka_topic_partitions=_get(env, "ESCALATION_KAFKA_TOPIC_PARTITIONS", _int_in(1, 10_000), 6, "1..10000"),
         kafka_replication_factor=_get(env, "ESCALATION_KAFKA_REPLICATION_FACTOR", _int_in(1, 100), 3, "1..100"),
+        stream_heartbeat_seconds=_get(env, "ESCALATION_STREAM_HEARTBEAT_SECONDS", _float_in(0.1, 300), 15.0, "seconds"),
+        stream_write_timeout_seconds=_get(
+            env, "ESCALATION_STREAM_WRITE_TIMEOUT_SECONDS", _float_in(0.1, 300), 10.0, "seconds"
+        ),
+        stream_max_lag_events=_get(env, "ESCALATION_STREAM_MAX_LAG_EVENTS", _int_in(10, 10_000_000), 10_000, "events"),
+        event_retention_hours=_get(env, "ESCALATION_EVENT_RETENTION_HOURS", _float_in(0.001, 8760), 72.0, "hours"),
         kafka_topic_prefix=_get(
             env, "ESCALATION_KAFKA_TOPIC_PREFIX", _topic_prefix, "", "letters, digits, '.', '_', '-'"
         ),

@@ -14,6 +14,7 @@ import sys
 from collections import OrderedDict
 from typing import TextIO
 
+from aiokafka import TopicPartition
 from google.protobuf import json_format
 
 from escalation.bus import kafka
@@ -76,10 +77,13 @@ async def tail(
     try:
         while not stop.is_set() and (max_tickets is None or printed < max_tickets):
             batches = await consumer.getmany(timeout_ms=500)
-            for records in batches.values():
+            done: dict[TopicPartition, int] = {}
+            for partition, records in batches.items():
                 for record in records:
-                    headers = {k: v.decode() for k, v in record.headers}
-                    event_id = headers.get("event_id", "")
+                    if max_tickets is not None and printed >= max_tickets:
+                        break
+                    done[partition] = record.offset + 1
+                    event_id = {k: v.decode() for k, v in record.headers}.get("event_id", "")
                     if not seen.first_time(event_id):
                         continue
                     ticket = events_pb2.ServiceTicket.FromString(record.value or b"")
@@ -88,8 +92,9 @@ async def tail(
                     else:
                         print(readable(ticket) + "\n", file=out, flush=True)
                     printed += 1
-            if batches:
-                await consumer.commit()
+            if done:
+                # Only what was printed: with --max, the rest stays for the group's next member.
+                await consumer.commit(done)
     finally:
         await consumer.stop()
     return printed

@@ -17,6 +17,8 @@ import pytest
 from escalation.store.migrate import migrate
 
 JWT_SECRET = "test-secret-0123456789abcdef0123456789abcdef"
+# The URL each test pool was made from, for code that needs its own connection (LISTEN).
+POOL_DSN: dict[int, str] = {}
 
 
 def with_database(url: str, database: str) -> str:
@@ -94,9 +96,11 @@ async def empty_database_url(pg_admin_url: str) -> AsyncIterator[str]:
 async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
     created = await asyncpg.create_pool(database_url, min_size=1, max_size=10)
     assert created is not None
+    POOL_DSN[id(created)] = database_url
     try:
         yield created
     finally:
+        POOL_DSN.pop(id(created), None)
         await created.close()
 
 

@@ -39,6 +39,8 @@ class DeadlineConfig:
     batch_size: int = 500  # sessions (and, separately, reminders) per transaction
     poll_interval: float = 2.0  # seconds; the longest sleep when nothing nearer is known
     policy: SessionPolicy = field(default_factory=SessionPolicy)
+    event_retention_seconds: float = 72 * 3600  # merchant events older than this are deleted
+    housekeeping_every: float = 60.0  # seconds between deletions of expired events and stale presence
 
 
 @dataclass
@@ -51,6 +53,7 @@ class DeadlineWorker:
     def __init__(self, pool: asyncpg.Pool, config: DeadlineConfig | None = None) -> None:
         self._pool = pool
         self.config = config or DeadlineConfig()
+        self._last_housekeeping = 0.0
 
     async def run_once(self) -> RoundResult:
         """One round: every due reminder and every due session, batch by batch, until none is due."""
@@ -137,8 +140,16 @@ class DeadlineWorker:
             name="deadlines", stop=stop, wakeup=Wakeup(listen_dsn, CHANNEL, self._nearer), round_=self._round
         )
 
+    async def housekeeping(self) -> None:
+        """Deletes events past retention (resuming from before them is CURSOR_EXPIRED) and stale presence."""
+        await self._pool.execute(sql("purge_events"), self.config.event_retention_seconds)
+        await self._pool.execute(sql("presence_purge_stale"))
+
     async def _round(self) -> float:
         await self.run_once()
+        if time.monotonic() - self._last_housekeeping >= self.config.housekeeping_every:
+            self._last_housekeeping = time.monotonic()
+            await self.housekeeping()
         return await self.seconds_until_next()
 
     def _nearer(self, payload: str) -> float | None:

@@ -64,6 +64,8 @@ class OutboxRelay:
     async def run_once(self) -> int:
         """Publishes every row that is pending now, batch by batch; returns how many were published."""
         total = 0
+        # Also before: while Kafka is down a round can wait ack_timeout, and the gauges should show the backlog.
+        await self._update_backlog_metrics()
         try:
             while (n := await self._publish_batch()) > 0:
                 total += n

@@ -1,4 +1,4 @@
-"""MerchantService: replies, the shop's sessions (R9 scope), quick replies. Connect arrives with Real time."""
+"""MerchantService: the Connect stream, replies, the shop's sessions (R9 scope), quick replies."""
 
 from __future__ import annotations
 
@@ -8,13 +8,14 @@ from typing import Any
 import asyncpg
 import grpc
 
-from escalation import errors
 from escalation.api import convert
 from escalation.api import session_requests as req
 from escalation.api.interceptors import current_identity
 from escalation.domain import paging
 from escalation.domain.session import Kind, Sender
 from escalation.domain.validation import Violations
+from escalation.realtime.hub import Hub
+from escalation.realtime.streams import MerchantStream, StreamConfig
 from escalation.services import directory, records, sessions
 from escalation.services.sessions import NewMessage, SessionPolicy
 from escalation.v1 import common_pb2, merchant_pb2, merchant_pb2_grpc, platform_pb2
@@ -25,9 +26,11 @@ DEFAULT_TEMPLATE_PAGE = 100
 
 
 class MerchantServicer(merchant_pb2_grpc.MerchantServiceServicer):
-    def __init__(self, pool: asyncpg.Pool, policy: SessionPolicy) -> None:
+    def __init__(self, pool: asyncpg.Pool, policy: SessionPolicy, hub: Hub, streams: StreamConfig) -> None:
         self._pool = pool
         self._policy = policy
+        self._hub = hub
+        self._streams = streams
 
     async def ListReplyTemplates(
         self, request: merchant_pb2.ListReplyTemplatesRequest, context: Context
@@ -47,11 +50,9 @@ class MerchantServicer(merchant_pb2_grpc.MerchantServiceServicer):
             templates=[convert.reply_template(r) for r in rows[:size]], next_page_token=token
         )
 
-    async def Connect(
-        self, request_iterator: AsyncIterator[merchant_pb2.ConnectRequest], context: Context
-    ) -> AsyncIterator[merchant_pb2.ConnectResponse]:
-        raise errors.Unimplemented()
-        yield  # unreachable; makes this an async generator, as a streaming RPC must be
+    async def Connect(self, request_iterator: AsyncIterator[merchant_pb2.ConnectRequest], context: Context) -> None:  # type: ignore[override]  # context.write style, so each write can time out
+        stream = MerchantStream(self._pool, self._hub, self._policy, self._streams, current_identity(), context)
+        await stream.run(request_iterator)
 
     async def Reply(self, request: merchant_pb2.ReplyRequest, context: Context) -> common_pb2.Message:
         return records.message(await reply(self._pool, self._policy, request))

@@ -1,18 +1,18 @@
-"""PlatformService: open sessions, talk, close, read. WatchSession arrives with the Real-time issue."""
+"""PlatformService: open sessions, talk, close, read, and watch a session live."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
 import grpc
 
-from escalation import errors
 from escalation.api import session_requests as req
 from escalation.api.interceptors import current_identity
 from escalation.domain.session import CloseReason, Sender
 from escalation.domain.validation import Violations
+from escalation.realtime.hub import Hub
+from escalation.realtime.streams import StreamConfig, watch_session
 from escalation.services import records, sessions
 from escalation.services.sessions import SessionPolicy
 from escalation.v1 import common_pb2, platform_pb2, platform_pb2_grpc
@@ -23,9 +23,11 @@ MAX_OPENING_MESSAGES = 10
 
 
 class PlatformServicer(platform_pb2_grpc.PlatformServiceServicer):
-    def __init__(self, pool: asyncpg.Pool, policy: SessionPolicy) -> None:
+    def __init__(self, pool: asyncpg.Pool, policy: SessionPolicy, hub: Hub, streams: StreamConfig) -> None:
         self._pool = pool
         self._policy = policy
+        self._hub = hub
+        self._streams = streams
 
     async def OpenSession(
         self, request: platform_pb2.OpenSessionRequest, context: Context
@@ -94,8 +96,10 @@ class PlatformServicer(platform_pb2_grpc.PlatformServiceServicer):
     ) -> platform_pb2.ListMessagesResponse:
         return await req.list_messages(self._pool, request)
 
-    async def WatchSession(
-        self, request: platform_pb2.WatchSessionRequest, context: Context
-    ) -> AsyncIterator[platform_pb2.WatchSessionResponse]:
-        raise errors.Unimplemented()
-        yield  # unreachable; makes this an async generator, as a streaming RPC must be
+    async def WatchSession(self, request: platform_pb2.WatchSessionRequest, context: Context) -> None:  # type: ignore[override]  # context.write style, so each write can time out
+        check = Violations()
+        sid = req.session_id(check, request.session_id)
+        if request.after_seq < 0:
+            check.add("after_seq", "must not be negative")
+        check.raise_if_any()
+        await watch_session(self._pool, self._hub, self._streams, current_identity(), sid, request.after_seq, context)

@@ -20,6 +20,8 @@ from escalation.api.ops import OpsServicer
 from escalation.api.platform import PlatformServicer
 from escalation.auth import TokenVerifier
 from escalation.config import Settings
+from escalation.realtime.hub import Hub
+from escalation.realtime.streams import StreamConfig
 from escalation.services.sessions import SessionPolicy
 from escalation.v1 import (
     admin_pb2,
@@ -62,14 +64,26 @@ class GrpcPortInUse(OSError):
 class Server:
     """The gRPC server bound to its address, with health status kept in step with its life."""
 
-    def __init__(self, settings: Settings, pool: asyncpg.Pool, *, address: str | None = None) -> None:
+    def __init__(
+        self, settings: Settings, pool: asyncpg.Pool, *, address: str | None = None, dsn: str | None = None
+    ) -> None:
         self._settings = settings
         policy = SessionPolicy.from_settings(settings)
+        self.hub = Hub(dsn or settings.require_database_url(), pool)
+        streams = StreamConfig(
+            heartbeat_seconds=settings.stream_heartbeat_seconds,
+            write_timeout_seconds=settings.stream_write_timeout_seconds,
+            max_lag_events=settings.stream_max_lag_events,
+        )
         self._server = grpc.aio.server(
             interceptors=[ServerInterceptor(TokenVerifier(settings.require_jwt()))], options=_OPTIONS
         )
-        platform_pb2_grpc.add_PlatformServiceServicer_to_server(PlatformServicer(pool, policy), self._server)
-        merchant_pb2_grpc.add_MerchantServiceServicer_to_server(MerchantServicer(pool, policy), self._server)
+        platform_pb2_grpc.add_PlatformServiceServicer_to_server(
+            PlatformServicer(pool, policy, self.hub, streams), self._server
+        )
+        merchant_pb2_grpc.add_MerchantServiceServicer_to_server(
+            MerchantServicer(pool, policy, self.hub, streams), self._server
+        )
         admin_pb2_grpc.add_MerchantAdminServiceServicer_to_server(MerchantAdminServicer(pool), self._server)
         ops_pb2_grpc.add_OpsServiceServicer_to_server(OpsServicer(pool), self._server)
         self.health = health_aio.HealthServicer()
@@ -86,6 +100,7 @@ class Server:
             raise GrpcPortInUse(f"cannot listen on gRPC address {bind} (in use?); set ESCALATION_GRPC_ADDR")
 
     async def start(self) -> None:
+        await self.hub.start()
         await self._server.start()
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -94,6 +109,8 @@ class Server:
         """Reports NOT_SERVING first so balancers drain us, then lets in-flight RPCs finish."""
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        # Streams end first, with UNAVAILABLE, so their clients reconnect to another replica.
+        await self.hub.close()
         await self._server.stop(self._settings.shutdown_grace_seconds if grace is None else grace)
 
     async def wait(self) -> None:

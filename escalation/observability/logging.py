@@ -20,7 +20,10 @@ def configure(*, log_format: str = "console", level: str = "info") -> None:
     renderer: structlog.types.Processor
     if log_format == "json":
         renderer = structlog.processors.JSONRenderer()
-        shared.append(structlog.processors.dict_tracebacks)
+        # Without locals: a frame's variables can hold transcripts and other personal data.
+        shared.append(
+            structlog.processors.ExceptionRenderer(structlog.tracebacks.ExceptionDictTransformer(show_locals=False))
+        )
     else:
         renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
 
@@ -40,6 +43,9 @@ def configure(*, log_format: str = "console", level: str = "info") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # Their INFO lines are noise at our INFO level (every Kafka metadata refresh, every connection).
-    for noisy in ("aiokafka", "kafka", "asyncio"):
+    # Their INFO lines are noise at our INFO level (every metadata refresh, every connection).
+    for noisy in ("kafka", "asyncio"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    # While Kafka is down aiokafka logs dozens of ERROR lines a second; the relay's own
+    # worker.round_failed (with backoff) says the same once per attempt.
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)

@@ -41,3 +41,6 @@ TICKETS_PUBLISHED = Counter(
 OUTBOX_PUBLISHED = Counter(
     "escalation_outbox_published_total", "Outbox rows acknowledged by Kafka, by topic.", ["topic"]
 )
+STREAMS_CONNECTED = Gauge(
+    "escalation_merchant_streams_connected", "Merchant Connect streams open on this server process."
+)

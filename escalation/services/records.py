@@ -52,3 +52,10 @@ def session(row: asyncpg.Record) -> common_pb2.Session:
         ticket_id=str(row["ticket_id"]) if row["ticket_id"] else "",
         assignment=common_pb2.AssignmentDecision.FromString(row["assignment"]),
     )
+
+
+def read_receipt(session_id: str, seq: int, reader_id: str) -> common_pb2.ReadReceipt:
+    """What the platform sees of the merchant's read mark."""
+    return common_pb2.ReadReceipt(
+        session_id=session_id, seq=seq, reader=common_pb2.SENDER_MERCHANT, reader_id=reader_id
+    )

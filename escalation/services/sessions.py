@@ -7,7 +7,7 @@ any number of server replicas on one database.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -38,8 +38,8 @@ class SessionPolicy:
     # Development and tests only: replaces every merchant's reply timeout (seconds), so a session
     # times out in seconds instead of minutes. Never set in production.
     reply_timeout_override: float | None = None
-    # Whether an agent has a live Connect stream; recorded with each assignment, never used to choose.
-    is_connected: Callable[[str, str], bool] = lambda merchant_id, agent_id: False
+    # A Connect stream counts as live while its server refreshed it this recently (seconds).
+    presence_window: float = 45.0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SessionPolicy:
@@ -145,7 +145,10 @@ async def _assign_and_insert(
     decision = common_pb2.AssignmentDecision(
         rule_version=assignment.RULE_VERSION,
         agent_id=winner.agent_id,
-        agent_connected=policy.is_connected(req.merchant_id, winner.agent_id),
+        # Recorded for audit (R1), never used to choose: online status is not considered.
+        agent_connected=await conn.fetchval(
+            sql("agent_connected"), req.merchant_id, winner.agent_id, policy.presence_window
+        ),
         candidates=[
             common_pb2.AssignmentCandidate(
                 agent_id=c.agent_id,
@@ -257,6 +260,28 @@ async def add_message(
         )
         await events.append(conn, [events.message_added(session, records.message(row))])
         return row
+
+
+async def mark_read(pool: asyncpg.Pool, caller: Identity, session_id: uuid.UUID, seq: int) -> None:
+    """A merchant read receipt (R8): the read mark only moves forward; the platform sees it live."""
+    async with pool.acquire() as conn, conn.transaction():
+        s = await conn.fetchrow(sql("lock_session"), session_id, caller.subject)
+        if s is None or not visible(caller, s):
+            raise errors.SessionNotFound()
+        marked = await conn.fetchrow(sql("mark_read"), session_id, seq)
+        if marked is None:
+            return
+        session = common_pb2.Session(
+            session_id=str(session_id), merchant_id=s["merchant_id"], assigned_agent_id=s["assigned_agent_id"]
+        )
+        receipt = common_pb2.ReadReceipt(
+            session_id=str(session_id),
+            seq=marked["merchant_read_seq"],
+            reader=common_pb2.SENDER_MERCHANT,
+            reader_id=caller.subject,
+            read_time=records.timestamp(marked["at"]),
+        )
+        await events.append(conn, [events.read_receipt(session, receipt)])
 
 
 # --- ending --------------------------------------------------------------------------------------

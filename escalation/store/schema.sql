@@ -1,10 +1,25 @@
 -- The declared schema: `make schema` writes this file from the migrations; do not edit it.
+CREATE FUNCTION public.notify_agent_access() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    PERFORM pg_notify('escalation_agents', NEW.merchant_id || E'\t' || NEW.agent_id);
+    RETURN NULL;
+END $$;
 CREATE FUNCTION public.notify_deadline() RETURNS trigger
     LANGUAGE plpgsql
     AS $$
 BEGIN
     PERFORM pg_notify('escalation_deadline',
                       extract(epoch FROM least(NEW.remind_time, NEW.reply_deadline))::text);
+    RETURN NULL;
+END $$;
+CREATE FUNCTION public.notify_merchant_event() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    -- Identical payloads within one transaction are folded into one notification.
+    PERFORM pg_notify('escalation_events', NEW.merchant_id);
     RETURN NULL;
 END $$;
 CREATE FUNCTION public.notify_outbox() RETURNS trigger
@@ -49,6 +64,14 @@ CREATE VIEW public.agent_eligibility AS
            FROM public.agents d
           WHERE ((d.merchant_id = a.merchant_id) AND d.reception_agent))))))) AS eligible
    FROM public.agents a;
+CREATE TABLE public.agent_presence (
+    stream_id uuid NOT NULL,
+    server_id text NOT NULL,
+    merchant_id text NOT NULL,
+    agent_id text NOT NULL,
+    connect_time timestamp with time zone DEFAULT now() NOT NULL,
+    seen_time timestamp with time zone DEFAULT now() NOT NULL
+);
 CREATE TABLE public.merchant_events (
     merchant_id text NOT NULL,
     cursor bigint NOT NULL,
@@ -164,6 +187,8 @@ CREATE TABLE public.tickets (
     create_time timestamp with time zone DEFAULT now() NOT NULL,
     CONSTRAINT tickets_reason_known CHECK ((reason = ANY (ARRAY['PLATFORM_ESCALATED'::text, 'MERCHANT_TIMEOUT'::text])))
 );
+ALTER TABLE ONLY public.agent_presence
+    ADD CONSTRAINT agent_presence_pkey PRIMARY KEY (stream_id);
 ALTER TABLE ONLY public.agents
     ADD CONSTRAINT agents_pkey PRIMARY KEY (merchant_id, agent_id);
 ALTER TABLE ONLY public.merchant_events
@@ -190,6 +215,8 @@ ALTER TABLE ONLY public.tickets
     ADD CONSTRAINT tickets_pkey PRIMARY KEY (ticket_id);
 ALTER TABLE ONLY public.tickets
     ADD CONSTRAINT tickets_session_id_key UNIQUE (session_id);
+CREATE INDEX agent_presence_agent ON public.agent_presence USING btree (merchant_id, agent_id, seen_time);
+CREATE INDEX agent_presence_server ON public.agent_presence USING btree (server_id);
 CREATE UNIQUE INDEX agents_one_main_account ON public.agents USING btree (merchant_id) WHERE main_account;
 CREATE INDEX merchant_events_event_time ON public.merchant_events USING btree (event_time);
 CREATE INDEX merchant_warnings_create_time ON public.merchant_warnings USING btree (create_time DESC, warning_id DESC);
@@ -204,6 +231,8 @@ CREATE INDEX sessions_platform_agent_open_time ON public.sessions USING btree (p
 CREATE INDEX sessions_remind_due ON public.sessions USING btree (remind_time) WHERE (remind_time IS NOT NULL);
 CREATE UNIQUE INDEX sessions_request_id ON public.sessions USING btree (platform_agent_id, request_id);
 CREATE INDEX tickets_merchant_create_time ON public.tickets USING btree (merchant_id, create_time);
+CREATE TRIGGER agents_notify_access AFTER UPDATE OF im_permission, disabled ON public.agents FOR EACH ROW WHEN (((old.im_permission IS DISTINCT FROM new.im_permission) OR (old.disabled IS DISTINCT FROM new.disabled))) EXECUTE FUNCTION public.notify_agent_access();
+CREATE TRIGGER merchant_events_notify AFTER INSERT ON public.merchant_events FOR EACH ROW EXECUTE FUNCTION public.notify_merchant_event();
 CREATE TRIGGER outbox_notify AFTER INSERT ON public.outbox FOR EACH ROW EXECUTE FUNCTION public.notify_outbox();
 CREATE TRIGGER sessions_notify_deadline AFTER UPDATE OF reply_deadline, remind_time ON public.sessions FOR EACH ROW WHEN ((((new.reply_deadline IS NOT NULL) AND (new.reply_deadline IS DISTINCT FROM old.reply_deadline)) OR ((new.remind_time IS NOT NULL) AND (new.remind_time IS DISTINCT FROM old.remind_time)))) EXECUTE FUNCTION public.notify_deadline();
 ALTER TABLE ONLY public.agents

@@ -18,7 +18,7 @@ import time
 import urllib.request
 import uuid
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -28,6 +28,7 @@ from typing import Any
 import asyncpg
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from escalation.auth import Identity, Role
@@ -174,18 +175,24 @@ def started(
 
 @contextmanager
 def worker(
-    kind: str, database_url: str, logs: Path, name: str, kafka: KafkaTarget | None = None, **extra: str
+    kind: str,
+    database_url: str,
+    logs: Path,
+    name: str,
+    *,
+    kafka: KafkaTarget | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> Iterator[Process]:
-    """``escalation worker <kind>`` (deadlines or outbox) on free ports with JSON logs."""
+    """``escalation worker <kind>`` (deadlines or outbox) on free ports with JSON logs, plus ``env``."""
     metrics_addr = free_addr()
-    env = clean_env(
+    full_env = clean_env(
         ESCALATION_DATABASE_URL=database_url,
         ESCALATION_METRICS_ADDR=metrics_addr,
         ESCALATION_LOG_FORMAT="json",
         **(kafka.env() if kafka is not None else {}),
-        **extra,
+        **(env or {}),
     )
-    with started((*ESCALATION, "worker", kind), env, logs, name, metrics_addr) as process:
+    with started((*ESCALATION, "worker", kind), full_env, logs, name, metrics_addr) as process:
         yield process
 
 
@@ -239,7 +246,7 @@ def policy(timeout: float, remind_before: float = 1.0) -> sessions.SessionPolicy
     return sessions.SessionPolicy(remind_before=timedelta(seconds=remind_before), reply_timeout_override=timeout)
 
 
-async def make_shop(pool: asyncpg.Pool, merchant_id: str = "shop", agents: int = 3, capacity: int = 200) -> None:
+async def make_shop(pool: asyncpg.Pool, merchant_id: str = "shop", agents: int = 3, capacity: int = 50) -> None:
     await directory.upsert_merchant(
         pool, merchant_id=merchant_id, display_name="", main_account_id=f"{merchant_id}-main", disabled=False
     )
@@ -331,16 +338,47 @@ def _consumer(bootstrap: str) -> AIOKafkaConsumer:
     )
 
 
-async def _partitions(consumer: AIOKafkaConsumer, topic: str, within: float) -> list[TopicPartition]:
-    deadline = time.monotonic() + within
-    while True:
-        if topic in await consumer.topics():
-            found = consumer.partitions_for_topic(topic)
-            if found:
-                return [TopicPartition(topic, p) for p in sorted(found)]
-        if time.monotonic() >= deadline:
-            pytest.fail(f"topic {topic} does not exist after {within:.0f} s")
-        await asyncio.sleep(0.2)
+async def list_topics(bootstrap: str) -> set[str]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        return set(await admin.list_topics())
+    finally:
+        await admin.close()
+
+
+async def _wait_topic(bootstrap: str, topic: str, within: float) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        deadline = time.monotonic() + within
+        while topic not in await admin.list_topics():
+            if time.monotonic() >= deadline:
+                pytest.fail(f"topic {topic} does not exist after {within:.0f} s")
+            await asyncio.sleep(0.2)
+    finally:
+        await admin.close()
+
+
+async def _assigned_consumer(bootstrap: str, topic: str, within: float) -> AIOKafkaConsumer:
+    """A started consumer assigned every partition of ``topic``, waiting up to ``within`` for it to exist.
+
+    The topic is looked for first: a started consumer only refreshes metadata of topics it already
+    tracks, so it would never see one created after its start.
+    """
+    await _wait_topic(bootstrap, topic, within)
+    consumer = _consumer(bootstrap)
+    await consumer.start()
+    try:
+        found = consumer.partitions_for_topic(topic)
+        assert found, f"{topic} listed but without partitions"
+        tps = [TopicPartition(topic, p) for p in sorted(found)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+    except BaseException:
+        await consumer.stop()
+        raise
+    return consumer
 
 
 async def read_topic(
@@ -352,18 +390,15 @@ async def read_topic(
 ) -> list[Record]:
     """Every record of ``topic`` from the beginning.
 
-    Without ``until``: up to the end offsets as of the call. With it: until ``until(records)`` holds
-    (failing after ``within`` seconds), re-reading the partition list in case the topic was recreated.
+    Without ``until``: up to the end offsets as of the call. With it: until ``until(records)`` holds,
+    failing after ``within`` seconds.
     """
-    consumer = _consumer(bootstrap)
-    await consumer.start()
+    deadline = time.monotonic() + within
+    consumer = await _assigned_consumer(bootstrap, topic, within)
     got: list[Record] = []
     try:
-        tps = await _partitions(consumer, topic, within)
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
+        tps = sorted(consumer.assignment())
         ends: dict[TopicPartition, int] = await consumer.end_offsets(tps) if until is None else {}
-        deadline = time.monotonic() + within
         while True:
             if until is None:
                 positions = {tp: await consumer.position(tp) for tp in tps}

@@ -13,7 +13,7 @@ from google.rpc import error_details_pb2, status_pb2
 
 from escalation import auth, config
 from escalation.api.server import Server
-from tests.conftest import JWT_SECRET
+from tests.conftest import JWT_SECRET, POOL_DSN
 
 
 def settings() -> config.Settings:
@@ -76,8 +76,10 @@ def failure(err: grpc.aio.AioRpcError) -> RpcFailure:
 
 
 @asynccontextmanager
-async def running_server(pool: asyncpg.Pool) -> AsyncIterator[grpc.aio.Channel]:
-    server = Server(settings(), pool, address="127.0.0.1:0")
+async def running_server(
+    pool: asyncpg.Pool, dsn: str | None = None, config: config.Settings | None = None
+) -> AsyncIterator[grpc.aio.Channel]:
+    server = Server(config or settings(), pool, address="127.0.0.1:0", dsn=dsn or POOL_DSN[id(pool)])
     await server.start()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
     try:

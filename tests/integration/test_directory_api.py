@@ -17,8 +17,6 @@ from escalation.v1 import (
     merchant_pb2_grpc,
     ops_pb2,
     ops_pb2_grpc,
-    platform_pb2,
-    platform_pb2_grpc,
 )
 from tests.integration.grpc_harness import OPS, bearer, failure, running_server
 
@@ -430,12 +428,6 @@ async def test_rpcs_of_later_issues_answer_unimplemented_with_error_info(channel
         await ops.ListWarnings(ops_pb2.ListWarningsRequest(), metadata=OPS)
     got = failure(caught.value)
     assert (got.code, got.reason) == (grpc.StatusCode.UNIMPLEMENTED, "NOT_IMPLEMENTED")
-    platform = platform_pb2_grpc.PlatformServiceStub(channel)
-    watch = platform.WatchSession(platform_pb2.WatchSessionRequest(session_id="x"), metadata=bearer("platform", "pa-1"))
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        async for _ in watch:
-            pass
-    assert failure(caught.value).code is grpc.StatusCode.UNIMPLEMENTED
 
 
 async def test_health_and_reflection_need_no_token(channel: grpc.aio.Channel) -> None:

@@ -92,7 +92,7 @@ async def env(pg_admin_url: str, template_database: str) -> AsyncIterator[Env]:
             shared = await asyncpg.create_pool(with_database(pg_admin_url, name), min_size=1, max_size=10)
             assert shared is not None
             try:
-                async with running_server(shared) as channel:
+                async with running_server(shared, with_database(pg_admin_url, name)) as channel:
                     yield await _environment(shared, channel)
             finally:
                 await shared.close()

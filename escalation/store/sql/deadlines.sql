@@ -21,7 +21,8 @@ RETURNING s.session_id, s.merchant_id, s.assigned_agent_id, s.platform_agent_id,
 -- name: claim_due_reminders
 WITH due AS (
     SELECT session_id FROM sessions
-    WHERE remind_time <= clock_timestamp()
+    -- An overdue session gets no reminder: it is about to end (a worker that was down catches up).
+    WHERE remind_time <= clock_timestamp() AND reply_deadline > clock_timestamp()
     ORDER BY remind_time
     LIMIT $1
     FOR UPDATE SKIP LOCKED

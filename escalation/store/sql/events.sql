@@ -9,3 +9,48 @@ RETURNING last_event_cursor, clock_timestamp() AS at;
 -- name: insert_event
 INSERT INTO merchant_events (merchant_id, cursor, session_id, agent_id, kind, payload, event_time)
 VALUES ($1, $2, $3, $4, $5, $6, $7);
+
+-- name: events_after
+-- A stream's next page: events after its cursor up to the head it read; $3 limits a sub-account to
+-- its own sessions' events (NULL: the whole shop).
+SELECT cursor, payload FROM merchant_events
+WHERE merchant_id = $1 AND cursor > $2 AND cursor <= $4 AND ($3::text IS NULL OR agent_id = $3)
+ORDER BY cursor
+LIMIT $5;
+
+-- name: event_log_bounds
+-- The newest cursor handed out and the oldest still retained (NULL when none is).
+SELECT m.last_event_cursor AS head,
+       (SELECT min(cursor) FROM merchant_events e WHERE e.merchant_id = m.merchant_id) AS oldest
+FROM merchants m WHERE m.merchant_id = $1;
+
+-- name: stream_access
+-- May this merchant agent hold a Connect stream (IM permission, not disabled), and is it the main account?
+SELECT a.im_permission AND NOT a.disabled AS may_connect, m.main_account_id = a.agent_id AS main_account
+FROM agents a JOIN merchants m ON m.merchant_id = a.merchant_id
+WHERE a.merchant_id = $1 AND a.agent_id = $2;
+
+-- name: purge_events
+DELETE FROM merchant_events WHERE event_time < clock_timestamp() - make_interval(secs => $1);
+
+-- name: presence_add
+INSERT INTO agent_presence (stream_id, server_id, merchant_id, agent_id) VALUES ($1, $2, $3, $4);
+
+-- name: presence_remove
+DELETE FROM agent_presence WHERE stream_id = $1;
+
+-- name: presence_refresh
+UPDATE agent_presence SET seen_time = clock_timestamp() WHERE server_id = $1;
+
+-- name: presence_forget_server
+DELETE FROM agent_presence WHERE server_id = $1;
+
+-- name: presence_purge_stale
+DELETE FROM agent_presence WHERE seen_time < clock_timestamp() - interval '1 hour';
+
+-- name: agent_connected
+-- A stream counts while its server refreshed it within three refresh periods.
+SELECT EXISTS (
+    SELECT 1 FROM agent_presence
+    WHERE merchant_id = $1 AND agent_id = $2 AND seen_time > clock_timestamp() - make_interval(secs => $3)
+);

@@ -120,3 +120,12 @@ SELECT body FROM reply_templates WHERE merchant_id = $1 AND template_id = $2;
 
 -- name: get_merchant_main_account
 SELECT main_account_id FROM merchants WHERE merchant_id = $1;
+
+-- name: mark_read
+-- R8 read receipts: the merchant has read up to $2 (never moves backwards, never past the last message).
+UPDATE sessions SET merchant_read_seq = least(greatest(merchant_read_seq, $2), last_seq)
+WHERE session_id = $1 AND merchant_read_seq < least($2, last_seq)
+RETURNING merchant_read_seq, clock_timestamp() AS at;
+
+-- name: watch_state
+SELECT state, merchant_read_seq, last_seq FROM sessions WHERE session_id = $1;

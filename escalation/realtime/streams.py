@@ -1,0 +1,268 @@
+"""MerchantService.Connect and PlatformService.WatchSession: durable, resumable streams (SPEC R8).
+
+Both read from PostgreSQL from their own position (the merchant event log's cursor, or the session's
+seq) whenever the hub says there is news, so replay and live delivery are the same code path: no gap
+and no duplicate at the seam, whichever replica wrote the change. Memory per stream is bounded (one
+page of events plus a small queue of reply results); a reader that cannot keep up — a write blocked
+longer than ``write_timeout`` or a lag beyond ``max_lag_events`` — is ended with RESOURCE_EXHAUSTED
+and resumes from its cursor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Awaitable
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import grpc
+import structlog
+from google.protobuf import message as pb_message
+
+from escalation import errors
+from escalation.api import status
+from escalation.auth import Identity
+from escalation.realtime.hub import Hub, Subscription
+from escalation.services import records, sessions
+from escalation.store import db
+from escalation.store.queries import sql
+from escalation.v1 import merchant_pb2, platform_pb2
+
+log = structlog.get_logger(__name__)
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    heartbeat_seconds: float = 15.0  # a heartbeat after this long without another frame
+    write_timeout_seconds: float = 10.0  # a write blocked this long means the reader stopped reading
+    max_lag_events: int = 10_000  # a reader this far behind the log's head is cut off
+    page_size: int = 200  # events read (and held in memory) at a time
+    queue_size: int = 64  # reply results waiting to be written
+    hello_timeout_seconds: float = 10.0
+
+
+async def _write(context: Context, frame: pb_message.Message, config: StreamConfig) -> None:
+    try:
+        await asyncio.wait_for(context.write(frame), config.write_timeout_seconds)
+    except TimeoutError:
+        raise errors.SlowConsumer() from None
+
+
+async def _wait_any(*waits: Awaitable[Any], within: float) -> bool:
+    """Waits for the first of ``waits``; False when ``within`` seconds passed first."""
+    tasks = [asyncio.ensure_future(w) for w in waits]
+    try:
+        done, _ = await asyncio.wait(tasks, timeout=within, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for t in tasks:
+            t.cancel()
+    return bool(done)
+
+
+def _heartbeat() -> platform_pb2.Heartbeat:
+    beat = platform_pb2.Heartbeat()
+    beat.server_time.GetCurrentTime()
+    return beat
+
+
+class MerchantStream:
+    """One merchant agent's Connect stream."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        hub: Hub,
+        policy: sessions.SessionPolicy,
+        config: StreamConfig,
+        caller: Identity,
+        context: Context,
+    ) -> None:
+        self._pool = pool
+        self._hub = hub
+        self._policy = policy
+        self._config = config
+        self._caller = caller
+        self._context = context
+        assert caller.merchant_id is not None
+        self._merchant_id = caller.merchant_id
+        self._results: asyncio.Queue[merchant_pb2.ConnectResponse] = asyncio.Queue(maxsize=config.queue_size)
+        self._results_ready = asyncio.Event()
+        self._overflowed = False
+
+    async def run(self, frames: AsyncIterator[merchant_pb2.ConnectRequest]) -> None:
+        hello = await self._hello(frames)
+        main_account = await self._check_access()
+        cursor = await self._start_cursor(hello)
+        sub = await self._hub.subscribe(self._merchant_id, self._caller.subject, present=True)
+        reader = asyncio.create_task(self._read(frames, sub))
+        log.info("stream.connected", merchant_id=self._merchant_id, cursor=cursor, main_account=main_account)
+        try:
+            await self._pump(sub, cursor, main_account, reader)
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await reader
+            await self._hub.unsubscribe(sub, present=True)
+            log.info("stream.disconnected", merchant_id=self._merchant_id)
+
+    async def _hello(self, frames: AsyncIterator[merchant_pb2.ConnectRequest]) -> merchant_pb2.Hello:
+        bad = errors.InvalidArgument([errors.FieldViolation("hello", "the first frame must be a hello")])
+        try:
+            first = await asyncio.wait_for(anext(frames), self._config.hello_timeout_seconds)
+        except (StopAsyncIteration, TimeoutError):
+            raise bad from None
+        if first.WhichOneof("frame") != "hello":
+            raise bad
+        return first.hello
+
+    async def _check_access(self) -> bool:
+        """R1: only agents with IM permission (not disabled) may hold a stream; returns main-account-ness."""
+        access = await self._pool.fetchrow(sql("stream_access"), self._merchant_id, self._caller.subject)
+        if access is None or not access["may_connect"]:
+            raise errors.ImPermissionRequired()
+        return bool(access["main_account"])
+
+    async def _start_cursor(self, hello: merchant_pb2.Hello) -> int:
+        bounds = await self._pool.fetchrow(sql("event_log_bounds"), self._merchant_id)
+        if bounds is None:
+            raise errors.MerchantNotFound()
+        head, oldest = bounds["head"], bounds["oldest"]
+        if not hello.HasField("last_cursor"):
+            return int(head)
+        cursor = hello.last_cursor
+        if cursor < 0 or cursor > head:
+            raise errors.InvalidArgument(
+                [errors.FieldViolation("hello.last_cursor", f"must be between 0 and the log's head ({head})")]
+            )
+        if cursor < head and (oldest is None or cursor + 1 < oldest):
+            raise errors.CursorExpired(metadata={"oldest_cursor": str(oldest or head + 1)})
+        return cursor
+
+    async def _pump(self, sub: Subscription, cursor: int, main_account: bool, reader: asyncio.Task[None]) -> None:
+        agent_filter = None if main_account else self._caller.subject
+        while True:
+            if self._hub.closing.is_set():
+                raise errors.ShuttingDown()
+            if sub.access_changed.is_set():
+                sub.access_changed.clear()
+                main_account = await self._check_access()
+                agent_filter = None if main_account else self._caller.subject
+            if self._overflowed:
+                raise errors.SlowConsumer()
+            while not self._results.empty():
+                await _write(self._context, self._results.get_nowait(), self._config)
+            self._results_ready.clear()
+            sub.wake.clear()
+            bounds = await self._pool.fetchrow(sql("event_log_bounds"), self._merchant_id)
+            head = int(bounds["head"]) if bounds is not None else cursor
+            if head - cursor > self._config.max_lag_events:
+                raise errors.SlowConsumer()
+            rows = await self._pool.fetch(
+                sql("events_after"), self._merchant_id, cursor, agent_filter, head, self._config.page_size
+            )
+            for row in rows:
+                event = merchant_pb2.MerchantEvent.FromString(row["payload"])
+                await _write(self._context, merchant_pb2.ConnectResponse(event=event), self._config)
+            if len(rows) == self._config.page_size:
+                cursor = rows[-1]["cursor"]
+                continue
+            cursor = head
+            if reader.done() and reader.exception() is not None:
+                raise reader.exception()  # type: ignore[misc]
+            woke = await _wait_any(
+                sub.wake.wait(),
+                sub.access_changed.wait(),
+                self._hub.closing.wait(),
+                self._results_ready.wait(),
+                within=self._config.heartbeat_seconds,
+            )
+            if not woke:
+                await _write(self._context, merchant_pb2.ConnectResponse(heartbeat=_heartbeat()), self._config)
+
+    async def _read(self, frames: AsyncIterator[merchant_pb2.ConnectRequest], sub: Subscription) -> None:
+        """Client frames after the hello: replies (answered with a reply result), acks, read receipts."""
+        from escalation.api.merchant import reply
+
+        async for frame in frames:
+            kind = frame.WhichOneof("frame")
+            if kind == "reply":
+                result = merchant_pb2.ReplyResult(client_msg_id=frame.reply.client_msg_id)
+                try:
+                    result.message.CopyFrom(records.message(await reply(self._pool, self._policy, frame.reply)))
+                except Exception as exc:
+                    result.error.CopyFrom(_status_of(exc))
+                self._queue(merchant_pb2.ConnectResponse(reply_result=result), sub)
+            elif kind == "read_receipt":
+                try:
+                    sid = uuid.UUID(frame.read_receipt.session_id)
+                    await sessions.mark_read(self._pool, self._caller, sid, frame.read_receipt.seq)
+                except (ValueError, errors.EscalationError) as exc:
+                    log.info("stream.read_receipt_ignored", error=str(exc))
+            # Acks are informational: resumption uses Hello.last_cursor, which the client keeps.
+
+    def _queue(self, frame: merchant_pb2.ConnectResponse, sub: Subscription) -> None:
+        try:
+            self._results.put_nowait(frame)
+        except asyncio.QueueFull:
+            self._overflowed = True
+        self._results_ready.set()
+        sub.wake.set()
+
+
+def _status_of(exc: BaseException) -> Any:
+    domain = db.translate(exc)
+    if domain is None:
+        log.error("stream.reply_failed", exc_info=exc)
+        return status.internal_status_proto()
+    return status.to_status_proto(domain)
+
+
+async def watch_session(
+    pool: asyncpg.Pool,
+    hub: Hub,
+    config: StreamConfig,
+    caller: Identity,
+    session_id: uuid.UUID,
+    after_seq: int,
+    context: Context,
+) -> None:
+    """Streams a session's messages after ``after_seq``, the merchant's read receipts, and its end."""
+    session = await sessions.get_session(pool, caller, session_id)
+    sub = await hub.subscribe(session["merchant_id"], None, present=False)
+    seq, read_seq = after_seq, 0
+    try:
+        while True:
+            if hub.closing.is_set():
+                raise errors.ShuttingDown()
+            sub.wake.clear()
+            rows = await pool.fetch(sql("list_messages"), session_id, seq, config.page_size)
+            for row in rows:
+                frame = platform_pb2.WatchSessionResponse(message_added=records.message(row))
+                await _write(context, frame, config)
+                seq = row["seq"]
+            if len(rows) == config.page_size:
+                continue
+            state = await pool.fetchrow(sql("watch_state"), session_id)
+            if state is not None and state["merchant_read_seq"] > read_seq:
+                read_seq = state["merchant_read_seq"]
+                receipt = platform_pb2.WatchSessionResponse(
+                    read_receipt=records.read_receipt(str(session_id), read_seq, session["assigned_agent_id"])
+                )
+                await _write(context, receipt, config)
+            if state is not None and state["state"] == "ENDED" and seq >= state["last_seq"]:
+                ended = await sessions.get_session(pool, caller, session_id)
+                frame = platform_pb2.WatchSessionResponse(
+                    session_ended=platform_pb2.SessionEnded(session=records.session(ended))
+                )
+                await _write(context, frame, config)
+                return
+            woke = await _wait_any(sub.wake.wait(), hub.closing.wait(), within=config.heartbeat_seconds)
+            if not woke:
+                await _write(context, platform_pb2.WatchSessionResponse(heartbeat=_heartbeat()), config)
+    finally:
+        await hub.unsubscribe(sub, present=False)
