@@ -57,9 +57,8 @@ async def test_stream_on_one_process_gets_every_event_written_through_another_in
                     assert frame.event.message_added.message.seq == i + 2
             assert cursors == list(range(1, 103)), "every event, in order, no gap, no duplicate"
             delays.sort()
-            print(
-                f"\nSendMessage on B → event on A's stream: p50 {delays[49] * 1000:.1f} ms, p99 {delays[98] * 1000:.1f} ms"
-            )
+            p50, p99 = delays[49] * 1000, delays[98] * 1000
+            print(f"\nSendMessage on B → event on A's stream: p50 {p50:.1f} ms, p99 {p99:.1f} ms")
             call.cancel()
         assert a.terminate() == 0, a.output()
         assert b.terminate() == 0, b.output()
