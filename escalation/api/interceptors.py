@@ -157,6 +157,7 @@ def _guarded(
     labels = {"grpc_service": service, "grpc_method": name, "grpc_type": kind}
 
     def enter(context: grpc.aio.ServicerContext[Any, Any]) -> float:
+        structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(request_id=request_id, rpc=f"{service}/{name}")
         if identity is not None:
             _identity.set(identity)

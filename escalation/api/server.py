@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 from collections.abc import Sequence
 
@@ -20,6 +21,7 @@ from escalation.api.ops import OpsServicer
 from escalation.api.platform import PlatformServicer
 from escalation.auth import TokenVerifier
 from escalation.config import Settings
+from escalation.observability import gauges
 from escalation.realtime.hub import Hub
 from escalation.realtime.streams import StreamConfig
 from escalation.services.sessions import SessionPolicy
@@ -68,6 +70,8 @@ class Server:
         self, settings: Settings, pool: asyncpg.Pool, *, address: str | None = None, dsn: str | None = None
     ) -> None:
         self._settings = settings
+        self._pool = pool
+        self._gauges: asyncio.Task[None] | None = None
         policy = SessionPolicy.from_settings(settings)
         self.hub = Hub(dsn or settings.require_database_url(), pool)
         streams = StreamConfig(
@@ -101,6 +105,7 @@ class Server:
 
     async def start(self) -> None:
         await self.hub.start()
+        self._gauges = asyncio.create_task(gauges.refresh_forever(self._pool), name="gauges")
         await self._server.start()
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -112,6 +117,10 @@ class Server:
         # Streams end first, with UNAVAILABLE, so their clients reconnect to another replica.
         await self.hub.close()
         await self._server.stop(self._settings.shutdown_grace_seconds if grace is None else grace)
+        if self._gauges is not None:
+            self._gauges.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._gauges
 
     async def wait(self) -> None:
         await self._server.wait_for_termination()

@@ -44,3 +44,9 @@ OUTBOX_PUBLISHED = Counter(
 STREAMS_CONNECTED = Gauge(
     "escalation_merchant_streams_connected", "Merchant Connect streams open on this server process."
 )
+SESSIONS_OPEN = Gauge("escalation_sessions_open", "Sessions open right now (all merchants, from the database).")
+FIRST_REPLY = Histogram(
+    "escalation_first_reply_seconds",
+    "From a session's opening to the merchant's first reply.",
+    buckets=(5, 10, 20, 30, 45, 60, 90, 120, 150, 180, 240, 300),
+)

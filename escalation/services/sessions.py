@@ -98,6 +98,7 @@ def _closed(row: asyncpg.Record) -> errors.SessionClosed:
 
 async def open_session(pool: asyncpg.Pool, caller: Identity, req: OpenRequest, policy: SessionPolicy) -> Opened:
     """Opens a session and assigns it (R2) in one transaction; the same request_id replays (AIP-155)."""
+    structlog.contextvars.bind_contextvars(merchant_id=req.merchant_id)
     try:
         async with pool.acquire() as conn, conn.transaction():
             merchant = await conn.fetchrow(sql("lock_merchant_for_open"), req.merchant_id)
@@ -118,6 +119,7 @@ async def open_session(pool: asyncpg.Pool, caller: Identity, req: OpenRequest, p
             existing = await conn.fetchrow(sql("find_session_by_request"), caller.subject, req.request_id)
             assert existing is not None
             return await _replay(conn, caller, existing, req)
+    structlog.contextvars.bind_contextvars(session_id=str(opened.session["session_id"]))
     metrics.SESSIONS_OPENED.labels(category=req.category).inc()
     metrics.ASSIGNMENT_SATURATION.observe(saturation)
     return opened
@@ -222,10 +224,13 @@ async def add_message(
     A retried client_msg_id returns the original message, even after the session ended.
     """
     sender = Sender.MERCHANT if caller.role is Role.MERCHANT else Sender.PLATFORM
+    structlog.contextvars.bind_contextvars(session_id=str(session_id))
+    first_reply: float | None = None
     async with pool.acquire() as conn, conn.transaction():
         s = await conn.fetchrow(sql("lock_session"), session_id, caller.subject)
         if s is None or not visible(caller, s):
             raise errors.SessionNotFound()
+        structlog.contextvars.bind_contextvars(merchant_id=s["merchant_id"])
         if sender is Sender.MERCHANT and not s["caller_may_im"]:
             raise errors.ImPermissionRequired()
         if message.template_id is not None:
@@ -259,7 +264,11 @@ async def add_message(
             session_id=str(session_id), merchant_id=s["merchant_id"], assigned_agent_id=s["assigned_agent_id"]
         )
         await events.append(conn, [events.message_added(session, records.message(row))])
-        return row
+        if sender is Sender.MERCHANT and s["awaiting_first_reply"]:
+            first_reply = (row["send_time"] - s["open_time"]).total_seconds()
+    if first_reply is not None:
+        metrics.FIRST_REPLY.observe(first_reply)
+    return row
 
 
 async def mark_read(pool: asyncpg.Pool, caller: Identity, session_id: uuid.UUID, seq: int) -> None:

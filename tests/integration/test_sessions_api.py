@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 
@@ -593,3 +594,30 @@ async def test_list_messages_after_seq_and_pages(
         if not token:
             break
     assert seqs == [3, 4, 5, 6, 7]
+
+
+async def test_first_reply_and_open_sessions_metrics(
+    channel: grpc.aio.Channel,
+    platform: platform_pb2_grpc.PlatformServiceAsyncStub,
+    merchant: merchant_pb2_grpc.MerchantServiceAsyncStub,
+    pool: asyncpg.Pool,
+) -> None:
+    from prometheus_client import REGISTRY
+
+    from escalation.observability import gauges
+
+    def first_replies() -> float:
+        return REGISTRY.get_sample_value("escalation_first_reply_seconds_count") or 0.0
+
+    await make_shop(channel, agents={"shop-a-sub-1": 10})
+    before = first_replies()
+    sid = (await _open(platform)).session.session_id
+    for body in ("first", "second"):
+        await merchant.Reply(merchant_pb2.ReplyRequest(session_id=sid, content=text(body)), metadata=agent(1))
+    assert first_replies() == before + 1, "only a session's first merchant reply is observed"
+    task = asyncio.create_task(gauges.refresh_forever(pool, every=60))
+    await asyncio.sleep(0.2)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    assert REGISTRY.get_sample_value("escalation_sessions_open") == 1

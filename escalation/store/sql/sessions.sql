@@ -27,7 +27,9 @@ VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, clock_timestamp());
 -- name: lock_session
 -- $2: the caller's agent id, to tell whether it is the shop's main account and may use IM.
 SELECT s.session_id, s.merchant_id, s.assigned_agent_id, s.platform_agent_id, s.state, s.last_seq,
-       s.reply_deadline, rs.reply_timeout_seconds, t.ticket_id,
+       s.reply_deadline, rs.reply_timeout_seconds, t.ticket_id, s.open_time,
+       NOT EXISTS (SELECT 1 FROM messages mm WHERE mm.session_id = s.session_id AND mm.sender = 'MERCHANT')
+           AS awaiting_first_reply,
        (m.main_account_id = $2) AS caller_is_main,
        coalesce(ca.im_permission AND NOT ca.disabled, false) AS caller_may_im
 FROM sessions s
@@ -129,3 +131,6 @@ RETURNING merchant_read_seq, clock_timestamp() AS at;
 
 -- name: watch_state
 SELECT state, merchant_read_seq, last_seq FROM sessions WHERE session_id = $1;
+
+-- name: sessions_open
+SELECT coalesce(sum(open_sessions), 0)::bigint FROM agents;
