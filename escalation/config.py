@@ -110,24 +110,25 @@ def _get(env: Mapping[str, str], name: str, parse: Callable[[str], T], default: 
         raise ConfigError(f"{name}={raw!r} is invalid: {hint} ({exc})") from None
 
 
-def _int_in(low: int, high: int) -> Callable[[str], int]:
-    def parse(raw: str) -> int:
-        value = int(raw)
+N = TypeVar("N", int, float)
+
+
+def _in_range(kind: Callable[[str], N], low: N, high: N) -> Callable[[str], N]:
+    def parse(raw: str) -> N:
+        value = kind(raw)
         if not low <= value <= high:
             raise ValueError(f"{value} is outside {low}..{high}")
         return value
 
     return parse
+
+
+def _int_in(low: int, high: int) -> Callable[[str], int]:
+    return _in_range(int, low, high)
 
 
 def _float_in(low: float, high: float) -> Callable[[str], float]:
-    def parse(raw: str) -> float:
-        value = float(raw)
-        if not low <= value <= high:
-            raise ValueError(f"{value} is outside {low}..{high}")
-        return value
-
-    return parse
+    return _in_range(float, low, high)
 
 
 def _topic_prefix(raw: str) -> str:

@@ -1,21 +1,12 @@
-"""Database rows → API messages. Kept apart so servicers stay a few lines each."""
+"""Directory rows → API messages (sessions and messages: escalation.services.records)."""
 
 from __future__ import annotations
 
-from datetime import datetime
-
 import asyncpg
-from google.protobuf import duration_pb2, timestamp_pb2
+from google.protobuf import duration_pb2
 
+from escalation.services.records import timestamp
 from escalation.v1 import admin_pb2, merchant_pb2, ops_pb2
-
-
-def timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
-    if value is None:
-        return None
-    ts = timestamp_pb2.Timestamp()
-    ts.FromDatetime(value)
-    return ts
 
 
 def merchant(row: asyncpg.Record) -> ops_pb2.Merchant:
