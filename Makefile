@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 PG_INITDB := $(firstword $(wildcard /usr/lib/postgresql/*/bin/initdb))
 PYTEST_ARGS ?=
 
-.PHONY: help run test lint typecheck check-proto proto schema fmt clean system-deps venv
+.PHONY: help run test bench chaos lint typecheck check-proto proto schema fmt clean system-deps venv
 
 help: ## show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[1m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -43,6 +43,12 @@ test: system-deps venv lint typecheck ## lint, type-check and run the whole test
 	@echo "==> pytest"
 	@$(BIN)/pytest $(PYTEST_ARGS); rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; fi; exit $$rc
+
+bench: system-deps venv ## measure the SPEC §5 targets on this machine (several minutes; --quick: BENCH_ARGS=--quick)
+	@$(BIN)/python -m tests.bench $(BENCH_ARGS)
+
+chaos: system-deps venv ## long failure runs: broker frozen for 5 minutes, workers and relays killed
+	@ESCALATION_TEST_BROKER_OUTAGE_SECONDS=300 $(BIN)/pytest tests/e2e/test_workers_as_processes.py -p no:cacheprovider -s
 
 lint: venv ## ruff (lint + format check)
 	@echo "==> ruff"
