@@ -77,7 +77,7 @@ class OutboxRelay:
         failed: Exception | None = None
         async with self._pool.acquire() as conn:
             async with conn.transaction():
-                rows = await conn.fetch(sql("claim_outbox"), self.config.batch_size)
+                rows = await self._claim(conn)
                 if not rows:
                     return 0
                 try:
@@ -111,6 +111,18 @@ class OutboxRelay:
                 metrics.TICKETS_PUBLISHED.inc()
         log.info("outbox.published", rows=len(rows))
         return len(rows)
+
+    async def _claim(self, conn: asyncpg.Connection) -> list[asyncpg.Record]:
+        """Locks a batch, keeping only rows no other relay's older row of the same key must precede.
+
+        The rows left out stay locked until this transaction ends and are claimed again later.
+        """
+        claimed = await conn.fetch(sql("claim_outbox"), self.config.batch_size)
+        if not claimed:
+            return []
+        keys = list({r["message_key"] for r in claimed})
+        blocked = dict(await conn.fetch(sql("oldest_foreign_pending"), keys, [r["id"] for r in claimed]))
+        return [r for r in claimed if r["message_key"] not in blocked or r["id"] < blocked[r["message_key"]]]
 
     async def _update_backlog_metrics(self) -> None:
         backlog = await self._pool.fetchrow(sql("outbox_backlog"))

@@ -265,3 +265,24 @@ async def test_per_key_order_is_kept(
     for key in (b"m0", b"m1", b"m2"):
         ids = [h["event_id"] for k, h, _ in got if k == key]
         assert ids == sorted(ids)
+
+
+async def test_a_row_waits_while_another_relay_holds_an_older_row_of_its_key(
+    pool: asyncpg.Pool, relay: OutboxRelay, kafka_settings: kafka.KafkaSettings
+) -> None:
+    await pool.executemany(
+        "INSERT INTO outbox (topic, message_key, event_id, content_type, payload) VALUES ($1, $2, $3, 'x', 'v')",
+        [(kafka.TICKETS_TOPIC, key, event_id) for key, event_id in ((b"k", "k-1"), (b"k", "k-2"), (b"j", "j-1"))],
+    )
+    other_relay = await pool.acquire()
+    try:
+        tx = other_relay.transaction()
+        await tx.start()
+        await other_relay.execute("SELECT id FROM outbox WHERE event_id = 'k-1' FOR UPDATE")
+        assert await relay.run_once() == 1, "only j-1: k-2 must not overtake k-1, which another relay holds"
+        await tx.rollback()
+    finally:
+        await pool.release(other_relay)
+    assert await relay.run_once() == 2
+    got = await _consume(kafka_settings, 3)
+    assert [h["event_id"] for k, h, _ in got if k == b"k"] == ["k-1", "k-2"]

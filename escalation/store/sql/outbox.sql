@@ -1,26 +1,25 @@
 -- The transactional outbox, drained by the relay (workers/outbox.py).
 
 -- name: claim_outbox
--- Oldest unpublished rows this relay can lock, minus any row whose key still has an older unpublished
--- row held by another relay (publishing it now could overtake that one). Rows of uncommitted
--- transactions are invisible until they commit and are picked up then: nothing is skipped, unlike
--- "id > last seen", which loses rows that commit out of id order.
-WITH claimed AS (
-    SELECT id, topic, message_key, event_id, content_type, payload, create_time
-    FROM outbox
-    WHERE published_time IS NULL
-    ORDER BY id
-    LIMIT $1
-    FOR UPDATE SKIP LOCKED
-)
-SELECT c.id, c.topic, c.message_key, c.event_id, c.content_type, c.payload, c.create_time
-FROM claimed c
-WHERE NOT EXISTS (
-    SELECT 1 FROM outbox o
-    WHERE o.message_key = c.message_key AND o.published_time IS NULL AND o.id < c.id
-      AND o.id NOT IN (SELECT id FROM claimed)
-)
-ORDER BY c.id;
+-- The oldest unpublished rows this relay can lock. Rows of uncommitted transactions are invisible
+-- until they commit and are picked up then: nothing is skipped, unlike "id > last seen", which
+-- loses rows that commit out of id order.
+SELECT id, topic, message_key, event_id, content_type, payload, create_time
+FROM outbox
+WHERE published_time IS NULL
+ORDER BY id
+LIMIT $1
+FOR UPDATE SKIP LOCKED;
+
+-- name: oldest_foreign_pending
+-- Per key of the claimed rows ($1), the oldest unpublished row this relay did not claim ($2): it is
+-- held by another relay (or appeared since), and our younger rows of that key must wait for it.
+-- Two plain index lookups rather than one correlated query: the plan stays cheap even when the
+-- table's statistics are stale (a sudden backlog before autovacuum analyzes it).
+SELECT message_key, min(id) AS oldest
+FROM outbox
+WHERE published_time IS NULL AND message_key = ANY($1::bytea[]) AND id <> ALL($2::bigint[])
+GROUP BY message_key;
 
 -- name: mark_published
 UPDATE outbox SET published_time = clock_timestamp(), attempts = attempts + 1, last_error = NULL
