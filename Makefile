@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP) ## create the virtualenv and install dependencies
 
-system-deps: ## install Debian's postgresql when its server binaries are missing
+system-deps: ## install Debian's postgresql and prometheus (promtool) when their binaries are missing
 	@if [ -z "$(PG_INITDB)" ] && [ -z "$$ESCALATION_PG_BIN" ] && ! command -v initdb >/dev/null; then \
 	  echo "==> PostgreSQL server binaries are missing: installing Debian's postgresql"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; elif command -v sudo >/dev/null; then SUDO=sudo; else \
@@ -34,6 +34,16 @@ system-deps: ## install Debian's postgresql when its server binaries are missing
 	    echo "create_main_cluster = false" | $$SUDO tee /etc/postgresql-common/createcluster.conf >/dev/null; fi; \
 	  $$SUDO apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq -o Dpkg::Options::=--force-confold postgresql >/dev/null; \
+	fi
+	@# The alert rule, scrape config and dashboard tests run promtool and a real Prometheus (no recommends:
+	@# they would add the node exporter).
+	@if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then \
+	  echo "==> promtool/prometheus are missing: installing Debian's prometheus"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; elif command -v sudo >/dev/null; then SUDO=sudo; else \
+	    echo "error: run as root or install the 'prometheus' package yourself" >&2; exit 1; fi; \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends \
+	    -o Dpkg::Options::=--force-confold prometheus >/dev/null; \
 	fi
 
 run: system-deps venv ## run everything locally (embedded PostgreSQL + broker), print how to call it

@@ -50,3 +50,19 @@ FIRST_REPLY = Histogram(
     "From a session's opening to the merchant's first reply.",
     buckets=(5, 10, 20, 30, 45, 60, 90, 120, 150, 180, 240, 300),
 )
+
+
+def _precreate() -> None:
+    """Labelled series exist from the start (at 0), so rate() and increase() see their first event."""
+    from escalation.domain.session import CloseReason
+    from escalation.domain.tickets import DEFAULT_SLA
+
+    for category in DEFAULT_SLA:
+        SESSIONS_OPENED.labels(category=category)
+    for reason in CloseReason:
+        SESSIONS_CLOSED.labels(reason=reason.value)
+    for topic in ("escalation.service-tickets.v1", "escalation.merchant-warnings.v1"):
+        OUTBOX_PUBLISHED.labels(topic=topic)
+
+
+_precreate()
