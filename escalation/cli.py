@@ -7,6 +7,7 @@ import asyncio
 import signal
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import asyncpg
 import structlog
@@ -14,6 +15,9 @@ import structlog
 from escalation import auth, config
 from escalation.bus import kafka
 from escalation.observability import logging as obs_logging
+
+if TYPE_CHECKING:
+    from workers.warnings import WarningsConfig
 
 log = structlog.get_logger(__name__)
 
@@ -97,6 +101,7 @@ async def _worker(settings: config.Settings, name: str) -> None:
     from escalation.services.sessions import SessionPolicy
     from workers.deadlines import DeadlineConfig, DeadlineWorker
     from workers.outbox import OutboxConfig, OutboxRelay
+    from workers.warnings import WarningsWorker
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -114,6 +119,8 @@ async def _worker(settings: config.Settings, name: str) -> None:
                 event_retention_seconds=settings.event_retention_hours * 3600,
             )
             await DeadlineWorker(pool, config_).run(stop, dsn)
+        elif name == "warnings":
+            await WarningsWorker(pool, _warnings_config(settings)).run(stop, dsn)
         else:
             relay = OutboxRelay(
                 pool,
@@ -127,6 +134,22 @@ async def _worker(settings: config.Settings, name: str) -> None:
             await relay.run(stop, dsn)
     finally:
         await pool.close()
+
+
+def _warnings_config(settings: config.Settings) -> WarningsConfig:
+    from datetime import timedelta
+
+    from escalation.domain.timeliness import WarningRule
+    from workers.warnings import WarningsConfig
+
+    return WarningsConfig(
+        rule=WarningRule(
+            reply_rate_threshold=settings.warning_reply_rate_threshold,
+            min_sessions=settings.warning_min_sessions,
+            average_response=timedelta(seconds=settings.warning_average_response_seconds),
+        ),
+        interval=settings.warning_interval_seconds,
+    )
 
 
 def _token(args: argparse.Namespace) -> None:
@@ -171,7 +194,7 @@ def _parser() -> argparse.ArgumentParser:
     token.add_argument("--ttl", type=int, default=24 * 3600, help="seconds until exp (default one day)")
     token.add_argument("--private-key", help="PEM private key file: sign RS256 instead")
     worker = sub.add_parser("worker", help="run a background worker (each safe with N replicas)")
-    worker.add_argument("name", choices=["deadlines", "outbox"])
+    worker.add_argument("name", choices=["deadlines", "outbox", "warnings"])
     tickets = sub.add_parser("tickets", help="service tickets on Kafka")
     tickets_sub = tickets.add_subparsers(dest="tickets_command", required=True)
     tail = tickets_sub.add_parser("tail", help="print tickets as they are published (a consumer-group member)")

@@ -83,6 +83,13 @@ class Settings:
     stream_write_timeout_seconds: float = 10.0
     stream_max_lag_events: int = 10_000
     event_retention_hours: float = 72.0
+    # Merchant warnings (SPEC R10): the session 3-minute rate below this fraction, or the average
+    # response above this many seconds, given at least this many rated sessions in the trailing 24 h.
+    warning_reply_rate_threshold: float = 0.8
+    warning_min_sessions: int = 5
+    warning_average_response_seconds: float = 90.0
+    # How often `escalation worker warnings` checks.
+    warning_interval_seconds: float = 300.0
 
     def require_jwt(self) -> JwtSettings:
         if self.jwt is None:
@@ -273,5 +280,15 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         event_retention_hours=_get(env, "ESCALATION_EVENT_RETENTION_HOURS", _float_in(0.001, 8760), 72.0, "hours"),
         kafka_topic_prefix=_get(
             env, "ESCALATION_KAFKA_TOPIC_PREFIX", _topic_prefix, "", "letters, digits, '.', '_', '-'"
+        ),
+        warning_reply_rate_threshold=_get(
+            env, "ESCALATION_WARNING_REPLY_RATE_THRESHOLD", _float_in(0, 1), 0.8, "a fraction 0..1, e.g. 0.8"
+        ),
+        warning_min_sessions=_get(env, "ESCALATION_WARNING_MIN_SESSIONS", _int_in(1, 1_000_000), 5, "1..1000000"),
+        warning_average_response_seconds=_get(
+            env, "ESCALATION_WARNING_AVERAGE_RESPONSE_SECONDS", _float_in(1, 86_400), 90.0, "seconds, 1..86400"
+        ),
+        warning_interval_seconds=_get(
+            env, "ESCALATION_WARNING_INTERVAL_SECONDS", _float_in(0.05, 86_400), 300.0, "seconds, 0.05..86400"
         ),
     )

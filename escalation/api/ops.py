@@ -1,19 +1,55 @@
-"""OpsService: account sync from the platform; stats and warnings arrive with their issues."""
+"""OpsService: account sync from the platform, reply-timeliness statistics, merchant warnings (SPEC R10)."""
 
 from __future__ import annotations
 
+import uuid
+from datetime import datetime
 from typing import Any
 
 import asyncpg
 import grpc
 
-from escalation import errors
 from escalation.api import convert
+from escalation.api.session_requests import time_and_id_key
+from escalation.domain import paging, timeliness
 from escalation.domain.validation import Violations
-from escalation.services import directory
-from escalation.v1 import ops_pb2, ops_pb2_grpc
+from escalation.services import directory, records, stats, warnings
+from escalation.v1 import events_pb2, ops_pb2, ops_pb2_grpc
 
 Context = grpc.aio.ServicerContext[Any, Any]
+DEFAULT_WARNING_PAGE = 100
+
+
+def _window(check: Violations, request: ops_pb2.GetResponseStatsRequest) -> tuple[datetime, datetime] | None:
+    """[start_time, end_time), at most 31 days; None (with the violations noted) when it is not usable."""
+    start = end = None
+    for name in ("start_time", "end_time"):
+        if not request.HasField(name):
+            check.add(name, "is required")
+    if request.HasField("start_time"):
+        start = check.timestamp("start_time", request.start_time.seconds, request.start_time.nanos)
+    if request.HasField("end_time"):
+        end = check.timestamp("end_time", request.end_time.seconds, request.end_time.nanos)
+    if start is not None and end is not None:
+        if end <= start:
+            check.add("end_time", "must be after start_time")
+        elif end - start > timeliness.MAX_WINDOW:
+            check.add("end_time", f"must be at most {timeliness.MAX_WINDOW.days} days after start_time")
+        else:
+            return start, end
+    return None
+
+
+def _warning_key(check: Violations, key: list[Any] | None) -> tuple[datetime, uuid.UUID] | None:
+    """The (create_time, warning_id) a ListWarnings token resumes after."""
+    parsed = time_and_id_key(check, key)
+    if parsed is None:
+        return None
+    try:
+        return parsed[0], uuid.UUID(parsed[1])
+    except ValueError:
+        check.add("page_token", paging.NOT_OURS)
+        return None
 
 
 class OpsServicer(ops_pb2_grpc.OpsServiceServicer):
@@ -41,9 +77,52 @@ class OpsServicer(ops_pb2_grpc.OpsServiceServicer):
     async def GetResponseStats(
         self, request: ops_pb2.GetResponseStatsRequest, context: Context
     ) -> ops_pb2.ResponseStats:
-        raise errors.Unimplemented()
+        check = Violations()
+        check.identifier("merchant_id", request.merchant_id)
+        check.identifier("agent_id", request.agent_id, required=False)
+        span = _window(check, request)
+        check.raise_if_any()
+        assert span is not None
+        start, end = span
+        window = stats.Window(start, end, request.agent_id or None)
+        f, as_of = await stats.response_stats(self._pool, request.merchant_id, window)
+        return ops_pb2.ResponseStats(
+            merchant_id=request.merchant_id,
+            agent_id=request.agent_id,
+            start_time=records.timestamp(start),
+            end_time=records.timestamp(end),
+            sessions=f.sessions,
+            sessions_answered_in_3m=f.sessions_answered_in_3m,
+            session_reply_rate_3m=f.session_reply_rate,
+            platform_messages=f.platform_messages,
+            platform_messages_answered_in_3m=f.platform_messages_answered_in_3m,
+            message_reply_rate_3m=f.message_reply_rate,
+            average_first_response=stats.duration(f.average_first_response),
+            average_response=stats.duration(f.average_response),
+            timeouts=f.timeouts,
+            tickets=f.tickets,
+            sessions_rated=f.sessions_rated,
+            platform_messages_rated=f.platform_messages_rated,
+            sessions_answered=f.sessions_answered,
+            platform_messages_answered=f.platform_messages_answered,
+            compute_time=records.timestamp(as_of),
+        )
 
     async def ListWarnings(
         self, request: ops_pb2.ListWarningsRequest, context: Context
     ) -> ops_pb2.ListWarningsResponse:
-        raise errors.Unimplemented()
+        check = Violations()
+        check.identifier("merchant_id", request.merchant_id, required=False)
+        size = check.page_size("page_size", request.page_size, default=DEFAULT_WARNING_PAGE)
+        filters = ["warnings", request.merchant_id]
+        after = _warning_key(check, paging.decode(request.page_token, filters, check))
+        check.raise_if_any()
+        rows = await warnings.list_warnings(self._pool, request.merchant_id or None, after=after, limit=size + 1)
+        token = ""
+        if len(rows) > size:
+            last = rows[size - 1]
+            token = paging.encode([last["create_time"].isoformat(), str(last["warning_id"])], filters)
+        return ops_pb2.ListWarningsResponse(
+            warnings=[events_pb2.MerchantWarning.FromString(r["payload"]) for r in rows[:size]],
+            next_page_token=token,
+        )

@@ -32,8 +32,8 @@ from escalation.observability import logging as obs_logging
 from escalation.store.migrate import migrate
 
 DATABASE = "escalation"
-# Each gets the metrics port after serve's (9465, 9466 by default).
-WORKERS = ("deadlines", "outbox")
+# Each gets the metrics port after serve's (9465, 9466, 9467 by default).
+WORKERS = ("deadlines", "outbox", "warnings")
 TOKEN_TTL_SECONDS = 30 * 24 * 3600
 
 

@@ -220,6 +220,7 @@ CREATE INDEX agent_presence_server ON public.agent_presence USING btree (server_
 CREATE UNIQUE INDEX agents_one_main_account ON public.agents USING btree (merchant_id) WHERE main_account;
 CREATE INDEX merchant_events_event_time ON public.merchant_events USING btree (event_time);
 CREATE INDEX merchant_warnings_create_time ON public.merchant_warnings USING btree (create_time DESC, warning_id DESC);
+CREATE INDEX merchant_warnings_merchant_create_time ON public.merchant_warnings USING btree (merchant_id, create_time DESC, warning_id DESC);
 CREATE UNIQUE INDEX messages_client_msg_id ON public.messages USING btree (session_id, sender, client_msg_id) WHERE (client_msg_id IS NOT NULL);
 CREATE INDEX outbox_pending ON public.outbox USING btree (id) WHERE (published_time IS NULL);
 CREATE INDEX outbox_pending_by_key ON public.outbox USING btree (message_key, id) WHERE (published_time IS NULL);
@@ -227,6 +228,7 @@ CREATE INDEX reply_templates_merchant ON public.reply_templates USING btree (mer
 CREATE INDEX sessions_agent_open_time ON public.sessions USING btree (merchant_id, assigned_agent_id, open_time DESC, session_id DESC);
 CREATE INDEX sessions_due ON public.sessions USING btree (reply_deadline) WHERE (reply_deadline IS NOT NULL);
 CREATE INDEX sessions_merchant_open_time ON public.sessions USING btree (merchant_id, open_time DESC, session_id DESC);
+CREATE INDEX sessions_open_time ON public.sessions USING btree (open_time);
 CREATE INDEX sessions_platform_agent_open_time ON public.sessions USING btree (platform_agent_id, open_time DESC, session_id DESC);
 CREATE INDEX sessions_remind_due ON public.sessions USING btree (remind_time) WHERE (remind_time IS NOT NULL);
 CREATE UNIQUE INDEX sessions_request_id ON public.sessions USING btree (platform_agent_id, request_id);

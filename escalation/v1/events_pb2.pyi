@@ -109,7 +109,10 @@ Global___ServiceTicket: _TypeAlias = ServiceTicket  # noqa: Y015
 
 @_typing.final
 class MerchantWarning(_message.Message):
-    """A merchant whose reply timeliness fell below the thresholds over a period (SPEC R10)."""
+    """A merchant whose reply timeliness fell below the thresholds (SPEC R10, docs/stats.md). The warnings
+    worker judges the sessions opened in the 24 hours before each check; a merchant gets at most one
+    warning per period (the UTC day the check ran in).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -121,16 +124,16 @@ class MerchantWarning(_message.Message):
         DESCRIPTOR: _descriptor.EnumDescriptor
         KIND_UNSPECIFIED: MerchantWarning._Kind.ValueType  # 0
         KIND_LOW_REPLY_RATE: MerchantWarning._Kind.ValueType  # 1
-        """Session-based 3-minute reply rate below the threshold."""
+        """Session-based 3-minute reply rate strictly below reply_rate_threshold."""
         KIND_SLOW_AVERAGE_RESPONSE: MerchantWarning._Kind.ValueType  # 2
-        """Average response time above the threshold."""
+        """Average response time strictly above average_response_threshold."""
 
     class Kind(_Kind, metaclass=_KindEnumTypeWrapper): ...
     KIND_UNSPECIFIED: MerchantWarning.Kind.ValueType  # 0
     KIND_LOW_REPLY_RATE: MerchantWarning.Kind.ValueType  # 1
-    """Session-based 3-minute reply rate below the threshold."""
+    """Session-based 3-minute reply rate strictly below reply_rate_threshold."""
     KIND_SLOW_AVERAGE_RESPONSE: MerchantWarning.Kind.ValueType  # 2
-    """Average response time above the threshold."""
+    """Average response time strictly above average_response_threshold."""
 
     WARNING_ID_FIELD_NUMBER: _builtins.int
     MERCHANT_ID_FIELD_NUMBER: _builtins.int
@@ -143,24 +146,49 @@ class MerchantWarning(_message.Message):
     AVERAGE_RESPONSE_FIELD_NUMBER: _builtins.int
     AVERAGE_RESPONSE_THRESHOLD_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
+    WINDOW_START_FIELD_NUMBER: _builtins.int
+    WINDOW_END_FIELD_NUMBER: _builtins.int
+    MIN_SESSIONS_FIELD_NUMBER: _builtins.int
+    SESSIONS_RATED_FIELD_NUMBER: _builtins.int
+    SESSIONS_ANSWERED_IN_3M_FIELD_NUMBER: _builtins.int
     warning_id: _builtins.str
     """UUID; also the Kafka event_id header."""
     merchant_id: _builtins.str
     sessions: _builtins.int
+    """Sessions opened in [window_start, window_end)."""
     session_reply_rate_3m: _builtins.float
+    """sessions_answered_in_3m / sessions_rated (see escalation.v1.ResponseStats)."""
     reply_rate_threshold: _builtins.float
+    min_sessions: _builtins.int
+    """Rated sessions needed before either rule applies."""
+    sessions_rated: _builtins.int
+    sessions_answered_in_3m: _builtins.int
     @_builtins.property
-    def kinds(self) -> _containers.RepeatedScalarFieldContainer[Global___MerchantWarning.Kind.ValueType]: ...
+    def kinds(self) -> _containers.RepeatedScalarFieldContainer[Global___MerchantWarning.Kind.ValueType]:
+        """Every rule the figures broke, in enum order."""
+
     @_builtins.property
-    def period_start(self) -> _timestamp_pb2.Timestamp: ...
+    def period_start(self) -> _timestamp_pb2.Timestamp:
+        """The period this warning is for: the UTC day [period_start, period_end) the check ran in."""
+
     @_builtins.property
     def period_end(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
-    def average_response(self) -> _duration_pb2.Duration: ...
+    def average_response(self) -> _duration_pb2.Duration:
+        """Unset when no platform message was answered."""
+
     @_builtins.property
     def average_response_threshold(self) -> _duration_pb2.Duration: ...
     @_builtins.property
-    def create_time(self) -> _timestamp_pb2.Timestamp: ...
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """The check time (= window_end)."""
+
+    @_builtins.property
+    def window_start(self) -> _timestamp_pb2.Timestamp:
+        """The sessions judged: those opened in the 24 hours before the check."""
+
+    @_builtins.property
+    def window_end(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
         self,
         *,
@@ -175,10 +203,15 @@ class MerchantWarning(_message.Message):
         average_response: _duration_pb2.Duration | None = ...,
         average_response_threshold: _duration_pb2.Duration | None = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
+        window_start: _timestamp_pb2.Timestamp | None = ...,
+        window_end: _timestamp_pb2.Timestamp | None = ...,
+        min_sessions: _builtins.int = ...,
+        sessions_rated: _builtins.int = ...,
+        sessions_answered_in_3m: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["average_response", b"average_response", "average_response_threshold", b"average_response_threshold", "create_time", b"create_time", "period_end", b"period_end", "period_start", b"period_start"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["average_response", b"average_response", "average_response_threshold", b"average_response_threshold", "create_time", b"create_time", "period_end", b"period_end", "period_start", b"period_start", "window_end", b"window_end", "window_start", b"window_start"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["average_response", b"average_response", "average_response_threshold", b"average_response_threshold", "create_time", b"create_time", "kinds", b"kinds", "merchant_id", b"merchant_id", "period_end", b"period_end", "period_start", b"period_start", "reply_rate_threshold", b"reply_rate_threshold", "session_reply_rate_3m", b"session_reply_rate_3m", "sessions", b"sessions", "warning_id", b"warning_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["average_response", b"average_response", "average_response_threshold", b"average_response_threshold", "create_time", b"create_time", "kinds", b"kinds", "merchant_id", b"merchant_id", "min_sessions", b"min_sessions", "period_end", b"period_end", "period_start", b"period_start", "reply_rate_threshold", b"reply_rate_threshold", "session_reply_rate_3m", b"session_reply_rate_3m", "sessions", b"sessions", "sessions_answered_in_3m", b"sessions_answered_in_3m", "sessions_rated", b"sessions_rated", "warning_id", b"warning_id", "window_end", b"window_end", "window_start", b"window_start"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

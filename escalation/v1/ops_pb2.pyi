@@ -100,15 +100,19 @@ class GetResponseStatsRequest(_message.Message):
     START_TIME_FIELD_NUMBER: _builtins.int
     END_TIME_FIELD_NUMBER: _builtins.int
     merchant_id: _builtins.str
-    """Required."""
+    """Required; identifier rules."""
     agent_id: _builtins.str
-    """Optional: one agent's figures."""
+    """Optional: only the sessions assigned to this agent of the merchant (whoever of the shop replied)."""
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp:
-        """Required window [start_time, end_time), at most 31 days."""
+        """Required. The window [start_time, end_time) selects the sessions opened in it; everything that
+        happens in those sessions counts, also after end_time. At most 31 days long.
+        """
 
     @_builtins.property
-    def end_time(self) -> _timestamp_pb2.Timestamp: ...
+    def end_time(self) -> _timestamp_pb2.Timestamp:
+        """Required; after start_time."""
+
     def __init__(
         self,
         *,
@@ -127,6 +131,12 @@ Global___GetResponseStatsRequest: _TypeAlias = GetResponseStatsRequest  # noqa: 
 
 @_typing.final
 class ResponseStats(_message.Message):
+    """Figures over the sessions opened in the window (docs/stats.md). Consecutive platform messages form
+    a run that the next merchant message answers; a run's response time is measured from its first
+    message. "Within 3 minutes" means a response time of at most 180 s. Only rated messages and
+    sessions (whose outcome is known) enter the rates.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     MERCHANT_ID_FIELD_NUMBER: _builtins.int
@@ -143,29 +153,61 @@ class ResponseStats(_message.Message):
     AVERAGE_RESPONSE_FIELD_NUMBER: _builtins.int
     TIMEOUTS_FIELD_NUMBER: _builtins.int
     TICKETS_FIELD_NUMBER: _builtins.int
+    SESSIONS_RATED_FIELD_NUMBER: _builtins.int
+    PLATFORM_MESSAGES_RATED_FIELD_NUMBER: _builtins.int
+    SESSIONS_ANSWERED_FIELD_NUMBER: _builtins.int
+    PLATFORM_MESSAGES_ANSWERED_FIELD_NUMBER: _builtins.int
+    COMPUTE_TIME_FIELD_NUMBER: _builtins.int
     merchant_id: _builtins.str
     agent_id: _builtins.str
+    """Empty for the whole merchant."""
     sessions: _builtins.int
+    """Sessions opened in the window."""
     sessions_answered_in_3m: _builtins.int
-    """Sessions whose every platform message was answered within 3 minutes."""
+    """Rated sessions whose every rated platform message was answered within 3 minutes."""
     session_reply_rate_3m: _builtins.float
-    """sessions_answered_in_3m / sessions; 0 when there are none."""
+    """sessions_answered_in_3m / sessions_rated; 0 when no session is rated."""
     platform_messages: _builtins.int
+    """Platform messages of those sessions."""
     platform_messages_answered_in_3m: _builtins.int
+    """Rated platform messages answered within 3 minutes."""
     message_reply_rate_3m: _builtins.float
+    """platform_messages_answered_in_3m / platform_messages_rated; 0 when no message is rated."""
     timeouts: _builtins.int
+    """Sessions that ended CLOSE_REASON_MERCHANT_TIMEOUT."""
     tickets: _builtins.int
+    """Service tickets of those sessions (merchant timeouts and platform escalations)."""
+    sessions_rated: _builtins.int
+    """Sessions whose outcome is known: one with a late or missed run, or one without a pending run and
+    with at least one run answered within 3 minutes. The session rate's denominator.
+    """
+    platform_messages_rated: _builtins.int
+    """Platform messages answered (in time or late) or missed; not those still pending, nor those the
+    platform closed the session on before 3 minutes passed. The message rate's denominator.
+    """
+    sessions_answered: _builtins.int
+    """Sessions with a merchant reply after their first platform message."""
+    platform_messages_answered: _builtins.int
+    """Platform messages answered by a merchant message, in time or late."""
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def end_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def average_first_response(self) -> _duration_pb2.Duration:
-        """Mean time from a session's first platform message to the first human reply."""
+        """Mean over sessions_answered of the time from a session's first platform message to the first
+        merchant reply after it. Unset when no session was answered.
+        """
 
     @_builtins.property
     def average_response(self) -> _duration_pb2.Duration:
-        """Mean time from a platform message to the reply that answered it."""
+        """Mean over platform_messages_answered of each message's response time. Unset when none was answered."""
+
+    @_builtins.property
+    def compute_time(self) -> _timestamp_pb2.Timestamp:
+        """The database-clock instant the figures were computed at: a run unanswered then, in an open
+        session, younger than 3 minutes, is pending.
+        """
 
     def __init__(
         self,
@@ -184,10 +226,15 @@ class ResponseStats(_message.Message):
         average_response: _duration_pb2.Duration | None = ...,
         timeouts: _builtins.int = ...,
         tickets: _builtins.int = ...,
+        sessions_rated: _builtins.int = ...,
+        platform_messages_rated: _builtins.int = ...,
+        sessions_answered: _builtins.int = ...,
+        platform_messages_answered: _builtins.int = ...,
+        compute_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["average_first_response", b"average_first_response", "average_response", b"average_response", "end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["average_first_response", b"average_first_response", "average_response", b"average_response", "compute_time", b"compute_time", "end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "average_first_response", b"average_first_response", "average_response", b"average_response", "end_time", b"end_time", "merchant_id", b"merchant_id", "message_reply_rate_3m", b"message_reply_rate_3m", "platform_messages", b"platform_messages", "platform_messages_answered_in_3m", b"platform_messages_answered_in_3m", "session_reply_rate_3m", b"session_reply_rate_3m", "sessions", b"sessions", "sessions_answered_in_3m", b"sessions_answered_in_3m", "start_time", b"start_time", "tickets", b"tickets", "timeouts", b"timeouts"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "average_first_response", b"average_first_response", "average_response", b"average_response", "compute_time", b"compute_time", "end_time", b"end_time", "merchant_id", b"merchant_id", "message_reply_rate_3m", b"message_reply_rate_3m", "platform_messages", b"platform_messages", "platform_messages_answered", b"platform_messages_answered", "platform_messages_answered_in_3m", b"platform_messages_answered_in_3m", "platform_messages_rated", b"platform_messages_rated", "session_reply_rate_3m", b"session_reply_rate_3m", "sessions", b"sessions", "sessions_answered", b"sessions_answered", "sessions_answered_in_3m", b"sessions_answered_in_3m", "sessions_rated", b"sessions_rated", "start_time", b"start_time", "tickets", b"tickets", "timeouts", b"timeouts"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -201,10 +248,11 @@ class ListWarningsRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     merchant_id: _builtins.str
-    """Optional filter."""
+    """Optional: only this merchant's warnings (an unknown merchant is NOT_FOUND)."""
     page_size: _builtins.int
     """1–1,000; 0 means the default of 100."""
     page_token: _builtins.str
+    """From a previous response with the same merchant_id."""
     def __init__(
         self,
         *,
@@ -227,9 +275,10 @@ class ListWarningsResponse(_message.Message):
     WARNINGS_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
+    """Empty on the last page."""
     @_builtins.property
     def warnings(self) -> _containers.RepeatedCompositeFieldContainer[_events_pb2.MerchantWarning]:
-        """Newest first."""
+        """Newest first (create_time, then warning_id, descending); each exactly as published on Kafka."""
 
     def __init__(
         self,

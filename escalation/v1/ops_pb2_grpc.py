@@ -62,14 +62,17 @@ class OpsServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetResponseStats(self, request, context):
-        """Reply timeliness of a merchant (optionally one agent) over a time window (SPEC R10).
+        """Reply timeliness of a merchant (optionally one agent) over a time window (SPEC R10). Every
+        figure is defined in docs/stats.md. An unknown merchant, or an agent that is not the merchant's,
+        is NOT_FOUND.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListWarnings(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Merchant warnings written by `escalation worker warnings`, newest first (SPEC R10).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')

@@ -36,8 +36,12 @@ class OpsServiceStub:
     UpsertMerchant: _grpc.UnaryUnaryMultiCallable[_ops_pb2.UpsertMerchantRequest, _ops_pb2.Merchant]
     """Creates or updates a merchant and its main account (account sync from the platform)."""
     GetResponseStats: _grpc.UnaryUnaryMultiCallable[_ops_pb2.GetResponseStatsRequest, _ops_pb2.ResponseStats]
-    """Reply timeliness of a merchant (optionally one agent) over a time window (SPEC R10)."""
+    """Reply timeliness of a merchant (optionally one agent) over a time window (SPEC R10). Every
+    figure is defined in docs/stats.md. An unknown merchant, or an agent that is not the merchant's,
+    is NOT_FOUND.
+    """
     ListWarnings: _grpc.UnaryUnaryMultiCallable[_ops_pb2.ListWarningsRequest, _ops_pb2.ListWarningsResponse]
+    """Merchant warnings written by `escalation worker warnings`, newest first (SPEC R10)."""
 
 @_typing.type_check_only
 class OpsServiceAsyncStub(OpsServiceStub):
@@ -45,8 +49,12 @@ class OpsServiceAsyncStub(OpsServiceStub):
     UpsertMerchant: _aio.UnaryUnaryMultiCallable[_ops_pb2.UpsertMerchantRequest, _ops_pb2.Merchant]  # type: ignore[assignment]
     """Creates or updates a merchant and its main account (account sync from the platform)."""
     GetResponseStats: _aio.UnaryUnaryMultiCallable[_ops_pb2.GetResponseStatsRequest, _ops_pb2.ResponseStats]  # type: ignore[assignment]
-    """Reply timeliness of a merchant (optionally one agent) over a time window (SPEC R10)."""
+    """Reply timeliness of a merchant (optionally one agent) over a time window (SPEC R10). Every
+    figure is defined in docs/stats.md. An unknown merchant, or an agent that is not the merchant's,
+    is NOT_FOUND.
+    """
     ListWarnings: _aio.UnaryUnaryMultiCallable[_ops_pb2.ListWarningsRequest, _ops_pb2.ListWarningsResponse]  # type: ignore[assignment]
+    """Merchant warnings written by `escalation worker warnings`, newest first (SPEC R10)."""
 
 class OpsServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -63,13 +71,17 @@ class OpsServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _ops_pb2.GetResponseStatsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_ops_pb2.ResponseStats, _abc.Awaitable[_ops_pb2.ResponseStats]]:
-        """Reply timeliness of a merchant (optionally one agent) over a time window (SPEC R10)."""
+        """Reply timeliness of a merchant (optionally one agent) over a time window (SPEC R10). Every
+        figure is defined in docs/stats.md. An unknown merchant, or an agent that is not the merchant's,
+        is NOT_FOUND.
+        """
 
     @_abc_1.abstractmethod
     def ListWarnings(
         self,
         request: _ops_pb2.ListWarningsRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_ops_pb2.ListWarningsResponse, _abc.Awaitable[_ops_pb2.ListWarningsResponse]]: ...
+    ) -> _typing.Union[_ops_pb2.ListWarningsResponse, _abc.Awaitable[_ops_pb2.ListWarningsResponse]]:
+        """Merchant warnings written by `escalation worker warnings`, newest first (SPEC R10)."""
 
 def add_OpsServiceServicer_to_server(servicer: OpsServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

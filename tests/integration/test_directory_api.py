@@ -422,14 +422,6 @@ async def test_reply_templates_are_kept_by_main_account_and_listed_by_agents(
     assert list(other.templates) == []
 
 
-async def test_rpcs_of_later_issues_answer_unimplemented_with_error_info(channel: grpc.aio.Channel) -> None:
-    ops = ops_pb2_grpc.OpsServiceStub(channel)
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await ops.ListWarnings(ops_pb2.ListWarningsRequest(), metadata=OPS)
-    got = failure(caught.value)
-    assert (got.code, got.reason) == (grpc.StatusCode.UNIMPLEMENTED, "NOT_IMPLEMENTED")
-
-
 async def test_health_and_reflection_need_no_token(channel: grpc.aio.Channel) -> None:
     from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
