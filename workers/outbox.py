@@ -121,7 +121,8 @@ class OutboxRelay:
         if not claimed:
             return []
         keys = list({r["message_key"] for r in claimed})
-        blocked = dict(await conn.fetch(sql("oldest_foreign_pending"), keys, [r["id"] for r in claimed]))
+        ids = [r["id"] for r in claimed]
+        blocked = dict(await conn.fetch(sql("oldest_foreign_pending"), keys, ids, max(ids)))
         return [r for r in claimed if r["message_key"] not in blocked or r["id"] < blocked[r["message_key"]]]
 
     async def _update_backlog_metrics(self) -> None:

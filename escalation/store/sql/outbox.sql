@@ -12,13 +12,13 @@ LIMIT $1
 FOR UPDATE SKIP LOCKED;
 
 -- name: oldest_foreign_pending
--- Per key of the claimed rows ($1), the oldest unpublished row this relay did not claim ($2): it is
--- held by another relay (or appeared since), and our younger rows of that key must wait for it.
--- Two plain index lookups rather than one correlated query: the plan stays cheap even when the
--- table's statistics are stale (a sudden backlog before autovacuum analyzes it).
+-- Per key of the claimed rows ($1), the oldest unpublished row this relay did not claim ($2) among
+-- those older than its newest claimed row ($3): another relay holds it, and our younger rows of that
+-- key must wait for it. Bounded by $3, the scan reads about one batch of index entries, and the plan
+-- stays cheap even when the table's statistics are stale (a sudden backlog before autovacuum runs).
 SELECT message_key, min(id) AS oldest
 FROM outbox
-WHERE published_time IS NULL AND message_key = ANY($1::bytea[]) AND id <> ALL($2::bigint[])
+WHERE published_time IS NULL AND message_key = ANY($1::bytea[]) AND id < $3 AND id <> ALL($2::bigint[])
 GROUP BY message_key;
 
 -- name: mark_published
