@@ -1,0 +1,459 @@
+"""`make bench`: every SPEC §5 target measured in one run on this machine, as ratios where the spec says so.
+
+Starts its own durable PostgreSQL (fsync, synchronous_commit and full_page_writes on: the real thing,
+not the test suite's fast mode) and embedded broker on free ports, runs the servers under test as
+separate processes, prints progress as it goes, and ends with a Markdown table (also written to
+tests/bench/last-results.md). ``--quick`` is a one-minute smoke run with smaller sizes.
+
+Measurements, in SPEC §5 order (the table keeps it):
+1. a bare grpc.aio unary echo server (its own process), 64 calls in flight for 8 s → calls/s, the baseline;
+2. OpenSession on ``escalation serve`` (its own process) spread over 50 merchants × 3 agents, same client
+   → opens/s and ratio; one merchant alone for information (its opens serialize on its row by design);
+3. SendMessage on 200 open sessions, same client → msgs/s and ratio;
+4. event fan-out: Connect streams of the 50 main accounts on replica A, OpenSession through replica B;
+5. 100,000 deadlines spread over 60 s plus 10,000 due in one second, ended by two
+   ``escalation worker deadlines`` processes → lateness, early count, time to clear the burst;
+6. CloseSession(ESCALATED) at 200/s for 10 s with ``escalation worker outbox`` running → latency from a
+   ticket's close_time to its arrival at a Kafka consumer;
+7. raw aiokafka produce of 50,000 × 1 KB vs an OutboxRelay draining 50,000 such outbox rows → ratio, with
+   fresh table statistics and with statistics from before the backlog;
+8. 10,000 idle Connect streams on one fresh ``escalation serve`` → its RSS.
+Each throughput line also reports CPU milliseconds per call of every process, and how busy the machine
+was: client, servers, PostgreSQL and the broker share this machine's cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import math
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TypeVar
+
+import asyncpg
+import grpc
+
+from escalation.observability import logging as obs_logging
+from tests.bench import api, cpu, deadlines, realtime, tickets_flow
+from tests.bench.env import REPO, BenchEnv, BenchError, Child, say
+from tests.bench.load import LoadResult, percentile
+from tests.bench.report import Report, code_version
+from tests.bench.sizes import FULL, QUICK, Sizes
+
+RESULTS = Path(__file__).resolve().parent / "last-results.md"
+T = TypeVar("T")
+
+OPEN_TARGET, SEND_TARGET, RELAY_TARGET = 0.5, 0.6, 0.2
+LATENESS_P99_TARGET, BURST_TARGET, TICKET_P99_TARGET = 1.0, 10.0, 0.5
+FAN_OUT_P99_TARGET, MEMORY_TARGET_MB = 0.020, 500.0
+BACKGROUND_WARNING = 0.2  # cores busy before the bench starts that make its numbers suspect
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:,.0f} ms"
+
+
+class Run:
+    def __init__(self, env: BenchEnv, sizes: Sizes, report: Report) -> None:
+        self.env = env
+        self.sizes = sizes
+        self.report = report
+        self.metadata = api.platform_metadata()
+        self.failures = 0
+
+    async def step(self, name: str, work: Callable[[], Awaitable[T]]) -> T | None:
+        """Runs one measurement; a failure is reported and the run goes on with the next one."""
+        say(f"== {name}")
+        try:
+            return await work()
+        except (BenchError, grpc.aio.AioRpcError, asyncpg.PostgresError, OSError, TimeoutError) as exc:
+            self.failures += 1
+            say(f"!! {name} failed: {exc}")
+            self.env.keep_logs = True
+            return None
+
+    def cpu_groups(self, server: Child | None) -> cpu.CpuGroups:
+        groups: dict[str, Callable[[], list[int]]] = {"client": lambda: [os.getpid()]}
+        if server is not None:
+            pid = server.proc.pid
+            groups[server.name] = lambda: [pid]
+        pg_pid = self.env.pg.pid if self.env.pg is not None else None
+        if pg_pid is not None:
+            groups["postgres"] = lambda: cpu.with_children(pg_pid)
+        return groups
+
+    async def measured(
+        self, server: Child | None, work: Callable[[], Awaitable[LoadResult]]
+    ) -> tuple[LoadResult, dict[str, float]]:
+        meter = cpu.CpuMeter(self.cpu_groups(server))
+        result = await work()
+        used = meter.stop()
+        say(f"  {result.label}: {result.summary()}")
+        say(f"  CPU during the run: {cpu.describe(used)}")
+        return result, used
+
+    async def main(self) -> None:
+        sizes, report = self.sizes, self.report
+        idle = cpu.CpuMeter({})
+        await asyncio.sleep(1.0)
+        background = idle.stop()["machine"]
+        if background > BACKGROUND_WARNING:
+            say(f"!! the machine is already busy ({background:.2f} cores): results will be pessimistic")
+        say("starting PostgreSQL (durable: fast=False) and the embedded broker on free ports")
+        await asyncio.to_thread(self.env.start_services)
+        facts = await self.env.server_facts()
+        report.facts = {
+            "Code": code_version(REPO),
+            "Other load before the start": f"{background:.2f} cores busy",
+            "PostgreSQL": f"{facts['server_version']} durable (fsync={facts['fsync']}, synchronous_commit="
+            f"{facts['synchronous_commit']}, full_page_writes={facts['full_page_writes']}, shared_buffers="
+            f"{facts['shared_buffers']})",
+            "Broker": "Tansu (embedded, in-memory storage)",
+            "Load client": f"one process (the bench), pre-serialized requests, responses not parsed, "
+            f"{sizes.concurrency} calls in flight, {sizes.duration:.0f} s measured after {sizes.warmup:.0f} s warm-up",
+            "Servers": "`escalation serve` / `escalation worker …` processes with default settings "
+            "(DB pool 2–20, batch 500), on the same machine as the client, PostgreSQL and the broker",
+        }
+        say(f"PostgreSQL {report.facts['PostgreSQL']}")
+        whole_run = cpu.CpuMeter({})
+        api_url = await self.env.create_database("bench_api")
+        pool = await asyncpg.create_pool(api_url, min_size=1, max_size=4)
+        assert pool is not None
+        try:
+            await api.make_merchants(pool, sizes)
+            say(f"{sizes.merchants} merchants with {sizes.agents_per_merchant} designated agents each")
+            await self._all(api_url, pool)
+        finally:
+            await pool.close()
+            others = whole_run.stop()["others"]
+            report.facts["Other processes during the run"] = f"{others:.2f} cores on average" + (
+                " (results are pessimistic: something else was running)" if others > BACKGROUND_WARNING else ""
+            )
+
+    async def _all(self, api_url: str, pool: asyncpg.Pool) -> None:
+        """Every measurement, in SPEC §5 order (the report's rows follow it)."""
+        sizes, report = self.sizes, self.report
+        echo_result = await self.step("1. baseline: bare grpc.aio unary echo", self._echo)
+        echo = echo_result[0] if echo_result else None
+        if echo_result:
+            result, used = echo_result
+            report.info(
+                f"Baseline: bare grpc.aio unary echo ({len(api.open_request('m', 0))} B in/out)",
+                f"{result.rate:,.0f} calls/s (p50 {_ms(percentile(result.latencies, 50))}, p99 "
+                f"{_ms(percentile(result.latencies, 99))}; {cpu.per_call(used, result.rate)})",
+            )
+        say("== starting `escalation serve` (replica A)")
+        serve, addr = await self.env.serve("escalation-serve", api_url)
+        async with grpc.aio.insecure_channel(addr) as channel:
+            opens = await self.step(
+                f"2. OpenSession over {sizes.merchants} merchants",
+                lambda: self.measured(
+                    serve,
+                    lambda: api.run_opens(
+                        channel,
+                        sizes,
+                        self.metadata,
+                        merchants=sizes.merchants,
+                        duration=sizes.duration,
+                        label="OpenSession",
+                    ),
+                ),
+            )
+            self._ratio(
+                f"OpenSession, {sizes.merchants} merchants × {sizes.agents_per_merchant} agents",
+                "opens/s",
+                opens,
+                echo,
+                OPEN_TARGET,
+            )
+            single = await self.step(
+                "2b. OpenSession, one merchant (information)",
+                lambda: self.measured(
+                    serve,
+                    lambda: api.run_opens(
+                        channel,
+                        sizes,
+                        self.metadata,
+                        merchants=1,
+                        duration=sizes.single_merchant_duration,
+                        label="OpenSession/1 merchant",
+                    ),
+                ),
+            )
+            if single:
+                report.info(
+                    "OpenSession, one merchant (its opens serialize on its row lock by design)",
+                    f"{single[0].rate:,.0f} opens/s (p50 {_ms(percentile(single[0].latencies, 50))}, p99 "
+                    f"{_ms(percentile(single[0].latencies, 99))})",
+                )
+            session_ids = [
+                str(r["session_id"])
+                for r in await pool.fetch(
+                    "SELECT session_id FROM sessions WHERE state = 'OPEN' ORDER BY open_time LIMIT $1",
+                    sizes.send_sessions,
+                )
+            ]
+            sends = None
+            if len(session_ids) < sizes.send_sessions:
+                say(f"!! only {len(session_ids)} open sessions: SendMessage skipped")
+            else:
+                sends = await self.step(
+                    f"3. SendMessage on {sizes.send_sessions} sessions",
+                    lambda: self.measured(serve, lambda: api.run_sends(channel, sizes, self.metadata, session_ids)),
+                )
+            self._ratio(
+                f"SendMessage, {sizes.send_sessions} open sessions (with client_msg_id)",
+                "msgs/s",
+                sends,
+                echo,
+                SEND_TARGET,
+            )
+
+            fan = await self.step(
+                "4. event fan-out across two replicas",
+                lambda: realtime.fan_out(self.env, sizes, api_url, addr, self.metadata),
+            )
+            self._report_fan_out(fan)
+
+            late = await self.step("5. deadlines", lambda: deadlines.run_deadlines(self.env, sizes))
+            self._report_deadlines(late)
+
+            flow = tickets_flow.TicketsBench(self.env, api_url)
+            closes = await self.step(
+                "6. close → ticket on Kafka", lambda: self._close(flow, channel, pool, session_ids)
+            )
+            self._report_closes(closes)
+        relay = await self.step("7. outbox relay vs raw aiokafka produce", lambda: flow.relay_vs_raw(sizes))
+        self._report_relay(relay)
+        for child in [c for c in self.env.children if c.name in ("escalation-serve", "outbox-relay")]:
+            self.env.stop_child(child)
+        memory = await self.step(
+            f"8. {sizes.memory_streams:,} merchant streams on one server process",
+            lambda: realtime.stream_memory(self.env, sizes, api_url),
+        )
+        self._report_memory(memory)
+
+    async def _echo(self) -> tuple[LoadResult, dict[str, float]]:
+        result, used = await api.run_echo(self.env, self.sizes, self.metadata, self.cpu_groups)
+        say(f"  echo: {result.summary()}")
+        say(f"  CPU during the run: {cpu.describe(used)}")
+        return result, used
+
+    async def _close(
+        self, flow: tickets_flow.TicketsBench, channel: grpc.aio.Channel, pool: asyncpg.Pool, exclude: list[str]
+    ) -> tickets_flow.CloseResult:
+        need = math.ceil(self.sizes.close_rate * self.sizes.close_seconds)
+        rows = await pool.fetch(
+            "SELECT session_id FROM sessions WHERE state = 'OPEN' AND NOT session_id = ANY($1::uuid[]) "
+            "ORDER BY open_time DESC LIMIT $2",
+            exclude,
+            need,
+        )
+        if len(rows) < need:
+            say(f"  opening {need - len(rows)} more sessions to close")
+            await api.open_more(channel, self.metadata, self.sizes, need - len(rows))
+            rows = await pool.fetch(
+                "SELECT session_id FROM sessions WHERE state = 'OPEN' AND NOT session_id = ANY($1::uuid[]) "
+                "ORDER BY open_time DESC LIMIT $2",
+                exclude,
+                need,
+            )
+        say(
+            f"  closing {need} sessions as ESCALATED at {self.sizes.close_rate:.0f}/s "
+            "with `escalation worker outbox` running"
+        )
+        result = await flow.close_to_ticket(channel, self.metadata, self.sizes, [str(r["session_id"]) for r in rows])
+        say(
+            f"  {result.received} of {result.closed} tickets received; "
+            f"latency p50 {_ms(percentile(result.latencies, 50))}"
+            f", p99 {_ms(percentile(result.latencies, 99))}, max {_ms(max(result.latencies, default=math.nan))}"
+        )
+        return result
+
+    # --- verdicts ------------------------------------------------------------------------------
+
+    def _ratio(
+        self,
+        measure: str,
+        unit: str,
+        measured: tuple[LoadResult, dict[str, float]] | None,
+        echo: LoadResult | None,
+        target: float,
+    ) -> None:
+        if measured is None or echo is None:
+            self.report.failed(measure, "see the log above", f"≥ {target} × echo")
+            return
+        result, used = measured
+        ratio = result.rate / echo.rate
+        verdict = self.report.target(
+            measure,
+            f"{result.rate:,.0f} {unit} = **{ratio:.2f} × echo** (p50 {_ms(percentile(result.latencies, 50))}, "
+            f"p99 {_ms(percentile(result.latencies, 99))}; {cpu.per_call(used, result.rate)})",
+            f"≥ {target} × echo",
+            ratio >= target,
+        )
+        say(f"  {measure}: {ratio:.2f} × echo (target ≥ {target}): {verdict}")
+
+    def _report_fan_out(self, result: realtime.FanOutResult | None) -> None:
+        sizes = self.sizes
+        measure = (
+            f"Event fan-out, commit → merchant stream: {sizes.merchants} streams on replica A, "
+            f"OpenSession through replica B at {sizes.fanout_rate:.0f}/s"
+        )
+        if result is None:
+            self.report.failed(measure, "see the log above", "p99 ≤ 20 ms")
+            return
+        p99 = percentile(result.latencies, 99)
+        complete = len(result.latencies) == result.expected and not result.failed_opens
+        text = (
+            f"p50 {_ms(percentile(result.latencies, 50))}, **p99 {_ms(p99)}**, max "
+            f"{_ms(max(result.latencies, default=math.nan))}; {len(result.latencies):,} of {result.expected:,} "
+            "events (from the event's event_time, taken inside the writing transaction)"
+        )
+        if result.failed_opens:
+            text += f"; {result.failed_opens} opens failed"
+        verdict = self.report.target(measure, text, "p99 ≤ 20 ms", complete and p99 <= FAN_OUT_P99_TARGET)
+        say(f"  fan-out: p50 {_ms(percentile(result.latencies, 50))}, p99 {_ms(p99)}: {verdict}")
+
+    def _report_memory(self, result: realtime.MemoryResult | None) -> None:
+        measure = f"{self.sizes.memory_streams:,} connected merchant streams, one `escalation serve`: RSS"
+        if result is None:
+            self.report.failed(measure, "see the log above", "≤ 500 MB")
+            return
+        verdict = self.report.target(
+            measure,
+            f"**{result.rss_after_mb:,.0f} MB** ({result.rss_before_mb:,.0f} MB idle + "
+            f"{result.per_stream_kb:,.1f} KB per stream; all connected in {result.connect_seconds:.1f} s)",
+            "≤ 500 MB",
+            result.rss_after_mb <= MEMORY_TARGET_MB,
+        )
+        say(f"  memory: {result.rss_after_mb:,.0f} MB: {verdict}")
+
+    def _report_deadlines(self, result: deadlines.DeadlineResult | None) -> None:
+        report, sizes = self.report, self.sizes
+        who = f"{sizes.deadline_workers} `escalation worker deadlines` processes"
+        if result is None:
+            report.failed("Deadlines", "see the log above", "p99 ≤ 1 s, none early, burst ≤ 10 s")
+            return
+        say(f"  {deadlines.describe(result)}")
+        p99 = percentile(result.lateness, 99)
+        lateness = report.target(
+            f"Deadline lateness, {result.sessions:,} spread over {sizes.deadline_window:.0f} s plus the burst below "
+            f"({who})",
+            f"p50 {_ms(percentile(result.lateness, 50))}, **p99 {_ms(p99)}**, max "
+            f"{_ms(max(result.lateness, default=math.nan))}",
+            "p99 ≤ 1 s",
+            p99 <= LATENESS_P99_TARGET,
+        )
+        report.info(
+            f"… the {len(result.unaffected_lateness):,} of them not due while the burst was being cleared",
+            f"p50 {_ms(percentile(result.unaffected_lateness, 50))}, p99 "
+            f"{_ms(percentile(result.unaffected_lateness, 99))}, max "
+            f"{_ms(max(result.unaffected_lateness, default=math.nan))}",
+        )
+        verdicts = [
+            lateness,
+            report.target(
+                f"Deadlines fired early, all {result.sessions + result.burst_sessions:,}",
+                f"**{result.early}**",
+                "0",
+                result.early == 0,
+            ),
+            report.target(
+                f"{result.burst_sessions:,} due in the same second: cleared after",
+                f"**{result.burst_cleared_after:.2f} s** (their lateness p50 "
+                f"{_ms(percentile(result.burst_lateness, 50))}, p99 {_ms(percentile(result.burst_lateness, 99))})",
+                "≤ 10 s",
+                result.burst_cleared_after <= BURST_TARGET,
+            ),
+        ]
+        for problem in result.problems:
+            report.notes.append(f"Deadlines: {problem}")
+        say(f"  deadlines: {', '.join(verdicts)}")
+
+    def _report_closes(self, result: tickets_flow.CloseResult | None) -> None:
+        measure = (
+            f"Close (ESCALATED, {self.sizes.close_rate:.0f}/s for {self.sizes.close_seconds:.0f} s) → ticket "
+            "at a Kafka consumer"
+        )
+        if result is None:
+            self.report.failed(measure, "see the log above", "p99 ≤ 500 ms")
+            return
+        p99 = percentile(result.latencies, 99)
+        complete = result.received == result.closed and result.failed == 0
+        text = (
+            f"p50 {_ms(percentile(result.latencies, 50))}, **p99 {_ms(p99)}**, max "
+            f"{_ms(max(result.latencies, default=math.nan))}; {result.received}/{result.closed} tickets received"
+            f" (CloseSession p50 {_ms(percentile(result.close_rpc, 50))}, p99 {_ms(percentile(result.close_rpc, 99))};"
+            f" consumer fetch wait {tickets_flow.FETCH_MAX_WAIT_MS} ms, plain produce → consume floor p50 "
+            f"{_ms(percentile(result.floor, 50))}, p99 {_ms(percentile(result.floor, 99))})"
+        )
+        if result.failed:
+            text += f"; {result.failed} closes failed, first: {result.first_error}"
+        verdict = self.report.target(measure, text, "p99 ≤ 500 ms", complete and p99 <= TICKET_P99_TARGET)
+        say(f"  close → ticket: {verdict}")
+
+    def _report_relay(self, result: tickets_flow.RelayResult | None) -> None:
+        sizes = self.sizes
+        measure = (
+            f"Outbox relay draining {sizes.produce_messages:,} rows vs raw aiokafka produce "
+            f"({sizes.value_bytes} B each)"
+        )
+        if result is None:
+            self.report.failed(measure, "see the log above", f"≥ {RELAY_TARGET} × raw")
+            return
+        ratio = result.relay_rate / result.raw_rate
+        text = f"relay {result.relay_rate:,.0f} rows/s vs raw {result.raw_rate:,.0f} msgs/s = **{ratio:.2f} × raw**"
+        complete = result.delivered == result.relay_rows
+        if not complete:
+            text += f"; only {result.delivered:,} of the {result.relay_rows:,} rows found on the topic"
+        verdict = self.report.target(measure, text, f"≥ {RELAY_TARGET} × raw", ratio >= RELAY_TARGET and complete)
+        say(f"  relay: {ratio:.2f} × raw (target ≥ {RELAY_TARGET}): {verdict}")
+        stale_ratio = result.stale_rate / result.raw_rate
+        stale_verdict = self.report.target(
+            "Same, but table statistics from before the backlog (a sudden backlog, before autovacuum analyzes)",
+            f"relay {result.stale_rate:,.0f} rows/s ({result.stale_rows:,} rows in {result.stale_seconds:.1f} s) "
+            f"= **{stale_ratio:.3f} × raw**",
+            f"≥ {RELAY_TARGET} × raw",
+            stale_ratio >= RELAY_TARGET,
+        )
+        say(f"  relay with stale statistics: {stale_ratio:.3f} × raw: {stale_verdict}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m tests.bench", description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--quick", action="store_true", help="a ~1 minute smoke run with smaller sizes")
+    parser.add_argument(
+        "--output", type=Path, default=RESULTS, help=f"where to write the Markdown table (default {RESULTS})"
+    )
+    args = parser.parse_args(argv)
+    sizes = QUICK if args.quick else FULL
+    # The in-process clients (asyncpg, aiokafka) log through the project's setup; only problems show.
+    obs_logging.configure(log_format="console", level="warning")
+    report = Report(mode=f"{sizes.name} run")
+    env = BenchEnv()
+    run = Run(env, sizes, report)
+    status = 0
+    try:
+        asyncio.run(run.main())
+    except KeyboardInterrupt:
+        say("interrupted")
+        status = 130
+    except BenchError as exc:
+        say(f"!! the bench could not run: {exc}")
+        env.keep_logs = True
+        status = 1
+    finally:
+        say("stopping every process and removing the data directories")
+        env.close()
+    if run.failures:
+        status = status or 1
+    if report.rows:
+        table = report.markdown()
+        print("\n" + table, flush=True)
+        report.write(args.output)
+        say(f"wrote {args.output}")
+    sys.exit(status)
