@@ -40,12 +40,32 @@ class Identity:
 
 
 class TokenVerifier:
-    """Verifies ``authorization: Bearer <JWT>`` values against the configured key."""
+    """Verifies ``authorization: Bearer <JWT>`` values against the configured key.
+
+    Clients send the same token on every call; a verified token is remembered until it expires, which
+    saves the signature check (a noticeable share of a cheap RPC's CPU).
+    """
+
+    _CACHE_SIZE = 10_000
 
     def __init__(self, settings: JwtSettings) -> None:
         self._settings = settings
+        self._verified: dict[str, tuple[Identity, float]] = {}
 
     def verify(self, authorization: str | None) -> Identity:
+        cached = self._verified.get(authorization or "")
+        if cached is not None:
+            identity, expires = cached
+            if time.time() < expires + self._settings.leeway_seconds:
+                return identity
+            del self._verified[authorization or ""]
+        identity, expires = self._verify(authorization)
+        if len(self._verified) >= self._CACHE_SIZE:
+            self._verified.clear()
+        self._verified[authorization or ""] = (identity, expires)
+        return identity
+
+    def _verify(self, authorization: str | None) -> tuple[Identity, float]:
         if not authorization:
             raise errors.Unauthenticated("missing authorization metadata (Bearer token)", reason="TOKEN_MISSING")
         scheme, _, token = authorization.partition(" ")
@@ -65,7 +85,7 @@ class TokenVerifier:
             raise errors.Unauthenticated("the token has expired", reason="TOKEN_EXPIRED") from None
         except jwt.InvalidTokenError as exc:
             raise errors.Unauthenticated(f"the token is invalid: {exc}", reason="TOKEN_INVALID") from None
-        return identity_from_claims(claims)
+        return identity_from_claims(claims), float(claims["exp"])
 
 
 def identity_from_claims(claims: dict[str, Any]) -> Identity:

@@ -30,39 +30,44 @@ class Event:
 
 
 async def append(conn: asyncpg.Connection, events: Sequence[Event]) -> list[int]:
-    """Appends events (in order) to their merchants' logs; returns their cursors."""
+    """Appends events (in order) to their merchants' logs, one statement per merchant; returns cursors.
+
+    The stored payload leaves ``cursor`` and ``event_time`` unset: they are the row's columns, assigned
+    by the statement itself, and readers put them into the event (``from_row``).
+    """
     by_merchant: dict[str, list[int]] = defaultdict(list)
     for i, event in enumerate(events):
         by_merchant[event.merchant_id].append(i)
     cursors = [0] * len(events)
-    rows = []
     for merchant_id in sorted(by_merchant):
-        indexes = by_merchant[merchant_id]
-        bumped = await conn.fetchrow(sql("allocate_event_cursors"), merchant_id, len(indexes))
-        assert bumped is not None, f"merchant {merchant_id} vanished"
-        first = bumped["last_event_cursor"] - len(indexes) + 1
-        for offset, i in enumerate(indexes):
-            event = events[i]
+        batch = [events[i] for i in by_merchant[merchant_id]]
+        payloads = []
+        for event in batch:
             body = merchant_pb2.MerchantEvent()
             body.CopyFrom(event.body)
-            body.cursor = first + offset
-            body.event_time.FromDatetime(bumped["at"])
             if event.session_id is not None:
                 body.session_id = str(event.session_id)
-            cursors[i] = body.cursor
-            rows.append(
-                (
-                    merchant_id,
-                    body.cursor,
-                    event.session_id,
-                    event.agent_id,
-                    event.kind,
-                    body.SerializeToString(),
-                    bumped["at"],
-                )
-            )
-    await conn.executemany(sql("insert_event"), rows)
+            payloads.append(body.SerializeToString())
+        assigned = await conn.fetch(
+            sql("append_events"),
+            merchant_id,
+            [e.kind for e in batch],
+            [e.session_id for e in batch],
+            [e.agent_id for e in batch],
+            payloads,
+        )
+        assert len(assigned) == len(batch), f"merchant {merchant_id} vanished"
+        for i, row in zip(by_merchant[merchant_id], sorted(r["cursor"] for r in assigned), strict=True):
+            cursors[i] = row
     return cursors
+
+
+def from_row(row: asyncpg.Record) -> merchant_pb2.MerchantEvent:
+    """The event a merchant_events row holds, with its cursor and time."""
+    event = merchant_pb2.MerchantEvent.FromString(row["payload"])
+    event.cursor = row["cursor"]
+    event.event_time.FromDatetime(row["event_time"])
+    return event
 
 
 def _event(session: common_pb2.Session, kind: str, body: merchant_pb2.MerchantEvent) -> Event:

@@ -25,6 +25,7 @@ from google.protobuf import message as pb_message
 from escalation import errors
 from escalation.api import status
 from escalation.auth import Identity
+from escalation.realtime import events
 from escalation.realtime.hub import Hub, Subscription
 from escalation.services import records, sessions
 from escalation.store import db
@@ -166,7 +167,7 @@ class MerchantStream:
                 sql("events_after"), self._merchant_id, cursor, agent_filter, head, self._config.page_size
             )
             for row in rows:
-                event = merchant_pb2.MerchantEvent.FromString(row["payload"])
+                event = events.from_row(row)
                 await _write(self._context, merchant_pb2.ConnectResponse(event=event), self._config)
             if len(rows) == self._config.page_size:
                 cursor = rows[-1]["cursor"]

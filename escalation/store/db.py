@@ -55,6 +55,16 @@ def translate(exc: BaseException) -> errors.EscalationError | None:
     return None
 
 
+async def _release(conn: asyncpg.Connection) -> None:
+    """Cheaper than asyncpg's default reset, a round trip on every release (UNLISTEN, RESET ALL, …).
+
+    Pool connections never LISTEN, SET or take session advisory locks here (those use their own
+    connections), so the only state worth undoing is a transaction left open by a cancelled task.
+    """
+    if conn.is_in_transaction():
+        await conn.execute("ROLLBACK")
+
+
 async def create_pool(dsn: str, *, min_size: int, max_size: int, command_timeout: float) -> asyncpg.Pool:
     """A pool whose connections fail fast instead of hanging when the database is gone."""
     pool = await asyncpg.create_pool(
@@ -62,6 +72,7 @@ async def create_pool(dsn: str, *, min_size: int, max_size: int, command_timeout
         min_size=min_size,
         max_size=max_size,
         command_timeout=command_timeout,
+        reset=_release,
         # Statement-level cap too, so a stuck lock surfaces as an error rather than a hung RPC.
         server_settings={
             "application_name": "escalation",

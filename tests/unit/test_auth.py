@@ -93,3 +93,15 @@ def test_audience_and_issuer_are_enforced_when_configured() -> None:
     bad = auth.mint(key=SECRET, algorithm="HS256", subject="a", role=auth.Role.OPS, audience="other", issuer="idp")
     with pytest.raises(errors.Unauthenticated):
         _verify(bad, settings)
+
+
+def test_a_remembered_token_still_expires() -> None:
+    verifier = auth.TokenVerifier(JwtSettings(algorithm="HS256", key=SECRET, leeway_seconds=0))
+    now = time.time()
+    token = auth.mint(key=SECRET, algorithm="HS256", subject="a", role=auth.Role.OPS, ttl_seconds=1, now=now)
+    assert verifier.verify(f"Bearer {token}").subject == "a"
+    assert verifier.verify(f"Bearer {token}").subject == "a"  # from memory
+    time.sleep(1.1)
+    with pytest.raises(errors.Unauthenticated) as caught:
+        verifier.verify(f"Bearer {token}")
+    assert caught.value.reason == "TOKEN_EXPIRED"

@@ -1,19 +1,23 @@
 -- The per-merchant event log.
 
--- name: allocate_event_cursors
--- Locks the merchant row: cursors are gapless because only one transaction at a time bumps them.
-UPDATE merchants SET last_event_cursor = last_event_cursor + $2
-WHERE merchant_id = $1
-RETURNING last_event_cursor, clock_timestamp() AS at;
-
--- name: insert_event
+-- name: append_events
+-- Appends events to one merchant's log. Bumping the merchant row locks it until commit, so cursors
+-- are gapless and commit in order. $2..$5 are parallel arrays: kind, session, agent, payload.
+WITH bump AS (
+    UPDATE merchants SET last_event_cursor = last_event_cursor + cardinality($2::text[])
+    WHERE merchant_id = $1
+    RETURNING last_event_cursor - cardinality($2::text[]) AS base, clock_timestamp() AS at
+)
 INSERT INTO merchant_events (merchant_id, cursor, session_id, agent_id, kind, payload, event_time)
-VALUES ($1, $2, $3, $4, $5, $6, $7);
+SELECT $1, bump.base + e.ord, e.session_id, e.agent_id, e.kind, e.payload, bump.at
+FROM bump,
+     unnest($2::text[], $3::uuid[], $4::text[], $5::bytea[]) WITH ORDINALITY AS e(kind, session_id, agent_id, payload, ord)
+RETURNING cursor;
 
 -- name: events_after
 -- A stream's next page: events after its cursor up to the head it read; $3 limits a sub-account to
 -- its own sessions' events (NULL: the whole shop).
-SELECT cursor, payload FROM merchant_events
+SELECT cursor, payload, event_time FROM merchant_events
 WHERE merchant_id = $1 AND cursor > $2 AND cursor <= $4 AND ($3::text IS NULL OR agent_id = $3)
 ORDER BY cursor
 LIMIT $5;
