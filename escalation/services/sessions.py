@@ -101,12 +101,17 @@ async def open_session(pool: asyncpg.Pool, caller: Identity, req: OpenRequest, p
     structlog.contextvars.bind_contextvars(merchant_id=req.merchant_id)
     try:
         async with pool.acquire() as conn, conn.transaction():
-            merchant = await conn.fetchrow(sql("lock_merchant_for_open"), req.merchant_id)
-            existing = await conn.fetchrow(sql("find_session_by_request"), caller.subject, req.request_id)
-            if existing is not None:
-                return await _replay(conn, caller, existing, req)
+            merchant = await conn.fetchrow(
+                sql("lock_merchant_for_open"), req.merchant_id, caller.subject, req.request_id
+            )
             if merchant is None:
+                # Unknown merchant; but the request id may name a session opened for another one.
+                existing = await conn.fetchrow(sql("find_session_by_request"), caller.subject, req.request_id)
+                if existing is not None:
+                    return await _replay(conn, caller, existing["session_id"], existing["request_hash"], req)
                 raise errors.MerchantNotFound()
+            if merchant["prior_session_id"] is not None:
+                return await _replay(conn, caller, merchant["prior_session_id"], merchant["prior_hash"], req)
             if merchant["disabled"]:
                 raise errors.MerchantDisabled()
             timeout = policy.reply_timeout_override or merchant["reply_timeout_seconds"]
@@ -118,25 +123,27 @@ async def open_session(pool: asyncpg.Pool, caller: Identity, req: OpenRequest, p
         async with pool.acquire() as conn:
             existing = await conn.fetchrow(sql("find_session_by_request"), caller.subject, req.request_id)
             assert existing is not None
-            return await _replay(conn, caller, existing, req)
+            return await _replay(conn, caller, existing["session_id"], existing["request_hash"], req)
     structlog.contextvars.bind_contextvars(session_id=str(opened.session["session_id"]))
     metrics.SESSIONS_OPENED.labels(category=req.category).inc()
     metrics.ASSIGNMENT_SATURATION.observe(saturation)
     return opened
 
 
-async def _replay(conn: asyncpg.Connection, caller: Identity, existing: asyncpg.Record, req: OpenRequest) -> Opened:
-    if existing["request_hash"] != req.request_hash:
+async def _replay(
+    conn: asyncpg.Connection, caller: Identity, session_id: uuid.UUID, request_hash: bytes, req: OpenRequest
+) -> Opened:
+    if request_hash != req.request_hash:
         raise errors.RequestIdReused()
-    session = await conn.fetchrow(sql("get_session"), existing["session_id"], caller.subject)
-    messages = await conn.fetch(sql("list_messages"), existing["session_id"], 0, len(req.messages))
+    session = await conn.fetchrow(sql("get_session"), session_id, caller.subject)
+    messages = await conn.fetch(sql("list_messages"), session_id, 0, len(req.messages))
     return Opened(session, list(messages), replayed=True)
 
 
 async def _assign_and_insert(
     conn: asyncpg.Connection, caller: Identity, req: OpenRequest, reply_timeout: float, policy: SessionPolicy
 ) -> tuple[Opened, float]:
-    rows = await conn.fetch(sql("assignment_candidates"), req.merchant_id)
+    rows = await conn.fetch(sql("assignment_candidates"), req.merchant_id, policy.presence_window)
     if not rows:
         raise errors.NoEligibleAgent()
     candidates = [
@@ -148,9 +155,7 @@ async def _assign_and_insert(
         rule_version=assignment.RULE_VERSION,
         agent_id=winner.agent_id,
         # Recorded for audit (R1), never used to choose: online status is not considered.
-        agent_connected=await conn.fetchval(
-            sql("agent_connected"), req.merchant_id, winner.agent_id, policy.presence_window
-        ),
+        agent_connected=next(r["connected"] for r in rows if r["agent_id"] == winner.agent_id),
         candidates=[
             common_pb2.AssignmentCandidate(
                 agent_id=c.agent_id,
@@ -227,7 +232,7 @@ async def add_message(
     structlog.contextvars.bind_contextvars(session_id=str(session_id))
     first_reply: float | None = None
     async with pool.acquire() as conn, conn.transaction():
-        s = await conn.fetchrow(sql("lock_session"), session_id, caller.subject)
+        s = await conn.fetchrow(sql("lock_session"), session_id, caller.subject, sender.value, message.client_msg_id)
         if s is None or not visible(caller, s):
             raise errors.SessionNotFound()
         structlog.contextvars.bind_contextvars(merchant_id=s["merchant_id"])
@@ -243,10 +248,8 @@ async def add_message(
                 message.client_msg_id,
                 message.template_id,
             )
-        if message.client_msg_id is not None:
-            prior = await conn.fetchrow(
-                sql("find_message_by_client_id"), session_id, sender.value, message.client_msg_id
-            )
+        if s["prior_seq"] is not None:
+            prior = await conn.fetchrow(sql("get_message"), session_id, s["prior_seq"])
             if prior is not None:
                 same = (prior["kind"], prior["content"], prior["template_id"]) == (
                     message.kind.value,
@@ -274,7 +277,7 @@ async def add_message(
 async def mark_read(pool: asyncpg.Pool, caller: Identity, session_id: uuid.UUID, seq: int) -> None:
     """A merchant read receipt (R8): the read mark only moves forward; the platform sees it live."""
     async with pool.acquire() as conn, conn.transaction():
-        s = await conn.fetchrow(sql("lock_session"), session_id, caller.subject)
+        s = await conn.fetchrow(sql("lock_session"), session_id, caller.subject, None, None)
         if s is None or not visible(caller, s):
             raise errors.SessionNotFound()
         marked = await conn.fetchrow(sql("mark_read"), session_id, seq)
@@ -320,7 +323,7 @@ async def close_session(
 ) -> asyncpg.Record:
     async with pool.acquire() as conn:
         async with conn.transaction():
-            s = await conn.fetchrow(sql("lock_session"), session_id, caller.subject)
+            s = await conn.fetchrow(sql("lock_session"), session_id, caller.subject, None, None)
             if s is None or not visible(caller, s):
                 raise errors.SessionNotFound()
             if s["state"] == State.ENDED:

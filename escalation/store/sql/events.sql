@@ -51,10 +51,3 @@ DELETE FROM agent_presence WHERE server_id = $1;
 
 -- name: presence_purge_stale
 DELETE FROM agent_presence WHERE seen_time < clock_timestamp() - interval '1 hour';
-
--- name: agent_connected
--- A stream counts while its server refreshed it within three refresh periods.
-SELECT EXISTS (
-    SELECT 1 FROM agent_presence
-    WHERE merchant_id = $1 AND agent_id = $2 AND seen_time > clock_timestamp() - make_interval(secs => $3)
-);

@@ -2,8 +2,11 @@
 -- R5/R6 are applied by one transaction at a time per session.
 
 -- name: lock_merchant_for_open
-SELECT m.disabled, rs.reply_timeout_seconds
-FROM merchants m JOIN reception_settings rs USING (merchant_id)
+-- Also returns the session this platform agent ($2) already opened with this request id ($3), if any.
+SELECT m.disabled, rs.reply_timeout_seconds, prior.session_id AS prior_session_id, prior.request_hash AS prior_hash
+FROM merchants m
+JOIN reception_settings rs USING (merchant_id)
+LEFT JOIN sessions prior ON prior.platform_agent_id = $2 AND prior.request_id = $3
 WHERE m.merchant_id = $1
 FOR UPDATE OF m;
 
@@ -11,9 +14,13 @@ FOR UPDATE OF m;
 SELECT session_id, request_hash FROM sessions WHERE platform_agent_id = $1 AND request_id = $2;
 
 -- name: assignment_candidates
-SELECT agent_id, open_sessions, capacity, last_assign_time
-FROM agent_eligibility
-WHERE merchant_id = $1 AND eligible;
+-- $2: seconds within which a stream's server must have refreshed its presence row.
+SELECT e.agent_id, e.open_sessions, e.capacity, e.last_assign_time,
+       EXISTS (SELECT 1 FROM agent_presence p
+               WHERE p.merchant_id = e.merchant_id AND p.agent_id = e.agent_id
+                 AND p.seen_time > clock_timestamp() - make_interval(secs => $2)) AS connected
+FROM agent_eligibility e
+WHERE e.merchant_id = $1 AND e.eligible;
 
 -- name: take_assignment
 UPDATE agents SET open_sessions = open_sessions + 1, last_assign_time = clock_timestamp()
@@ -26,7 +33,8 @@ VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, clock_timestamp());
 
 -- name: lock_session
 -- $2: the caller's agent id, to tell whether it is the shop's main account and may use IM.
-SELECT s.session_id, s.merchant_id, s.assigned_agent_id, s.platform_agent_id, s.state, s.last_seq,
+-- $3/$4: a sender and client_msg_id whose earlier message to return (NULL: none).
+SELECT prior.seq AS prior_seq, s.session_id, s.merchant_id, s.assigned_agent_id, s.platform_agent_id, s.state, s.last_seq,
        s.reply_deadline, rs.reply_timeout_seconds, t.ticket_id, s.open_time,
        NOT EXISTS (SELECT 1 FROM messages mm WHERE mm.session_id = s.session_id AND mm.sender = 'MERCHANT')
            AS awaiting_first_reply,
@@ -37,12 +45,13 @@ JOIN merchants m ON m.merchant_id = s.merchant_id
 JOIN reception_settings rs ON rs.merchant_id = s.merchant_id
 LEFT JOIN tickets t ON t.session_id = s.session_id
 LEFT JOIN agents ca ON ca.merchant_id = s.merchant_id AND ca.agent_id = $2
+LEFT JOIN messages prior ON prior.session_id = s.session_id AND prior.sender = $3 AND prior.client_msg_id = $4
 WHERE s.session_id = $1
 FOR UPDATE OF s;
 
--- name: find_message_by_client_id
+-- name: get_message
 SELECT session_id, seq, sender, sender_id, kind, client_msg_id, template_id, content, send_time
-FROM messages WHERE session_id = $1 AND sender = $2 AND client_msg_id = $3;
+FROM messages WHERE session_id = $1 AND seq = $2;
 
 -- name: append_message
 -- SPEC R5 with the database clock, one instant per message: a platform message starts the reply
