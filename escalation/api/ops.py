@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from datetime import datetime
 from typing import Any
 
@@ -10,7 +9,7 @@ import asyncpg
 import grpc
 
 from escalation.api import convert
-from escalation.api.session_requests import time_and_id_key
+from escalation.api.session_requests import time_and_uuid_key
 from escalation.domain import paging, timeliness
 from escalation.domain.validation import Violations
 from escalation.services import directory, records, stats, warnings
@@ -38,18 +37,6 @@ def _window(check: Violations, request: ops_pb2.GetResponseStatsRequest) -> tupl
         else:
             return start, end
     return None
-
-
-def _warning_key(check: Violations, key: list[Any] | None) -> tuple[datetime, uuid.UUID] | None:
-    """The (create_time, warning_id) a ListWarnings token resumes after."""
-    parsed = time_and_id_key(check, key)
-    if parsed is None:
-        return None
-    try:
-        return parsed[0], uuid.UUID(parsed[1])
-    except ValueError:
-        check.add("page_token", paging.NOT_OURS)
-        return None
 
 
 class OpsServicer(ops_pb2_grpc.OpsServiceServicer):
@@ -115,7 +102,7 @@ class OpsServicer(ops_pb2_grpc.OpsServiceServicer):
         check.identifier("merchant_id", request.merchant_id, required=False)
         size = check.page_size("page_size", request.page_size, default=DEFAULT_WARNING_PAGE)
         filters = ["warnings", request.merchant_id]
-        after = _warning_key(check, paging.decode(request.page_token, filters, check))
+        after = time_and_uuid_key(check, paging.decode(request.page_token, filters, check))
         check.raise_if_any()
         rows = await warnings.list_warnings(self._pool, request.merchant_id or None, after=after, limit=size + 1)
         token = ""

@@ -100,8 +100,8 @@ def time_and_id_key(check: Violations, key: list[Any] | None) -> tuple[datetime,
     return at, key[1]
 
 
-def _session_key(check: Violations, key: list[Any] | None) -> tuple[datetime, uuid.UUID] | None:
-    """The (open_time, session_id) a ListSessions token resumes after."""
+def time_and_uuid_key(check: Violations, key: list[Any] | None) -> tuple[datetime, uuid.UUID] | None:
+    """A (time, UUID) page key, e.g. a session's (open_time, session_id) or a warning's."""
     parsed = time_and_id_key(check, key)
     if parsed is None:
         return None
@@ -141,7 +141,7 @@ async def list_sessions(
     if start and end and start >= end:
         check.add("open_time_end", "must be after open_time_start")
     filters = ["sessions", request.merchant_id, state, str(start), str(end)]
-    after = _session_key(check, paging.decode(request.page_token, filters, check))
+    after = time_and_uuid_key(check, paging.decode(request.page_token, filters, check))
     check.raise_if_any()
     where = sessions.SessionFilter(request.merchant_id or None, state, start, end)
     rows = await sessions.list_sessions(pool, current_identity(), where, after=after, limit=size + 1)
