@@ -232,7 +232,7 @@ async def add_message(
     structlog.contextvars.bind_contextvars(session_id=str(session_id))
     first_reply: float | None = None
     async with pool.acquire() as conn, conn.transaction():
-        s = await conn.fetchrow(sql("lock_session"), session_id, caller.subject, sender.value, message.client_msg_id)
+        s = await conn.fetchrow(sql("lock_session"), session_id, caller.subject)
         if s is None or not visible(caller, s):
             raise errors.SessionNotFound()
         structlog.contextvars.bind_contextvars(merchant_id=s["merchant_id"])
@@ -248,8 +248,10 @@ async def add_message(
                 message.client_msg_id,
                 message.template_id,
             )
-        if s["prior_seq"] is not None:
-            prior = await conn.fetchrow(sql("get_message"), session_id, s["prior_seq"])
+        if message.client_msg_id is not None:
+            prior = await conn.fetchrow(
+                sql("find_message_by_client_id"), session_id, sender.value, message.client_msg_id
+            )
             if prior is not None:
                 same = (prior["kind"], prior["content"], prior["template_id"]) == (
                     message.kind.value,
@@ -277,7 +279,7 @@ async def add_message(
 async def mark_read(pool: asyncpg.Pool, caller: Identity, session_id: uuid.UUID, seq: int) -> None:
     """A merchant read receipt (R8): the read mark only moves forward; the platform sees it live."""
     async with pool.acquire() as conn, conn.transaction():
-        s = await conn.fetchrow(sql("lock_session"), session_id, caller.subject, None, None)
+        s = await conn.fetchrow(sql("lock_session"), session_id, caller.subject)
         if s is None or not visible(caller, s):
             raise errors.SessionNotFound()
         marked = await conn.fetchrow(sql("mark_read"), session_id, seq)
@@ -323,7 +325,7 @@ async def close_session(
 ) -> asyncpg.Record:
     async with pool.acquire() as conn:
         async with conn.transaction():
-            s = await conn.fetchrow(sql("lock_session"), session_id, caller.subject, None, None)
+            s = await conn.fetchrow(sql("lock_session"), session_id, caller.subject)
             if s is None or not visible(caller, s):
                 raise errors.SessionNotFound()
             if s["state"] == State.ENDED:

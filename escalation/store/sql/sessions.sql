@@ -3,6 +3,8 @@
 
 -- name: lock_merchant_for_open
 -- Also returns the session this platform agent ($2) already opened with this request id ($3), if any.
+-- (After waiting for the lock that part may be stale: a concurrent twin's insert then fails on
+-- sessions_request_id, and open_session replays it.)
 SELECT m.disabled, rs.reply_timeout_seconds, prior.session_id AS prior_session_id, prior.request_hash AS prior_hash
 FROM merchants m
 JOIN reception_settings rs USING (merchant_id)
@@ -33,8 +35,7 @@ VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, clock_timestamp());
 
 -- name: lock_session
 -- $2: the caller's agent id, to tell whether it is the shop's main account and may use IM.
--- $3/$4: a sender and client_msg_id whose earlier message to return (NULL: none).
-SELECT prior.seq AS prior_seq, s.session_id, s.merchant_id, s.assigned_agent_id, s.platform_agent_id, s.state, s.last_seq,
+SELECT s.session_id, s.merchant_id, s.assigned_agent_id, s.platform_agent_id, s.state, s.last_seq,
        s.reply_deadline, rs.reply_timeout_seconds, t.ticket_id, s.open_time,
        NOT EXISTS (SELECT 1 FROM messages mm WHERE mm.session_id = s.session_id AND mm.sender = 'MERCHANT')
            AS awaiting_first_reply,
@@ -45,13 +46,14 @@ JOIN merchants m ON m.merchant_id = s.merchant_id
 JOIN reception_settings rs ON rs.merchant_id = s.merchant_id
 LEFT JOIN tickets t ON t.session_id = s.session_id
 LEFT JOIN agents ca ON ca.merchant_id = s.merchant_id AND ca.agent_id = $2
-LEFT JOIN messages prior ON prior.session_id = s.session_id AND prior.sender = $3 AND prior.client_msg_id = $4
 WHERE s.session_id = $1
 FOR UPDATE OF s;
 
--- name: get_message
+-- name: find_message_by_client_id
+-- A separate statement after lock_session on purpose: it must see what a transaction we waited for
+-- committed (a join in the locking statement would read the snapshot from before the wait).
 SELECT session_id, seq, sender, sender_id, kind, client_msg_id, template_id, content, send_time
-FROM messages WHERE session_id = $1 AND seq = $2;
+FROM messages WHERE session_id = $1 AND sender = $2 AND client_msg_id = $3;
 
 -- name: append_message
 -- SPEC R5 with the database clock, one instant per message: a platform message starts the reply
