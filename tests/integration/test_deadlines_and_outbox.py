@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import asyncpg
@@ -19,7 +18,7 @@ from escalation.domain.tickets import transcript_digest
 from escalation.services import directory, sessions
 from escalation.v1 import common_pb2, events_pb2, merchant_pb2
 from workers.deadlines import DeadlineConfig, DeadlineWorker
-from workers.outbox import OutboxConfig, OutboxRelay
+from workers.outbox import OutboxRelay
 
 pytestmark = pytest.mark.integration
 
@@ -56,22 +55,6 @@ async def _open(pool: asyncpg.Pool, policy: sessions.SessionPolicy, n: int = 0) 
     )
     sid: uuid.UUID = opened.session["session_id"]
     return sid
-
-
-@pytest.fixture
-def kafka_settings(kafka_bootstrap: str, kafka_topic: str) -> kafka.KafkaSettings:
-    return kafka.KafkaSettings(
-        bootstrap=kafka_bootstrap, idempotence=False, partitions=2, replication_factor=1, topic_prefix=f"{kafka_topic}."
-    )
-
-
-@pytest.fixture
-async def relay(pool: asyncpg.Pool, kafka_settings: kafka.KafkaSettings) -> AsyncIterator[OutboxRelay]:
-    r = OutboxRelay(pool, kafka_settings, OutboxConfig(ack_timeout=10))
-    try:
-        yield r
-    finally:
-        await r.close()
 
 
 async def _consume(

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
@@ -21,7 +20,7 @@ from escalation.services import warnings
 from escalation.v1 import events_pb2, ops_pb2, ops_pb2_grpc
 from tests.integration.grpc_harness import OPS, bearer, failure, running_server
 from tests.integration.stats_harness import P, add_session, answered_sessions, make_shop
-from workers.outbox import OutboxConfig, OutboxRelay
+from workers.outbox import OutboxRelay
 from workers.warnings import WarningsConfig, WarningsWorker
 
 pytestmark = pytest.mark.integration
@@ -183,22 +182,6 @@ async def test_recording_one_period_concurrently_stores_one_warning_and_one_outb
 
 
 # --- on Kafka ------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def kafka_settings(kafka_bootstrap: str, kafka_topic: str) -> kafka.KafkaSettings:
-    return kafka.KafkaSettings(
-        bootstrap=kafka_bootstrap, idempotence=False, partitions=2, replication_factor=1, topic_prefix=f"{kafka_topic}."
-    )
-
-
-@pytest.fixture
-async def relay(pool: asyncpg.Pool, kafka_settings: kafka.KafkaSettings) -> AsyncIterator[OutboxRelay]:
-    r = OutboxRelay(pool, kafka_settings, OutboxConfig(ack_timeout=10))
-    try:
-        yield r
-    finally:
-        await r.close()
 
 
 async def test_a_warning_is_published_with_its_event_id_content_type_and_merchant_key(
