@@ -1,0 +1,22 @@
+"""Size bounds that keep every ticket publishable and every page readable by stock clients (SPEC R7, §3).
+
+The numbers are chosen together; docs/delivery.md derives them:
+
+- A session holds at most ``MAX_SESSION_MESSAGES`` messages whose stored content (serialized
+  ``MessageContent``) adds up to at most ``MAX_SESSION_CONTENT_BYTES``. With the per-message envelope
+  of a transcript entry (ids of at most 64 characters, timestamps, seq) and the ticket's own fields,
+  the largest ticket the API can produce stays under ``MAX_TICKET_BYTES``.
+- ``MAX_TICKET_BYTES`` is below Kafka's default ``max.message.bytes`` (1,048,588) and the producer's
+  ``max_request_size`` (``KAFKA_MAX_REQUEST_BYTES``), which the relay also sets on the topics it creates.
+- A list response stops adding items once the next one would pass ``PAGE_BYTE_BUDGET`` (AIP-158 allows
+  short pages), well under gRPC's default 4 MiB client receive limit; one item always fits.
+"""
+
+from __future__ import annotations
+
+MAX_SESSION_MESSAGES = 500
+MAX_SESSION_CONTENT_BYTES = 640 * 1024
+MAX_TICKET_BYTES = 1_000_000
+KAFKA_MAX_REQUEST_BYTES = 1_048_576
+KAFKA_TOPIC_MAX_MESSAGE_BYTES = 1_048_588
+PAGE_BYTE_BUDGET = 1024 * 1024
