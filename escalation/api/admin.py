@@ -64,7 +64,9 @@ class MerchantAdminServicer(admin_pb2_grpc.MerchantAdminServiceServicer):
         size = check.page_size("page_size", request.page_size, default=DEFAULT_AGENT_PAGE)
         filters = ["agents", request.merchant_id, current_identity().merchant_id]
         after = paging.decode(request.page_token, filters, check)
-        if after is not None and (len(after) != 1 or not isinstance(after[0], str) or not IDENTIFIER.match(after[0])):
+        if after is not None and (
+            len(after) != 1 or not isinstance(after[0], str) or not IDENTIFIER.fullmatch(after[0])
+        ):
             check.add("page_token", paging.NOT_OURS)
         target = self._scope(request.merchant_id, check)
         rows = await directory.list_agents(
