@@ -22,7 +22,7 @@ from escalation.services.sessions import NewMessage
 from escalation.v1 import common_pb2, platform_pb2
 
 DEFAULT_SESSION_PAGE, DEFAULT_MESSAGE_PAGE = 50, 100
-_CLIENT_MSG_ID = re.compile(r"^[\x21-\x7e]{1,64}$")
+_CLIENT_MSG_ID = re.compile(r"[\x21-\x7e]{1,64}")  # fullmatch: no trailing newline (SPEC §3)
 
 
 def session_id(check: Violations, value: str, field: str = "session_id") -> uuid.UUID:
@@ -43,7 +43,7 @@ def session_id(check: Violations, value: str, field: str = "session_id") -> uuid
 def client_msg_id(check: Violations, value: str) -> str | None:
     if not value:
         return None
-    if not _CLIENT_MSG_ID.match(value):
+    if not _CLIENT_MSG_ID.fullmatch(value):
         check.add("client_msg_id", "must be 1–64 printable ASCII characters without spaces")
     return value
 
