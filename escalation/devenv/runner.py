@@ -136,6 +136,20 @@ def _wait_serving(port: int, server: subprocess.Popen[bytes], stop: threading.Ev
     raise StartupError(f"`escalation serve` did not report SERVING on port {port} within {timeout:.0f} s")
 
 
+def _reply_timeout_note(override: str | None) -> str:
+    """The banner's line on the reply timeout: the override in force, or how to set one."""
+    if override:
+        return (
+            f"Unanswered sessions close after {override} s: ESCALATION_DEV_OVERRIDE_REPLY_TIMEOUT_SECONDS={override}\n"
+            "overrides every merchant's reply timeout (unset it for the real 120–180 s)."
+        )
+    return (
+        "Unanswered sessions close after the merchant's reply timeout (180 s unless changed with\n"
+        "UpdateReplyTimeout); to watch one time out sooner, restart with\n"
+        "ESCALATION_DEV_OVERRIDE_REPLY_TIMEOUT_SECONDS=15 make run."
+    )
+
+
 def _banner(ports: DevPorts, secret: str, data_dir: Path) -> str:
     def tok(role: auth.Role, sub: str, merchant_id: str | None = None) -> str:
         return auth.mint(
@@ -161,7 +175,7 @@ def _banner(ports: DevPorts, secret: str, data_dir: Path) -> str:
     rel_env = shlex.quote(_shown(env_file))
     cli = _shown(Path(sys.executable).with_name("escalation"))
     override = os.environ.get("ESCALATION_DEV_OVERRIDE_REPLY_TIMEOUT_SECONDS")
-    timeout = f"overridden to {override} s" if override else "180 s unless changed with UpdateReplyTimeout"
+    timeout_note = _reply_timeout_note(override)
     return f"""
 escalation is running (demo merchant {seed.DEMO_MERCHANT!r}: main account {seed.DEMO_MAIN_ACCOUNT!r},
 designated agents {", ".join(seed.DEMO_AGENTS)}).
@@ -198,8 +212,7 @@ In another terminal (tokens are valid for 30 days; mint more with `escalation to
   # Tickets as the ticketing system sees them (sessions unanswered for the reply timeout, or escalated):
   ESCALATION_KAFKA_BOOTSTRAP=127.0.0.1:{ports.kafka} {cli} tickets tail --from-beginning
 
-Unanswered sessions close after the merchant's reply timeout ({timeout}); to watch one time out
-sooner, restart with ESCALATION_DEV_OVERRIDE_REPLY_TIMEOUT_SECONDS=15 make run.
+{timeout_note}
 
 Ctrl-C stops everything; data stays in {_shown(data_dir)}/ for the next run.
 """
