@@ -1,15 +1,16 @@
 """Configuration from the environment, validated once at start.
 
 Every setting is one ``ESCALATION_*`` variable; the README's configuration table lists them. A bad
-value raises ConfigError whose message is one line naming the variable; the CLI prints it and exits
-with status 2.
+value raises ConfigError whose message is one line naming the variable; every bad variable is
+collected first and reported in that one line, joined by "; " (SPEC §3: one clear line), so an
+operator fixes them all in one round. The CLI prints it and exits with status 2.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -107,14 +108,36 @@ class Settings:
         return self.database_url
 
 
+class _Env(Mapping[str, str]):
+    """The environment being read, and the errors found so far: ``load`` reports them all at once."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self._env = env
+        self.errors: list[str] = []
+
+    def __getitem__(self, key: str) -> str:
+        return self._env[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._env)
+
+    def __len__(self) -> int:
+        return len(self._env)
+
+
 def _get(env: Mapping[str, str], name: str, parse: Callable[[str], T], default: T, hint: str) -> T:
+    """The parsed value of ``name`` or ``default`` when unset; a bad value is noted (``_Env``) or raised."""
     raw = env.get(name)
     if raw is None or raw == "":
         return default
     try:
         return parse(raw)
     except (ValueError, OSError) as exc:
-        raise ConfigError(f"{name}={raw!r} is invalid: {hint} ({exc})") from None
+        message = f"{name}={raw!r} is invalid: {hint} ({exc})"
+    if isinstance(env, _Env):
+        env.errors.append(message)
+        return default
+    raise ConfigError(message)
 
 
 N = TypeVar("N", int, float)
@@ -237,13 +260,21 @@ def _jwt(env: Mapping[str, str]) -> JwtSettings | None:
 
 
 def load(env: Mapping[str, str] | None = None) -> Settings:
-    """Reads and validates every setting; raises ConfigError on the first bad one."""
-    env = os.environ if env is None else env
+    """Reads and validates every setting.
+
+    Raises ConfigError naming every bad variable, in one line joined by "; " (SPEC §3).
+    """
+    env = _Env(os.environ if env is None else env)
     pool_min = _get(env, "ESCALATION_DB_POOL_MIN", _int_in(0, 1000), 2, "an integer 0..1000")
     pool_max = _get(env, "ESCALATION_DB_POOL_MAX", _int_in(1, 1000), 20, "an integer 1..1000")
     if pool_min > pool_max:
-        raise ConfigError(f"ESCALATION_DB_POOL_MIN={pool_min} is larger than ESCALATION_DB_POOL_MAX={pool_max}")
-    return Settings(
+        env.errors.append(f"ESCALATION_DB_POOL_MIN={pool_min} is larger than ESCALATION_DB_POOL_MAX={pool_max}")
+    try:
+        jwt = _jwt(env)
+    except ConfigError as exc:
+        env.errors.append(str(exc))
+        jwt = None
+    settings = Settings(
         database_url=_get(env, "ESCALATION_DATABASE_URL", _postgres_url, None, "a postgresql:// URL"),
         db_pool_min=pool_min,
         db_pool_max=pool_max,
@@ -254,7 +285,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         kafka_idempotence=_get(env, "ESCALATION_KAFKA_IDEMPOTENCE", _bool, True, "true or false"),
         grpc_addr=_get(env, "ESCALATION_GRPC_ADDR", _host_port, "0.0.0.0:50051", "HOST:PORT"),
         metrics_addr=_get(env, "ESCALATION_METRICS_ADDR", _host_port, "0.0.0.0:9464", "HOST:PORT"),
-        jwt=_jwt(env),
+        jwt=jwt,
         log_format=_get(env, "ESCALATION_LOG_FORMAT", _choice(LOG_FORMATS), "json", "console or json"),
         log_level=_get(env, "ESCALATION_LOG_LEVEL", _choice(LOG_LEVELS), "info", "debug, info, warning or error"),
         shutdown_grace_seconds=_get(env, "ESCALATION_SHUTDOWN_GRACE_SECONDS", _positive_float, 10.0, "seconds > 0"),
@@ -292,3 +323,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
             env, "ESCALATION_WARNING_INTERVAL_SECONDS", _float_in(0.05, 86_400), 300.0, "seconds, 0.05..86400"
         ),
     )
+    if env.errors:
+        count = f"{len(env.errors)} invalid variables: " if len(env.errors) > 1 else ""
+        raise ConfigError(count + "; ".join(env.errors))
+    return settings
