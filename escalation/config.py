@@ -35,6 +35,77 @@ _JWT_VARIABLES = (
 )
 
 
+@dataclass(frozen=True)
+class Variable:
+    """One ``ESCALATION_*`` variable as `escalation COMMAND --help` lists it."""
+
+    name: str
+    default: str
+    meaning: str
+    # Commands that read it: "serve", "migrate", "deadlines", "outbox", "warnings", "tail"; "*" for all.
+    used_by: frozenset[str]
+
+
+_ALL, _WORKERS = frozenset({"*"}), frozenset({"deadlines", "outbox", "warnings"})
+_DB = frozenset({"serve", "migrate"}) | _WORKERS
+_SESSIONS = frozenset({"serve", "deadlines"})
+_KAFKA = frozenset({"outbox", "tail"})
+# The one list of variables (a test checks it against what ``load`` reads); --help is generated from it.
+VARIABLES: tuple[Variable, ...] = (
+    Variable("ESCALATION_DATABASE_URL", "required", "postgresql://user@host:5432/db", _DB),
+    Variable("ESCALATION_DB_POOL_MIN", "2", "connection pool minimum per process", _DB - {"migrate"}),
+    Variable("ESCALATION_DB_POOL_MAX", "20", "connection pool maximum per process", _DB - {"migrate"}),
+    Variable("ESCALATION_DB_COMMAND_TIMEOUT_SECONDS", "10", "per-statement cap", _DB - {"migrate"}),
+    Variable("ESCALATION_KAFKA_BOOTSTRAP", "required", "HOST:PORT[,HOST:PORT…]", _KAFKA),
+    Variable("ESCALATION_KAFKA_IDEMPOTENCE", "true", "idempotent producer", _KAFKA),
+    Variable("ESCALATION_KAFKA_TOPIC_PARTITIONS", "6", "partitions of the topics the relay creates", _KAFKA),
+    Variable("ESCALATION_KAFKA_REPLICATION_FACTOR", "3", "their replication factor", _KAFKA),
+    Variable("ESCALATION_KAFKA_TOPIC_PREFIX", "empty", "prepended to every topic name", _KAFKA),
+    Variable("ESCALATION_GRPC_ADDR", "0.0.0.0:50051", "gRPC listen address", frozenset({"serve"})),
+    Variable("ESCALATION_METRICS_ADDR", "0.0.0.0:9464", "/metrics listen address", frozenset({"serve"}) | _WORKERS),
+    Variable("ESCALATION_JWT_ALGORITHM", "HS256", "HS256 or RS256", frozenset({"serve"})),
+    Variable("ESCALATION_JWT_SECRET", "required for HS256", "shared secret, at least 32 bytes", frozenset({"serve"})),
+    Variable("ESCALATION_JWT_PUBLIC_KEY", "required for RS256", "PEM public key", frozenset({"serve"})),
+    Variable("ESCALATION_JWT_PUBLIC_KEY_FILE", "unset", "PEM public key file", frozenset({"serve"})),
+    Variable("ESCALATION_JWT_AUDIENCE", "unset", "required aud claim", frozenset({"serve"})),
+    Variable("ESCALATION_JWT_ISSUER", "unset", "required iss claim", frozenset({"serve"})),
+    Variable("ESCALATION_JWT_LEEWAY_SECONDS", "30", "clock skew allowed on exp", frozenset({"serve"})),
+    Variable("ESCALATION_LOG_FORMAT", "json", "json or console", _ALL),
+    Variable("ESCALATION_LOG_LEVEL", "info", "debug, info, warning or error", _ALL),
+    Variable(
+        "ESCALATION_SHUTDOWN_GRACE_SECONDS", "10", "in-flight RPCs get this long on SIGTERM", frozenset({"serve"})
+    ),
+    Variable("ESCALATION_REMIND_BEFORE_SECONDS", "60", "reply reminder this long before the deadline", _SESSIONS),
+    Variable("ESCALATION_TICKET_SLA", "spec defaults", "CATEGORY=DURATION,… e.g. REFUND=1h", _SESSIONS),
+    Variable("ESCALATION_DEV_OVERRIDE_REPLY_TIMEOUT_SECONDS", "unset", "development only", _SESSIONS),
+    Variable("ESCALATION_DEADLINE_BATCH_SIZE", "500", "sessions per transaction", frozenset({"deadlines"})),
+    Variable("ESCALATION_DEADLINE_POLL_SECONDS", "2", "longest sleep between rounds", frozenset({"deadlines"})),
+    Variable("ESCALATION_OUTBOX_BATCH_SIZE", "500", "rows per claim", frozenset({"outbox"})),
+    Variable("ESCALATION_OUTBOX_POLL_SECONDS", "1", "longest sleep between rounds", frozenset({"outbox"})),
+    Variable(
+        "ESCALATION_OUTBOX_RETENTION_HOURS", "168", "published rows are deleted after this", frozenset({"outbox"})
+    ),
+    Variable("ESCALATION_STREAM_HEARTBEAT_SECONDS", "15", "heartbeat after this long idle", frozenset({"serve"})),
+    Variable("ESCALATION_STREAM_WRITE_TIMEOUT_SECONDS", "10", "a blocked write ends the stream", frozenset({"serve"})),
+    Variable("ESCALATION_STREAM_MAX_LAG_EVENTS", "10000", "a reader this far behind is cut off", frozenset({"serve"})),
+    Variable("ESCALATION_EVENT_RETENTION_HOURS", "72", "merchant events kept this long", frozenset({"deadlines"})),
+    Variable(
+        "ESCALATION_WARNING_REPLY_RATE_THRESHOLD", "0.8", "warn below this 3-minute rate", frozenset({"warnings"})
+    ),
+    Variable("ESCALATION_WARNING_MIN_SESSIONS", "5", "rated sessions needed first", frozenset({"warnings"})),
+    Variable("ESCALATION_WARNING_AVERAGE_RESPONSE_SECONDS", "90", "warn above this average", frozenset({"warnings"})),
+    Variable("ESCALATION_WARNING_INTERVAL_SECONDS", "300", "how often to check", frozenset({"warnings"})),
+)
+
+
+def variables_help(command: str) -> str:
+    """The environment variables ``command`` reads, one per line, for its --help epilog."""
+    rows = [v for v in VARIABLES if command in v.used_by or "*" in v.used_by]
+    width = max(len(v.name) for v in rows)
+    lines = [f"  {v.name:<{width}}  {v.meaning} ({v.default})" for v in rows]
+    return "environment (invalid values are all reported at once; exit status 2):\n" + "\n".join(lines)
+
+
 class ConfigError(Exception):
     """A configuration variable has a bad value; the message is one line naming it."""
 
