@@ -36,7 +36,7 @@ class Tally:
 
 
 async def open_until_ok(
-    stub: platform_pb2_grpc.PlatformServiceStub, merchant_id: str, tally: Tally, give_up_after: float = 60.0
+    stub: platform_pb2_grpc.PlatformServiceAsyncStub, merchant_id: str, tally: Tally, give_up_after: float = 60.0
 ) -> None:
     """One logical OpenSession, retried with the same request_id until OK (or a non-retryable code)."""
     request = open_request(merchant_id, request_id=uuid.uuid4().hex)
@@ -60,7 +60,11 @@ async def open_until_ok(
 
 
 async def drive(
-    stub: platform_pb2_grpc.PlatformServiceStub, merchant_id: str, tally: Tally, stop: asyncio.Event, clients: int = 8
+    stub: platform_pb2_grpc.PlatformServiceAsyncStub,
+    merchant_id: str,
+    tally: Tally,
+    stop: asyncio.Event,
+    clients: int = 8,
 ) -> None:
     """``clients`` concurrent callers, each opening sessions one after another until ``stop``."""
 

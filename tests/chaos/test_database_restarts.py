@@ -43,7 +43,7 @@ async def _under_load(
     tally = Tally()
     async with running_server(pool, dsn=dsn) as channel:
         await make_shop(channel, "shop-a", {f"shop-a-sub-{n}": 50 for n in (1, 2, 3)})
-        stub = platform_pb2_grpc.PlatformServiceStub(channel)
+        stub: platform_pb2_grpc.PlatformServiceAsyncStub = platform_pb2_grpc.PlatformServiceStub(channel)
         stop = asyncio.Event()
         load = asyncio.create_task(drive(stub, "shop-a", tally, stop))
         try:
