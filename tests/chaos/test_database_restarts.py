@@ -13,14 +13,16 @@ import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import asyncpg
+import grpc
 import pytest
 
+from escalation import errors
 from escalation.devenv.postgres import EmbeddedPostgres
 from escalation.store import db
 from escalation.v1 import platform_pb2_grpc
 from tests.chaos.load import Tally, assert_each_request_committed_once, drive
-from tests.integration.grpc_harness import running_server
-from tests.integration.sessions_harness import make_shop
+from tests.integration.grpc_harness import failure, running_server
+from tests.integration.sessions_harness import PLATFORM, make_shop, open_request
 
 pytestmark = pytest.mark.integration
 
@@ -91,3 +93,59 @@ async def test_postgres_restart_under_open_session_load_is_unavailable_and_retri
     tally = await _under_load(service_pool, own_database_url, restart)
     await assert_each_request_committed_once(service_pool, tally)
     assert tally.codes["UNAVAILABLE"] > 0, "the restart was seen by the callers"
+
+
+async def test_read_only_database_is_unavailable_and_writes_resume_once_it_is_writable(
+    own_postgres: EmbeddedPostgres, own_database_url: str, service_pool: asyncpg.Pool
+) -> None:
+    """A primary held read-only (failover) answers UNAVAILABLE; the pool keeps none of its connections."""
+    database = own_database_url.rsplit("/", 1)[1]
+    admin = await asyncpg.connect(own_postgres.dsn())
+    try:
+        async with running_server(service_pool, dsn=own_database_url) as channel:
+            await make_shop(channel, "shop-a")
+            stub: platform_pb2_grpc.PlatformServiceAsyncStub = platform_pb2_grpc.PlatformServiceStub(channel)
+            await admin.execute(f'ALTER DATABASE "{database}" SET default_transaction_read_only = on')
+            # Existing connections keep their settings; new ones (the pool's next) are read-only.
+            await admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", database)
+            requests = [open_request("shop-a", request_id=f"read-only-{n}") for n in range(6)]
+            for request in requests:
+                for _attempt in range(2):  # the first may meet a terminated pooled connection
+                    with pytest.raises(grpc.aio.AioRpcError) as caught:
+                        await stub.OpenSession(request, metadata=PLATFORM, timeout=10)
+                    got = failure(caught.value)
+                    assert (got.code, got.reason) == (grpc.StatusCode.UNAVAILABLE, "DATABASE_UNAVAILABLE"), got
+            await admin.execute(f'ALTER DATABASE "{database}" RESET default_transaction_read_only')
+            # The pool must not hand out a connection opened read-only: the very next retries commit.
+            answers = [await stub.OpenSession(r, metadata=PLATFORM, timeout=10) for r in requests]
+            again = [await stub.OpenSession(r, metadata=PLATFORM, timeout=10) for r in requests]
+    finally:
+        await admin.close()
+    assert [a.session.session_id for a in answers] == [a.session.session_id for a in again]
+    stored = await service_pool.fetch("SELECT request_id FROM sessions")
+    assert sorted(r["request_id"] for r in stored) == sorted(r.request_id for r in requests)
+
+
+@pytest.mark.parametrize(
+    "sqlstate",
+    ["08006", "08003", "08P01", "53300", "53100", "57P01", "57P02", "57P03", "57P04", "25006", "25P03", "58030"],
+)
+async def test_every_sqlstate_of_a_failing_database_is_unavailable(own_database_url: str, sqlstate: str) -> None:
+    conn = await asyncpg.connect(own_database_url)
+    try:
+        with pytest.raises(asyncpg.PostgresError) as caught:
+            await conn.execute(f"DO $$ BEGIN RAISE EXCEPTION 'injected' USING ERRCODE = '{sqlstate}'; END $$")
+    finally:
+        await conn.close()
+    assert isinstance(db.translate(caught.value), errors.DatabaseUnavailable)
+
+
+@pytest.mark.parametrize("sqlstate", ["22012", "42P01", "23514", "XX000", "P0001", "0A000"])
+async def test_sqlstates_of_a_wrong_request_are_not_unavailable(own_database_url: str, sqlstate: str) -> None:
+    conn = await asyncpg.connect(own_database_url)
+    try:
+        with pytest.raises(asyncpg.PostgresError) as caught:
+            await conn.execute(f"DO $$ BEGIN RAISE EXCEPTION 'injected' USING ERRCODE = '{sqlstate}'; END $$")
+    finally:
+        await conn.close()
+    assert not isinstance(db.translate(caught.value), errors.DatabaseUnavailable)
