@@ -116,8 +116,19 @@ async def test_read_only_database_is_unavailable_and_writes_resume_once_it_is_wr
                     got = failure(caught.value)
                     assert (got.code, got.reason) == (grpc.StatusCode.UNAVAILABLE, "DATABASE_UNAVAILABLE"), got
             await admin.execute(f'ALTER DATABASE "{database}" RESET default_transaction_read_only')
-            # The pool must not hand out a connection opened read-only: the very next retries commit.
-            answers = [await stub.OpenSession(r, metadata=PLATFORM, timeout=10) for r in requests]
+            # An idle pooled connection opened read-only fails once and is dropped, never pooled again:
+            # retries commit after at most one failure per pooled connection.
+            answers, stale = [], 0
+            for request in requests:
+                while True:
+                    try:
+                        answers.append(await stub.OpenSession(request, metadata=PLATFORM, timeout=10))
+                        break
+                    except grpc.aio.AioRpcError as err:
+                        got = failure(err)
+                        assert (got.code, got.reason) == (grpc.StatusCode.UNAVAILABLE, "DATABASE_UNAVAILABLE"), got
+                        stale += 1
+                        assert stale <= service_pool.get_max_size(), "a read-only connection went back to the pool"
             again = [await stub.OpenSession(r, metadata=PLATFORM, timeout=10) for r in requests]
     finally:
         await admin.close()
