@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import asyncpg
@@ -55,7 +56,7 @@ def invalid_utf8(message: descriptor.Descriptor, depth: int = 3) -> bytes | None
             return _delimited(field.number, b"\xff\xfe")
     if depth:
         for field in message.fields:
-            if field.type == descriptor.FieldDescriptor.TYPE_MESSAGE:
+            if field.type == descriptor.FieldDescriptor.TYPE_MESSAGE and field.message_type is not None:
                 inner = invalid_utf8(field.message_type, depth - 1)
                 if inner is not None:
                     return _delimited(field.number, inner)
@@ -71,6 +72,7 @@ def malformed(method: Method) -> dict[str, bytes]:
         "invalid wire type": _tag(1, 7),
         "unmatched end-group": _tag(1, 4),
     }
+    assert method.descriptor.input_type is not None
     utf8 = invalid_utf8(method.descriptor.input_type)
     if utf8 is not None:
         cases["invalid UTF-8"] = utf8
@@ -88,7 +90,7 @@ def wrong_wire_types(method: Method) -> dict[str, bytes]:
     return cases
 
 
-def _errors_logged(logs: list[dict[str, Any]], caplog: pytest.LogCaptureFixture) -> list[str]:
+def _errors_logged(logs: Sequence[Mapping[str, Any]], caplog: pytest.LogCaptureFixture) -> list[str]:
     ours = [f"{e['event']}: {e}" for e in logs if e["log_level"] in ("error", "critical", "exception")]
     stdlib = [f"{r.name}: {r.getMessage()}" for r in caplog.records if r.levelno >= logging.ERROR]
     return ours + stdlib
@@ -137,12 +139,13 @@ async def test_wrong_wire_types_are_never_unknown_or_internal(pool: asyncpg.Pool
 
 
 CONNECT = "/escalation.v1.MerchantService/Connect"
+EOF: object = getattr(grpc.aio, "EOF")  # noqa: B009
 
 
 async def _read_until_end(call: Any, results: list[merchant_pb2.ReplyResult]) -> None:
     # Well inside the 15 s heartbeat: the stream must end when the bad frame is read, not on a timer.
     async with asyncio.timeout(5):
-        while (raw := await call.read()) is not grpc.aio.EOF:
+        while (raw := await call.read()) is not EOF:
             frame = merchant_pb2.ConnectResponse.FromString(raw)
             if frame.HasField("reply_result"):
                 results.append(frame.reply_result)
@@ -168,7 +171,8 @@ async def test_a_later_connect_frame_that_does_not_decode_ends_the_stream_with_i
         await make_shop(channel, SHOP, agents={f"{SHOP}-main": 10})
         opened = await platform_pb2_grpc.PlatformServiceStub(channel).OpenSession(open_request(SHOP), metadata=PLATFORM)
         method = next(m for m in all_methods() if m.path == CONNECT)
-        call: Any = channel.stream_stream(CONNECT)(metadata=method.metadata)
+        untyped: Any = channel
+        call: Any = untyped.stream_stream(CONNECT)(metadata=method.metadata)
         head = await pool.fetchval("SELECT last_event_cursor FROM merchants WHERE merchant_id = $1", SHOP)
         await call.write(merchant_pb2.ConnectRequest(hello=merchant_pb2.Hello(last_cursor=head)).SerializeToString())
         reply = merchant_pb2.ReplyRequest(
