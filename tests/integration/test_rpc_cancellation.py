@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
 import grpc
@@ -153,7 +153,7 @@ async def test_connect_streams_the_client_cancels_are_counted_cancelled_never_in
         before = handled("MerchantService", "Connect")
         with structlog.testing.capture_logs() as logs:
             for _ in range(4):
-                call: Any = merchant_pb2_grpc.MerchantServiceStub(channel).Connect(metadata=MAIN)
+                call: Any = cast(Any, merchant_pb2_grpc.MerchantServiceStub(channel)).Connect(metadata=MAIN)
                 await call.write(merchant_pb2.ConnectRequest(hello=merchant_pb2.Hello(last_cursor=0)))
                 await asyncio.sleep(0.5)
                 call.cancel()
