@@ -43,6 +43,12 @@ class InvalidArgument(EscalationError):
         super().__init__(message or f"invalid request: {summary}")
 
 
+class MalformedRequest(EscalationError):
+    """The request bytes do not decode as this method's request message (corrupt wire format or invalid UTF-8)."""
+
+    reason = "MALFORMED_REQUEST"
+
+
 class RequestIdReused(EscalationError):
     """This request_id was already used for a different request."""
 

@@ -1,12 +1,15 @@
 """The server interceptor: request id, authentication, role check, error mapping, RPC metrics.
 
-Every RPC passes through ``_guarded``: domain errors become their status (api/status.py), driver
-errors are translated once (store/db.py), anything else is logged with its traceback and the
-caller gets INTERNAL without one.
+Every RPC passes through ``_guarded``: its request bytes are decoded there (api/wire.py), so bytes
+that do not decode are INVALID_ARGUMENT; domain errors become their status (api/status.py), driver
+errors are translated once (store/db.py), anything else is logged with its traceback and the caller
+gets INTERNAL without one. Every RPC is counted once when it ends, CANCELLED or DEADLINE_EXCEEDED
+when its client ended it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import time
 import uuid
@@ -18,7 +21,7 @@ import grpc
 import structlog
 
 from escalation import errors
-from escalation.api import status
+from escalation.api import status, wire
 from escalation.auth import Identity, Role, TokenVerifier
 from escalation.observability import metrics
 from escalation.store import db
@@ -90,17 +93,14 @@ def _kind(handler: grpc.RpcMethodHandler[Any, Any]) -> str:
 
 
 def _rebuild(handler: grpc.RpcMethodHandler[Any, Any], behavior: Callable[..., Any]) -> grpc.RpcMethodHandler[Any, Any]:
+    """The handler with ``behavior`` in place of its own, receiving request bytes (decoded by api/wire.py)."""
     factory = {
         "unary": grpc.unary_unary_rpc_method_handler,
         "server_stream": grpc.unary_stream_rpc_method_handler,
         "client_stream": grpc.stream_unary_rpc_method_handler,
         "bidi_stream": grpc.stream_stream_rpc_method_handler,
     }[_kind(handler)]
-    return factory(
-        behavior,
-        request_deserializer=handler.request_deserializer,
-        response_serializer=handler.response_serializer,
-    )
+    return factory(behavior, request_deserializer=None, response_serializer=handler.response_serializer)
 
 
 def _original(handler: grpc.RpcMethodHandler[Any, Any]) -> Callable[..., Any]:
@@ -144,6 +144,60 @@ def _text(value: str | bytes | None) -> str | None:
     return value.decode() if isinstance(value, bytes) else value
 
 
+# A client that cancels, lets its deadline pass or drops the connection ends the call in grpc core: the
+# handler's task is cancelled, or a write (or the final status) it had under way fails first with
+# ExecuteBatchError (an InternalError). A deadline that has passed reads as at most this much left (s).
+_DEADLINE_SLACK_SECONDS = 0.01
+
+
+def _ended_by_client(context: grpc.aio.ServicerContext[Any, Any]) -> grpc.StatusCode:
+    remaining = context.time_remaining()
+    if remaining is not None and remaining <= _DEADLINE_SLACK_SECONDS:
+        return grpc.StatusCode.DEADLINE_EXCEEDED
+    return grpc.StatusCode.CANCELLED
+
+
+class _Outcome:
+    """Ends one RPC: turns what its handler raised into a status and counts the RPC exactly once.
+
+    Domain errors become their status (api/status.py), driver errors are translated once (store/db.py),
+    anything else is logged with its traceback and answered INTERNAL. A call the client ended (cancel,
+    deadline, lost connection) is counted CANCELLED or DEADLINE_EXCEEDED and never logged as an error
+    (SPEC §3).
+    """
+
+    def __init__(self, context: grpc.aio.ServicerContext[Any, Any], labels: Mapping[str, str], request_id: str) -> None:
+        self._context = context
+        self._labels = labels
+        self._request_id = request_id
+        self._started = time.perf_counter()
+
+    async def __aenter__(self) -> _Outcome:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+        code: grpc.StatusCode | None = None
+        try:
+            if exc is None:
+                code = grpc.StatusCode.OK
+            elif isinstance(exc, grpc.aio.AbortError):
+                code = self._context.code() or grpc.StatusCode.UNKNOWN
+            elif isinstance(exc, asyncio.CancelledError | GeneratorExit):
+                code = _ended_by_client(self._context)
+            elif isinstance(exc, grpc.aio.InternalError):
+                code = _ended_by_client(self._context)
+                log.info("rpc.client_gone", code=code.name, error=str(exc))
+                # grpc.aio treats a cancelled handler as the quiet end of a call nobody waits for.
+                raise asyncio.CancelledError() from exc
+            elif isinstance(exc, Exception):
+                domain = db.translate(exc)
+                code = status.code_for(domain) if domain else grpc.StatusCode.INTERNAL
+                await abort(self._context, exc, self._request_id)
+        finally:
+            metrics.GRPC_HANDLED.labels(**self._labels, grpc_code=(code or _ended_by_client(self._context)).name).inc()
+            metrics.GRPC_HANDLING_SECONDS.labels(**self._labels).observe(time.perf_counter() - self._started)
+
+
 def _guarded(
     handler: grpc.RpcMethodHandler[Any, Any],
     service: str,
@@ -155,55 +209,36 @@ def _guarded(
     behavior = _original(handler)
     kind = _kind(handler)
     labels = {"grpc_service": service, "grpc_method": name, "grpc_type": kind}
+    method = f"/{service}/{name}"
 
-    def enter(context: grpc.aio.ServicerContext[Any, Any]) -> float:
+    def enter(context: grpc.aio.ServicerContext[Any, Any]) -> _Outcome:
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(request_id=request_id, rpc=f"{service}/{name}")
         if identity is not None:
             _identity.set(identity)
             structlog.contextvars.bind_contextvars(caller=identity.subject, role=identity.role.value)
         context.set_trailing_metadata(((REQUEST_ID_HEADER, request_id),))
-        return time.perf_counter()
+        return _Outcome(context, labels, request_id)
 
-    def record(started: float, code: grpc.StatusCode) -> None:
-        metrics.GRPC_HANDLED.labels(**labels, grpc_code=code.name).inc()
-        metrics.GRPC_HANDLING_SECONDS.labels(**labels).observe(time.perf_counter() - started)
-
-    async def fail(context: grpc.aio.ServicerContext[Any, Any], started: float, exc: BaseException) -> None:
-        domain = db.translate(exc)
-        record(started, status.code_for(domain) if domain else grpc.StatusCode.INTERNAL)
-        await abort(context, exc, request_id)
+    def decoded(request: Any) -> Any:
+        """The request (or request stream) decoded; an unauthenticated caller's bytes are never decoded."""
+        if failure is not None:
+            raise failure
+        if handler.request_streaming:
+            return wire.DecodedFrames(request, handler.request_deserializer, method)
+        return wire.decode(handler.request_deserializer, request, method=method)
 
     if inspect.isasyncgenfunction(behavior):
 
         async def stream_behavior(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
-            started = enter(context)
-            if failure is not None:
-                await fail(context, started, failure)
-            try:
-                async for item in behavior(request, context):
+            async with enter(context):
+                async for item in behavior(decoded(request), context):
                     yield item
-            except grpc.aio.AbortError:
-                record(started, context.code() or grpc.StatusCode.UNKNOWN)
-                raise
-            except Exception as exc:
-                await fail(context, started, exc)
-            record(started, grpc.StatusCode.OK)
 
         return _rebuild(handler, stream_behavior)
 
     async def unary_behavior(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        started = enter(context)
-        if failure is not None:
-            await fail(context, started, failure)
-        try:
-            response = await behavior(request, context)
-        except grpc.aio.AbortError:
-            record(started, context.code() or grpc.StatusCode.UNKNOWN)
-            raise
-        except Exception as exc:
-            await fail(context, started, exc)
-        record(started, grpc.StatusCode.OK)
-        return response
+        async with enter(context):
+            return await behavior(decoded(request), context)
 
     return _rebuild(handler, unary_behavior)

@@ -14,6 +14,7 @@ DOMAIN = "escalation"
 # Looked up along the exception's MRO, so a subclass inherits its parent's code.
 CODES: dict[type[errors.EscalationError], grpc.StatusCode] = {
     errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.MalformedRequest: grpc.StatusCode.INVALID_ARGUMENT,
     errors.RequestIdReused: grpc.StatusCode.INVALID_ARGUMENT,
     errors.ClientMsgIdReused: grpc.StatusCode.INVALID_ARGUMENT,
     errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,

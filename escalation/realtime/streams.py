@@ -101,6 +101,8 @@ class MerchantStream:
         cursor = await self._start_cursor(hello)
         sub = await self._hub.subscribe(self._merchant_id, self._caller.subject, present=True)
         reader = asyncio.create_task(self._read(frames, sub))
+        # Wakes the pump when the reader ends, so a frame that does not decode ends the stream at once.
+        reader.add_done_callback(lambda _: self._results_ready.set())
         log.info("stream.connected", merchant_id=self._merchant_id, cursor=cursor, main_account=main_account)
         try:
             await self._pump(sub, cursor, main_account, reader)
@@ -173,7 +175,8 @@ class MerchantStream:
                 cursor = rows[-1]["cursor"]
                 continue
             cursor = head
-            if reader.done() and reader.exception() is not None:
+            # The reader's error (a frame that does not decode) ends the stream after the results it queued.
+            if reader.done() and reader.exception() is not None and self._results.empty():
                 raise reader.exception()  # type: ignore[misc]
             woke = await _wait_any(
                 sub.wake.wait(),
