@@ -129,11 +129,28 @@ async def _worker(settings: config.Settings, name: str) -> None:
                     batch_size=settings.outbox_batch_size,
                     poll_interval=settings.outbox_poll_seconds,
                     retention_seconds=settings.outbox_retention_hours * 3600,
+                    max_attempts=settings.outbox_max_attempts,
                 ),
             )
             await relay.run(stop, dsn)
     finally:
         await pool.close()
+
+
+async def _outbox_retry(settings: config.Settings, outbox_id: int | None) -> int:
+    from escalation import outbox_admin
+
+    try:
+        conn = await asyncpg.connect(settings.require_database_url())
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        raise _DatabaseUnreachable(str(exc)) from exc
+    try:
+        rows = await outbox_admin.retry_parked(conn, outbox_id=outbox_id)
+    finally:
+        await conn.close()
+    text, status = outbox_admin.report(rows, outbox_id=outbox_id)
+    print(text)
+    return status
 
 
 def _warnings_config(settings: config.Settings) -> WarningsConfig:
@@ -234,6 +251,10 @@ def _parser() -> argparse.ArgumentParser:
     tail.add_argument("--from-beginning", action="store_true", help="with a new group, start at the oldest ticket")
     tail.add_argument("--json", action="store_true", help="one JSON object per line")
     tail.add_argument("--max", type=int, default=None, help="exit after this many distinct tickets")
+    outbox = sub.add_parser("outbox", help="operate the transactional outbox")
+    outbox_sub = outbox.add_subparsers(dest="outbox_command", required=True)
+    retry = outbox_sub.add_parser("retry", help="re-drive parked outbox rows (all, or one with --id); prints each")
+    retry.add_argument("--id", type=int, default=None, dest="outbox_id", help="only this outbox row")
     dev = sub.add_parser("dev", help="run everything locally: embedded PostgreSQL and broker, migrate, seed, serve")
     dev.add_argument("--data-dir", default=".data", help="where PostgreSQL keeps its data (default .data)")
     return parser
@@ -266,6 +287,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             if args.name == "outbox":
                 settings.require_kafka_bootstrap()
             asyncio.run(_worker(settings, args.name))
+        elif args.command == "outbox":
+            settings.require_database_url()
+            raise SystemExit(asyncio.run(_outbox_retry(settings, args.outbox_id)))
         elif args.command == "tickets":
             from escalation.tickets_tail import tail
 

@@ -148,6 +148,8 @@ class Settings:
     outbox_batch_size: int = 500
     outbox_poll_seconds: float = 1.0
     outbox_retention_hours: float = 168.0
+    # A row failing this many rounds while the broker acknowledges others is parked (docs/delivery.md).
+    outbox_max_attempts: int = 5
     kafka_topic_partitions: int = 6
     kafka_replication_factor: int = 3
     kafka_topic_prefix: str = ""
@@ -372,6 +374,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         outbox_batch_size=_get(env, "ESCALATION_OUTBOX_BATCH_SIZE", _int_in(1, 10_000), 500, "1..10000"),
         outbox_poll_seconds=_get(env, "ESCALATION_OUTBOX_POLL_SECONDS", _float_in(0.05, 60), 1.0, "seconds, 0.05..60"),
         outbox_retention_hours=_get(env, "ESCALATION_OUTBOX_RETENTION_HOURS", _float_in(0.01, 8760), 168.0, "hours"),
+        outbox_max_attempts=_get(env, "ESCALATION_OUTBOX_MAX_ATTEMPTS", _int_in(1, 1000), 5, "1..1000"),
         kafka_topic_partitions=_get(env, "ESCALATION_KAFKA_TOPIC_PARTITIONS", _int_in(1, 10_000), 6, "1..10000"),
         kafka_replication_factor=_get(env, "ESCALATION_KAFKA_REPLICATION_FACTOR", _int_in(1, 100), 3, "1..100"),
         stream_heartbeat_seconds=_get(env, "ESCALATION_STREAM_HEARTBEAT_SECONDS", _float_in(0.1, 300), 15.0, "seconds"),

@@ -72,8 +72,8 @@ class MerchantAdminServicer(admin_pb2_grpc.MerchantAdminServiceServicer):
         rows = await directory.list_agents(
             self._pool, target, after_agent_id=after[0] if after else None, limit=size + 1
         )
-        token = paging.encode([rows[size - 1]["agent_id"]], filters) if len(rows) > size else ""
-        return admin_pb2.ListAgentsResponse(agents=[convert.agent(r) for r in rows[:size]], next_page_token=token)
+        items, token = paging.bounded_page(rows, size, convert.agent, lambda r: [r["agent_id"]], filters)
+        return admin_pb2.ListAgentsResponse(agents=items, next_page_token=token)
 
     async def SetReceptionAgents(
         self, request: admin_pb2.SetReceptionAgentsRequest, context: Context
