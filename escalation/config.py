@@ -83,6 +83,12 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("ESCALATION_OUTBOX_BATCH_SIZE", "500", "rows per claim", frozenset({"outbox"})),
     Variable("ESCALATION_OUTBOX_POLL_SECONDS", "1", "longest sleep between rounds", frozenset({"outbox"})),
     Variable(
+        "ESCALATION_OUTBOX_MAX_ATTEMPTS",
+        "5",
+        "failures (while Kafka takes other rows) before a row is parked",
+        frozenset({"outbox"}),
+    ),
+    Variable(
         "ESCALATION_OUTBOX_RETENTION_HOURS", "168", "published rows are deleted after this", frozenset({"outbox"})
     ),
     Variable("ESCALATION_STREAM_HEARTBEAT_SECONDS", "15", "heartbeat after this long idle", frozenset({"serve"})),
