@@ -1,12 +1,13 @@
 """`escalation dev` (what `make run` runs): embedded PostgreSQL and broker, migrate, seed, serve.
 
 One supervised process tree: PostgreSQL, the broker and `escalation serve` are children of this
-process. SIGINT/SIGTERM, or any child dying, stops them all in reverse order.
+process. SIGINT/SIGTERM/SIGHUP (a closed terminal), or any child dying, stops them all in reverse order.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import shlex
@@ -106,7 +107,7 @@ async def _prepare_database(admin_dsn: str, dsn: str) -> None:
 
 
 class _Interrupted(Exception):
-    """SIGINT/SIGTERM arrived while starting up: skip the rest and stop what runs."""
+    """SIGINT/SIGTERM/SIGHUP arrived while starting up: skip the rest and stop what runs."""
 
 
 def _shown(path: Path) -> str:
@@ -219,7 +220,11 @@ Ctrl-C stops everything; data stays in {_shown(data_dir)}/ for the next run.
 
 
 def run_dev(data_dir: str = ".data") -> int:
-    """Runs until SIGINT/SIGTERM or until a child dies; returns the exit status."""
+    """Runs until SIGINT/SIGTERM/SIGHUP or until a child dies; returns the exit status.
+
+    SIGHUP (the terminal of `make run` closed) is a stop like the others: by default it would kill us,
+    and the parent-death signal would then SIGKILL PostgreSQL mid-write (issue 9 §9).
+    """
     obs_logging.configure(log_format=os.environ.get("ESCALATION_LOG_FORMAT", "console"), level="info")
     root = Path(data_dir).absolute()
     root.mkdir(parents=True, exist_ok=True)
@@ -238,7 +243,7 @@ def run_dev(data_dir: str = ".data") -> int:
         if stop.is_set():
             raise _Interrupted
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, on_signal)
 
     postgres = EmbeddedPostgres(root / "pg", port=ports.postgres, log_path=logs / "postgres.log")
@@ -326,11 +331,17 @@ def run_dev(data_dir: str = ".data") -> int:
         status = 1
     finally:
         if started:
-            print("stopping", flush=True)
+            _say("stopping")
         for proc in [*workers.values(), *([server] if server is not None else [])]:
             stop_process(proc, signal.SIGTERM, timeout=15)
         broker.stop()
         postgres.stop()
         if started:
-            print("stopped", flush=True)
+            _say("stopped")
     return status
+
+
+def _say(line: str) -> None:
+    """Prints while stopping; after SIGHUP the terminal may be gone, which must not skip the stop."""
+    with contextlib.suppress(OSError):
+        print(line, flush=True)
