@@ -50,14 +50,24 @@ class Wakeup:
             self._wake_at = at
             self._event.set()
 
+    def _lost(self, _conn: object) -> None:
+        # A notification may have been missed while the connection was going: run a round now (it
+        # reads the table, the truth), which also re-listens on the way back to sleep.
+        self._next_connect = 0.0
+        self._wake_at = time.monotonic()
+        self._event.set()
+
     async def _ensure_listening(self) -> None:
         if self._conn is not None and not self._conn.is_closed():
             return
         if time.monotonic() < self._next_connect:
             return
         try:
-            self._conn = await asyncpg.connect(self._dsn)
+            self._conn = await asyncpg.connect(
+                self._dsn, server_settings={"application_name": f"escalation-wakeup-{self._channel}"}
+            )
             await self._conn.add_listener(self._channel, self._listener)
+            self._conn.add_termination_listener(self._lost)
         except Exception as exc:
             # Only a hint (the worker polls anyway), so no failure to listen may stop the worker: not
             # a refused connect, nor asyncpg's TargetServerAttributeNotMatched during a failover.
