@@ -6,7 +6,6 @@ Identity comes only from a verified token, never from request fields (SPEC §3).
 from __future__ import annotations
 
 import enum
-import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -15,8 +14,9 @@ import jwt
 
 from escalation import errors
 from escalation.config import JwtSettings
+from escalation.domain.validation import IDENTIFIER
 
-_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+_ID = IDENTIFIER  # matched whole (fullmatch): no trailing newline (SPEC §3)
 
 
 class Role(enum.StrEnum):
@@ -91,14 +91,14 @@ class TokenVerifier:
 def identity_from_claims(claims: dict[str, Any]) -> Identity:
     """Checks the claims' shape: sub and merchant_id identifiers, a known role."""
     subject, role_name, merchant_id = claims.get("sub"), claims.get("role"), claims.get("merchant_id")
-    if not isinstance(subject, str) or not _ID.match(subject):
+    if not isinstance(subject, str) or not _ID.fullmatch(subject):
         raise errors.Unauthenticated("the token's sub is not a valid agent id", reason="TOKEN_INVALID")
     try:
         role = Role(str(role_name))
     except ValueError:
         raise errors.Unauthenticated(f"the token's role {role_name!r} is unknown", reason="TOKEN_INVALID") from None
     if role is Role.MERCHANT:
-        if not isinstance(merchant_id, str) or not _ID.match(merchant_id):
+        if not isinstance(merchant_id, str) or not _ID.fullmatch(merchant_id):
             raise errors.Unauthenticated("a merchant token needs a valid merchant_id claim", reason="TOKEN_INVALID")
         return Identity(subject, role, merchant_id)
     return Identity(subject, role, None)

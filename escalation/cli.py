@@ -129,11 +129,28 @@ async def _worker(settings: config.Settings, name: str) -> None:
                     batch_size=settings.outbox_batch_size,
                     poll_interval=settings.outbox_poll_seconds,
                     retention_seconds=settings.outbox_retention_hours * 3600,
+                    max_attempts=settings.outbox_max_attempts,
                 ),
             )
             await relay.run(stop, dsn)
     finally:
         await pool.close()
+
+
+async def _outbox_retry(settings: config.Settings, outbox_id: int | None) -> int:
+    from escalation import outbox_admin
+
+    try:
+        conn = await asyncpg.connect(settings.require_database_url())
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        raise _DatabaseUnreachable(str(exc)) from exc
+    try:
+        rows = await outbox_admin.retry_parked(conn, outbox_id=outbox_id)
+    finally:
+        await conn.close()
+    text, status = outbox_admin.report(rows, outbox_id=outbox_id)
+    print(text)
+    return status
 
 
 def _warnings_config(settings: config.Settings) -> WarningsConfig:
@@ -182,26 +199,62 @@ def _token(args: argparse.Namespace) -> None:
     )
 
 
+_WORKERS_HELP = """Runs one background worker until SIGTERM; each is safe with N replicas.
+
+  deadlines  closes sessions whose reply deadline passed into tickets (SPEC R5, R7), sends reply
+             reminders, and deletes merchant events past their retention
+  outbox     publishes tickets and merchant warnings from the outbox to Kafka (creates the topics)
+  warnings   warns merchants whose reply timeliness over the trailing 24 h is poor (SPEC R10)"""
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="escalation", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("serve", help="serve gRPC and /metrics (stateless; run N replicas)")
-    sub.add_parser("migrate", help="apply pending database migrations (safe to run concurrently)")
+    raw = argparse.RawDescriptionHelpFormatter
+    sub.add_parser(
+        "serve",
+        help="serve gRPC and /metrics (stateless; run N replicas)",
+        description="Serves the four gRPC services, health and reflection, and /metrics. Stateless: run N replicas.",
+        epilog=config.variables_help("serve"),
+        formatter_class=raw,
+    )
+    sub.add_parser(
+        "migrate",
+        help="apply pending database migrations (safe to run concurrently)",
+        description="Applies pending migrations to ESCALATION_DATABASE_URL; safe to run from several processes.",
+        epilog=config.variables_help("migrate"),
+        formatter_class=raw,
+    )
     token = sub.add_parser("token", help="mint a development token (HS256 from ESCALATION_JWT_SECRET)")
     token.add_argument("--role", required=True, choices=[r.value for r in auth.Role])
     token.add_argument("--sub", required=True, help="agent id")
     token.add_argument("--merchant-id", help="required for --role merchant")
     token.add_argument("--ttl", type=int, default=24 * 3600, help="seconds until exp (default one day)")
     token.add_argument("--private-key", help="PEM private key file: sign RS256 instead")
-    worker = sub.add_parser("worker", help="run a background worker (each safe with N replicas)")
-    worker.add_argument("name", choices=["deadlines", "outbox", "warnings"])
+    worker = sub.add_parser(
+        "worker",
+        help="run a background worker (each safe with N replicas)",
+        description=_WORKERS_HELP,
+        epilog="\n\n".join(f"{name}:\n{config.variables_help(name)}" for name in ("deadlines", "outbox", "warnings")),
+        formatter_class=raw,
+    )
+    worker.add_argument("name", choices=["deadlines", "outbox", "warnings"], help="which worker (see above)")
     tickets = sub.add_parser("tickets", help="service tickets on Kafka")
     tickets_sub = tickets.add_subparsers(dest="tickets_command", required=True)
-    tail = tickets_sub.add_parser("tail", help="print tickets as they are published (a consumer-group member)")
+    tail = tickets_sub.add_parser(
+        "tail",
+        help="print tickets as they are published (a consumer-group member)",
+        epilog=config.variables_help("tail"),
+        formatter_class=raw,
+    )
     tail.add_argument("--group", default="escalation-tickets-tail", help="consumer group id")
     tail.add_argument("--from-beginning", action="store_true", help="with a new group, start at the oldest ticket")
     tail.add_argument("--json", action="store_true", help="one JSON object per line")
     tail.add_argument("--max", type=int, default=None, help="exit after this many distinct tickets")
+    outbox = sub.add_parser("outbox", help="operate the transactional outbox")
+    outbox_sub = outbox.add_subparsers(dest="outbox_command", required=True)
+    retry = outbox_sub.add_parser("retry", help="re-drive parked outbox rows (all, or one with --id); prints each")
+    retry.add_argument("--id", type=int, default=None, dest="outbox_id", help="only this outbox row")
     dev = sub.add_parser("dev", help="run everything locally: embedded PostgreSQL and broker, migrate, seed, serve")
     dev.add_argument("--data-dir", default=".data", help="where PostgreSQL keeps its data (default .data)")
     return parser
@@ -234,6 +287,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             if args.name == "outbox":
                 settings.require_kafka_bootstrap()
             asyncio.run(_worker(settings, args.name))
+        elif args.command == "outbox":
+            settings.require_database_url()
+            raise SystemExit(asyncio.run(_outbox_retry(settings, args.outbox_id)))
         elif args.command == "tickets":
             from escalation.tickets_tail import tail
 

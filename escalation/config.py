@@ -1,15 +1,16 @@
 """Configuration from the environment, validated once at start.
 
 Every setting is one ``ESCALATION_*`` variable; the README's configuration table lists them. A bad
-value raises ConfigError whose message is one line naming the variable; the CLI prints it and exits
-with status 2.
+value raises ConfigError whose message is one line naming the variable; every bad variable is
+collected first and reported in that one line, joined by "; " (SPEC §3: one clear line), so an
+operator fixes them all in one round. The CLI prints it and exits with status 2.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -32,6 +33,83 @@ _JWT_VARIABLES = (
     "ESCALATION_JWT_PUBLIC_KEY",
     "ESCALATION_JWT_PUBLIC_KEY_FILE",
 )
+
+
+@dataclass(frozen=True)
+class Variable:
+    """One ``ESCALATION_*`` variable as `escalation COMMAND --help` lists it."""
+
+    name: str
+    default: str
+    meaning: str
+    # Commands that read it: "serve", "migrate", "deadlines", "outbox", "warnings", "tail"; "*" for all.
+    used_by: frozenset[str]
+
+
+_ALL, _WORKERS = frozenset({"*"}), frozenset({"deadlines", "outbox", "warnings"})
+_DB = frozenset({"serve", "migrate"}) | _WORKERS
+_SESSIONS = frozenset({"serve", "deadlines"})
+_KAFKA = frozenset({"outbox", "tail"})
+# The one list of variables (a test checks it against what ``load`` reads); --help is generated from it.
+VARIABLES: tuple[Variable, ...] = (
+    Variable("ESCALATION_DATABASE_URL", "required", "postgresql://user@host:5432/db", _DB),
+    Variable("ESCALATION_DB_POOL_MIN", "2", "connection pool minimum per process", _DB - {"migrate"}),
+    Variable("ESCALATION_DB_POOL_MAX", "20", "connection pool maximum per process", _DB - {"migrate"}),
+    Variable("ESCALATION_DB_COMMAND_TIMEOUT_SECONDS", "10", "per-statement cap", _DB - {"migrate"}),
+    Variable("ESCALATION_KAFKA_BOOTSTRAP", "required", "HOST:PORT[,HOST:PORT…]", _KAFKA),
+    Variable("ESCALATION_KAFKA_IDEMPOTENCE", "true", "idempotent producer", _KAFKA),
+    Variable("ESCALATION_KAFKA_TOPIC_PARTITIONS", "6", "partitions of the topics the relay creates", _KAFKA),
+    Variable("ESCALATION_KAFKA_REPLICATION_FACTOR", "3", "their replication factor", _KAFKA),
+    Variable("ESCALATION_KAFKA_TOPIC_PREFIX", "empty", "prepended to every topic name", _KAFKA),
+    Variable("ESCALATION_GRPC_ADDR", "0.0.0.0:50051", "gRPC listen address", frozenset({"serve"})),
+    Variable("ESCALATION_METRICS_ADDR", "0.0.0.0:9464", "/metrics listen address", frozenset({"serve"}) | _WORKERS),
+    Variable("ESCALATION_JWT_ALGORITHM", "HS256", "HS256 or RS256", frozenset({"serve"})),
+    Variable("ESCALATION_JWT_SECRET", "required for HS256", "shared secret, at least 32 bytes", frozenset({"serve"})),
+    Variable("ESCALATION_JWT_PUBLIC_KEY", "required for RS256", "PEM public key", frozenset({"serve"})),
+    Variable("ESCALATION_JWT_PUBLIC_KEY_FILE", "unset", "PEM public key file", frozenset({"serve"})),
+    Variable("ESCALATION_JWT_AUDIENCE", "unset", "required aud claim", frozenset({"serve"})),
+    Variable("ESCALATION_JWT_ISSUER", "unset", "required iss claim", frozenset({"serve"})),
+    Variable("ESCALATION_JWT_LEEWAY_SECONDS", "30", "clock skew allowed on exp", frozenset({"serve"})),
+    Variable("ESCALATION_LOG_FORMAT", "json", "json or console", _ALL),
+    Variable("ESCALATION_LOG_LEVEL", "info", "debug, info, warning or error", _ALL),
+    Variable(
+        "ESCALATION_SHUTDOWN_GRACE_SECONDS", "10", "in-flight RPCs get this long on SIGTERM", frozenset({"serve"})
+    ),
+    Variable("ESCALATION_REMIND_BEFORE_SECONDS", "60", "reply reminder this long before the deadline", _SESSIONS),
+    Variable("ESCALATION_TICKET_SLA", "spec defaults", "CATEGORY=DURATION,… e.g. REFUND=1h", _SESSIONS),
+    Variable("ESCALATION_DEV_OVERRIDE_REPLY_TIMEOUT_SECONDS", "unset", "development only", _SESSIONS),
+    Variable("ESCALATION_DEADLINE_BATCH_SIZE", "500", "sessions per transaction", frozenset({"deadlines"})),
+    Variable("ESCALATION_DEADLINE_POLL_SECONDS", "2", "longest sleep between rounds", frozenset({"deadlines"})),
+    Variable("ESCALATION_OUTBOX_BATCH_SIZE", "500", "rows per claim", frozenset({"outbox"})),
+    Variable("ESCALATION_OUTBOX_POLL_SECONDS", "1", "longest sleep between rounds", frozenset({"outbox"})),
+    Variable(
+        "ESCALATION_OUTBOX_MAX_ATTEMPTS",
+        "5",
+        "failures (while Kafka takes other rows) before a row is parked",
+        frozenset({"outbox"}),
+    ),
+    Variable(
+        "ESCALATION_OUTBOX_RETENTION_HOURS", "168", "published rows are deleted after this", frozenset({"outbox"})
+    ),
+    Variable("ESCALATION_STREAM_HEARTBEAT_SECONDS", "15", "heartbeat after this long idle", frozenset({"serve"})),
+    Variable("ESCALATION_STREAM_WRITE_TIMEOUT_SECONDS", "10", "a blocked write ends the stream", frozenset({"serve"})),
+    Variable("ESCALATION_STREAM_MAX_LAG_EVENTS", "10000", "a reader this far behind is cut off", frozenset({"serve"})),
+    Variable("ESCALATION_EVENT_RETENTION_HOURS", "72", "merchant events kept this long", frozenset({"deadlines"})),
+    Variable(
+        "ESCALATION_WARNING_REPLY_RATE_THRESHOLD", "0.8", "warn below this 3-minute rate", frozenset({"warnings"})
+    ),
+    Variable("ESCALATION_WARNING_MIN_SESSIONS", "5", "rated sessions needed first", frozenset({"warnings"})),
+    Variable("ESCALATION_WARNING_AVERAGE_RESPONSE_SECONDS", "90", "warn above this average", frozenset({"warnings"})),
+    Variable("ESCALATION_WARNING_INTERVAL_SECONDS", "300", "how often to check", frozenset({"warnings"})),
+)
+
+
+def variables_help(command: str) -> str:
+    """The environment variables ``command`` reads, one per line, for its --help epilog."""
+    rows = [v for v in VARIABLES if command in v.used_by or "*" in v.used_by]
+    width = max(len(v.name) for v in rows)
+    lines = [f"  {v.name:<{width}}  {v.meaning} ({v.default})" for v in rows]
+    return "environment (invalid values are all reported at once; exit status 2):\n" + "\n".join(lines)
 
 
 class ConfigError(Exception):
@@ -76,6 +154,8 @@ class Settings:
     outbox_batch_size: int = 500
     outbox_poll_seconds: float = 1.0
     outbox_retention_hours: float = 168.0
+    # A row failing this many rounds while the broker acknowledges others is parked (docs/delivery.md).
+    outbox_max_attempts: int = 5
     kafka_topic_partitions: int = 6
     kafka_replication_factor: int = 3
     kafka_topic_prefix: str = ""
@@ -107,14 +187,36 @@ class Settings:
         return self.database_url
 
 
+class _Env(Mapping[str, str]):
+    """The environment being read, and the errors found so far: ``load`` reports them all at once."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self._env = env
+        self.errors: list[str] = []
+
+    def __getitem__(self, key: str) -> str:
+        return self._env[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._env)
+
+    def __len__(self) -> int:
+        return len(self._env)
+
+
 def _get(env: Mapping[str, str], name: str, parse: Callable[[str], T], default: T, hint: str) -> T:
+    """The parsed value of ``name`` or ``default`` when unset; a bad value is noted (``_Env``) or raised."""
     raw = env.get(name)
     if raw is None or raw == "":
         return default
     try:
         return parse(raw)
     except (ValueError, OSError) as exc:
-        raise ConfigError(f"{name}={raw!r} is invalid: {hint} ({exc})") from None
+        message = f"{name}={raw!r} is invalid: {hint} ({exc})"
+    if isinstance(env, _Env):
+        env.errors.append(message)
+        return default
+    raise ConfigError(message)
 
 
 N = TypeVar("N", int, float)
@@ -237,13 +339,21 @@ def _jwt(env: Mapping[str, str]) -> JwtSettings | None:
 
 
 def load(env: Mapping[str, str] | None = None) -> Settings:
-    """Reads and validates every setting; raises ConfigError on the first bad one."""
-    env = os.environ if env is None else env
+    """Reads and validates every setting.
+
+    Raises ConfigError naming every bad variable, in one line joined by "; " (SPEC §3).
+    """
+    env = _Env(os.environ if env is None else env)
     pool_min = _get(env, "ESCALATION_DB_POOL_MIN", _int_in(0, 1000), 2, "an integer 0..1000")
     pool_max = _get(env, "ESCALATION_DB_POOL_MAX", _int_in(1, 1000), 20, "an integer 1..1000")
     if pool_min > pool_max:
-        raise ConfigError(f"ESCALATION_DB_POOL_MIN={pool_min} is larger than ESCALATION_DB_POOL_MAX={pool_max}")
-    return Settings(
+        env.errors.append(f"ESCALATION_DB_POOL_MIN={pool_min} is larger than ESCALATION_DB_POOL_MAX={pool_max}")
+    try:
+        jwt = _jwt(env)
+    except ConfigError as exc:
+        env.errors.append(str(exc))
+        jwt = None
+    settings = Settings(
         database_url=_get(env, "ESCALATION_DATABASE_URL", _postgres_url, None, "a postgresql:// URL"),
         db_pool_min=pool_min,
         db_pool_max=pool_max,
@@ -254,7 +364,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         kafka_idempotence=_get(env, "ESCALATION_KAFKA_IDEMPOTENCE", _bool, True, "true or false"),
         grpc_addr=_get(env, "ESCALATION_GRPC_ADDR", _host_port, "0.0.0.0:50051", "HOST:PORT"),
         metrics_addr=_get(env, "ESCALATION_METRICS_ADDR", _host_port, "0.0.0.0:9464", "HOST:PORT"),
-        jwt=_jwt(env),
+        jwt=jwt,
         log_format=_get(env, "ESCALATION_LOG_FORMAT", _choice(LOG_FORMATS), "json", "console or json"),
         log_level=_get(env, "ESCALATION_LOG_LEVEL", _choice(LOG_LEVELS), "info", "debug, info, warning or error"),
         shutdown_grace_seconds=_get(env, "ESCALATION_SHUTDOWN_GRACE_SECONDS", _positive_float, 10.0, "seconds > 0"),
@@ -270,6 +380,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         outbox_batch_size=_get(env, "ESCALATION_OUTBOX_BATCH_SIZE", _int_in(1, 10_000), 500, "1..10000"),
         outbox_poll_seconds=_get(env, "ESCALATION_OUTBOX_POLL_SECONDS", _float_in(0.05, 60), 1.0, "seconds, 0.05..60"),
         outbox_retention_hours=_get(env, "ESCALATION_OUTBOX_RETENTION_HOURS", _float_in(0.01, 8760), 168.0, "hours"),
+        outbox_max_attempts=_get(env, "ESCALATION_OUTBOX_MAX_ATTEMPTS", _int_in(1, 1000), 5, "1..1000"),
         kafka_topic_partitions=_get(env, "ESCALATION_KAFKA_TOPIC_PARTITIONS", _int_in(1, 10_000), 6, "1..10000"),
         kafka_replication_factor=_get(env, "ESCALATION_KAFKA_REPLICATION_FACTOR", _int_in(1, 100), 3, "1..100"),
         stream_heartbeat_seconds=_get(env, "ESCALATION_STREAM_HEARTBEAT_SECONDS", _float_in(0.1, 300), 15.0, "seconds"),
@@ -292,3 +403,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
             env, "ESCALATION_WARNING_INTERVAL_SECONDS", _float_in(0.05, 86_400), 300.0, "seconds, 0.05..86400"
         ),
     )
+    if env.errors:
+        count = f"{len(env.errors)} invalid variables: " if len(env.errors) > 1 else ""
+        raise ConfigError(count + "; ".join(env.errors))
+    return settings

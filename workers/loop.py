@@ -9,9 +9,19 @@ from collections.abc import Awaitable, Callable
 import asyncpg
 import structlog
 
+from escalation import errors
+from escalation.store import db
+
 log = structlog.get_logger(__name__)
 
-MAX_BACKOFF = 30.0  # seconds between retries of a failing round
+MAX_BACKOFF = 30.0  # seconds between retries of a round failing for any other reason (e.g. Kafka down)
+# Seconds between retries while the database is unavailable: a sleeping worker is not woken when it
+# returns, so this bounds how late deadlines and the relay resume (issue 9 §2: within 2 s). A retry is
+# one refused connect or one failed statement, cheap enough to repeat every second for a long outage.
+DATABASE_RETRY = 1.0
+# Seconds between repeated log lines for one ongoing failure; the first failure and the recovery
+# (and any change of cause) are always logged.
+FAILURE_LOG_EVERY = 30.0
 
 
 class Wakeup:
@@ -48,7 +58,11 @@ class Wakeup:
         try:
             self._conn = await asyncpg.connect(self._dsn)
             await self._conn.add_listener(self._channel, self._listener)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except Exception as exc:
+            # Only a hint (the worker polls anyway), so no failure to listen may stop the worker: not
+            # a refused connect, nor asyncpg's TargetServerAttributeNotMatched during a failover.
+            if self._conn is not None:
+                self._conn.terminate()
             self._conn = None
             self._next_connect = time.monotonic() + 5.0
             log.warning("wakeup.listen_failed", channel=self._channel, error=str(exc))
@@ -78,21 +92,68 @@ class Wakeup:
             await self._conn.close()
 
 
+class _Failures:
+    """A streak of failed rounds: how long to pause next, and whether it is worth a log line."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self.count = 0
+        self._cause = ""
+        self._since = 0.0
+        self._logged = 0.0
+
+    def failed(self, exc: Exception) -> float:
+        """Records a failure; returns the seconds to pause before the next round."""
+        now = time.monotonic()
+        self.count += 1
+        if self.count == 1:
+            self._since = now
+        domain = db.translate(exc)
+        unavailable = isinstance(domain, errors.DatabaseUnavailable)
+        if unavailable:
+            pause = min(DATABASE_RETRY, 0.25 * 2.0 ** (self.count - 1))
+        else:
+            pause = min(MAX_BACKOFF, 0.5 * 2.0 ** (self.count - 1))
+        cause = domain.reason if unavailable and domain is not None else type(exc).__name__
+        if self.count == 1 or cause != self._cause or now - self._logged >= FAILURE_LOG_EVERY:
+            self._cause, self._logged = cause, now
+            fields = {"worker": self._name, "cause": cause, "retry_in": pause, "failures": self.count}
+            if unavailable:
+                # An outage, not a bug: no traceback, and one line per FAILURE_LOG_EVERY while it lasts.
+                log.warning("worker.round_failed", error=f"{type(exc).__name__}: {exc}", **fields)
+            else:
+                log.exception("worker.round_failed", **fields)
+        return pause
+
+    def succeeded(self) -> None:
+        if self.count:
+            log.info(
+                "worker.recovered",
+                worker=self._name,
+                failures=self.count,
+                failing_seconds=round(time.monotonic() - self._since, 3),
+            )
+        self.count, self._cause = 0, ""
+
+
 async def run_forever(
     *, name: str, stop: asyncio.Event, wakeup: Wakeup, round_: Callable[[], Awaitable[float]]
 ) -> None:
-    """Calls ``round_`` (which returns how long to sleep) until ``stop``; logs and backs off on error."""
-    failures = 0
+    """Calls ``round_`` (which returns how long to sleep) until ``stop``; logs and backs off on error.
+
+    A round failing because the database is unavailable (``store.db.translate``) is retried every
+    ``DATABASE_RETRY`` seconds at most, any other failure with exponential backoff up to
+    ``MAX_BACKOFF``. Cancellation ends the loop, never counts as a failure.
+    """
+    failures = _Failures(name)
     log.info("worker.started", worker=name)
     try:
         while not stop.is_set():
             try:
                 pause = await round_()
-                failures = 0
-            except Exception:
-                failures += 1
-                pause = min(MAX_BACKOFF, 0.5 * 2 ** (failures - 1))
-                log.exception("worker.round_failed", worker=name, retry_in=pause, failures=failures)
+                failures.succeeded()
+            except Exception as exc:
+                pause = failures.failed(exc)
             await wakeup.sleep(pause, stop)
     finally:
         await wakeup.close()

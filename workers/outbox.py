@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import asyncpg
 import structlog
@@ -32,8 +32,66 @@ class OutboxConfig:
     batch_size: int = 500  # rows per claim
     poll_interval: float = 1.0  # seconds; the longest sleep when no NOTIFY arrives
     ack_timeout: float = 30.0  # seconds to wait for one batch's acks before giving the rows back
+    # Failures of one row, in rounds where the broker acknowledged other rows, before it is parked.
+    max_attempts: int = 5
     retention_seconds: float = 7 * 24 * 3600  # published rows are deleted after this
     purge_every: float = 60.0  # seconds between purges
+
+
+class _Unsent(Exception):
+    """Rows that were acknowledged but must be sent again after an earlier row of their key."""
+
+
+@dataclass
+class _Verdict:
+    published: list[asyncpg.Record] = field(default_factory=list)
+    parked: list[tuple[asyncpg.Record, BaseException]] = field(default_factory=list)
+    failed: list[tuple[asyncpg.Record, BaseException]] = field(default_factory=list)
+    held_back: list[asyncpg.Record] = field(default_factory=list)
+    broker_healthy: bool = False
+
+
+def _judge(rows: list[asyncpg.Record], outcomes: dict[int, BaseException | None], max_attempts: int) -> _Verdict:
+    """Sorts a sent batch (in id order) into published, parked, failed (stays pending) and held back.
+
+    - A record error (too large, corrupt, bad topic) parks the row at once: it would fail forever.
+    - Any other error counts against the row only when the broker acknowledged another row in the same
+      round (an outage fails every row and never parks one); after ``max_attempts`` such failures the
+      row is parked.
+    - A parked row does not hold its key back: later rows of the key flow (docs/delivery.md). A row
+      that failed and stays pending does: later rows of its key are not marked published, even if
+      acknowledged, so their last copy on the topic follows it (consumers dedupe by ``event_id``).
+    """
+    verdict = _Verdict(broker_healthy=any(r["id"] in outcomes and outcomes[r["id"]] is None for r in rows))
+    waiting: set[bytes] = set()
+    for row in rows:
+        key = row["message_key"]
+        if row["id"] not in outcomes:  # never handed to the producer: the round ran out of time
+            waiting.add(key)
+            verdict.held_back.append(row)
+            continue
+        error = outcomes[row["id"]]
+        if error is None:
+            if key in waiting:
+                verdict.held_back.append(row)
+            else:
+                verdict.published.append(row)
+        elif kafka.is_record_error(error) or (verdict.broker_healthy and row["isolated_failures"] + 1 >= max_attempts):
+            verdict.parked.append((row, error))
+        else:
+            waiting.add(key)
+            verdict.failed.append((row, error))
+    return verdict
+
+
+def _describe(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"[:500]
+
+
+def _retrieve(ack: asyncio.Future[object]) -> None:
+    """Reads a dropped ack's outcome, so asyncio does not log "exception was never retrieved"."""
+    if not ack.cancelled():
+        ack.exception()
 
 
 class OutboxRelay:
@@ -62,55 +120,108 @@ class OutboxRelay:
         return self._producer
 
     async def run_once(self) -> int:
-        """Publishes every row that is pending now, batch by batch; returns how many were published."""
+        """Publishes every row that is pending now, batch by batch; returns how many were published.
+
+        Raises the first retriable send error (after committing what the round settled), so the loop
+        backs off; rows parked in the round do not make it fail (SPEC R7).
+        """
         total = 0
         # Also before: while Kafka is down a round can wait ack_timeout, and the gauges should show the backlog.
         await self._update_backlog_metrics()
         try:
-            while (n := await self._publish_batch()) > 0:
-                total += n
+            while True:
+                published, settled = await self._publish_batch()
+                total += published
+                if settled == 0:
+                    break
         finally:
             await self._update_backlog_metrics()
         return total
 
-    async def _publish_batch(self) -> int:
-        failed: Exception | None = None
-        async with self._pool.acquire() as conn:
-            async with conn.transaction():
-                rows = await self._claim(conn)
-                if not rows:
-                    return 0
-                try:
-                    producer = await self._ready_producer()
-                    sends = [
-                        await producer.send(
-                            self._kafka.topic(r["topic"]),
-                            value=r["payload"],
-                            key=r["message_key"],
-                            headers=[
-                                ("event_id", r["event_id"].encode()),
-                                ("content-type", r["content_type"].encode()),
-                            ],
-                        )
-                        for r in rows
-                    ]
-                    await asyncio.wait_for(asyncio.gather(*sends), self.config.ack_timeout)
-                except Exception as exc:
-                    failed = exc
-                else:
-                    await conn.execute(sql("mark_published"), [r["id"] for r in rows])
-            if failed is not None:
-                # The claim was rolled back; note the failure on the rows for operators, then retry later.
-                await conn.execute(
-                    sql("record_failure"), [r["id"] for r in rows], f"{type(failed).__name__}: {failed}"[:500]
-                )
-                raise failed
-        for row in rows:
+    async def _publish_batch(self) -> tuple[int, int]:
+        """One claimed batch: (rows published, rows settled = published or parked)."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            rows = await self._claim(conn)
+            if not rows:
+                return 0, 0
+            try:
+                outcomes = await self._send(rows)
+            except Exception as exc:
+                # No producer (broker unreachable, topics not creatable): nobody's fault but the broker's.
+                outcomes = {r["id"]: exc for r in rows}
+            verdict = _judge(rows, outcomes, self.config.max_attempts)
+            await conn.execute(sql("mark_published"), [r["id"] for r in verdict.published])
+            for row, error in verdict.parked:
+                await conn.execute(sql("park"), row["id"], _describe(error), verdict.broker_healthy)
+            by_error: dict[str, list[int]] = {}  # an outage fails the whole batch the same way: one statement
+            for row, error in verdict.failed:
+                by_error.setdefault(_describe(error), []).append(row["id"])
+            for text, ids in by_error.items():
+                await conn.execute(sql("record_failure"), ids, text, verdict.broker_healthy)
+        for row in verdict.published:
             metrics.OUTBOX_PUBLISHED.labels(topic=row["topic"]).inc()
             if row["topic"] == kafka.TICKETS_TOPIC:
                 metrics.TICKETS_PUBLISHED.inc()
-        log.info("outbox.published", rows=len(rows))
-        return len(rows)
+        for row, error in verdict.parked:
+            log.error(
+                "outbox.parked",
+                outbox_id=row["id"],
+                topic=row["topic"],
+                event_id=row["event_id"],
+                payload_bytes=len(row["payload"]),
+                attempts=row["attempts"] + 1,
+                error=_describe(error),
+                hint="escalation outbox retry --id N re-drives it once the cause is fixed",
+            )
+        if verdict.published:
+            log.info("outbox.published", rows=len(verdict.published))
+        if verdict.failed or verdict.held_back:
+            first = verdict.failed[0][1] if verdict.failed else None
+            raise first if first is not None else _Unsent(f"{len(verdict.held_back)} rows to send again")
+        return len(verdict.published), len(verdict.published) + len(verdict.parked)
+
+    async def _send(self, rows: list[asyncpg.Record]) -> dict[int, BaseException | None]:
+        """Sends every row pipelined, each with its own ack: row id → None (acked) or the error.
+
+        Rows not yet handed to the producer when ``ack_timeout`` runs out are left out of the answer.
+        """
+        producer = await self._ready_producer()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.ack_timeout
+        acks: dict[int, asyncio.Future[object]] = {}
+        outcomes: dict[int, BaseException | None] = {}
+        for r in rows:
+            if loop.time() >= deadline:
+                break
+            try:
+                ack = await asyncio.wait_for(
+                    producer.send(
+                        self._kafka.topic(r["topic"]),
+                        value=r["payload"],
+                        key=r["message_key"],
+                        headers=[
+                            ("event_id", r["event_id"].encode()),
+                            ("content-type", r["content_type"].encode()),
+                        ],
+                    ),
+                    deadline - loop.time(),
+                )
+            except Exception as exc:  # e.g. MessageSizeTooLargeError, raised before anything is sent
+                outcomes[r["id"]] = exc
+            else:
+                acks[r["id"]] = ack
+        if acks:
+            await asyncio.wait(acks.values(), timeout=max(0.0, deadline - loop.time()))
+        for row_id, ack in acks.items():
+            if not ack.done():
+                # Still in the producer: its late outcome is dropped (the row is sent again, deduped by event_id).
+                ack.add_done_callback(_retrieve)
+                outcomes[row_id] = TimeoutError(f"no ack within {self.config.ack_timeout:g} s")
+            elif ack.cancelled():
+                outcomes[row_id] = asyncio.CancelledError("send cancelled")
+            else:
+                outcomes[row_id] = ack.exception()
+        return outcomes
 
     async def _claim(self, conn: asyncpg.Connection) -> list[asyncpg.Record]:
         """Locks a batch, keeping only rows no other relay's older row of the same key must precede.
@@ -130,6 +241,7 @@ class OutboxRelay:
         if backlog is not None:
             metrics.OUTBOX_PENDING.set(backlog["pending"])
             metrics.OUTBOX_OLDEST_AGE.set(backlog["oldest_age"])
+            metrics.OUTBOX_PARKED.set(backlog["parked"])
 
     async def purge_if_due(self) -> None:
         if time.monotonic() - self._last_purge >= self.config.purge_every:

@@ -64,14 +64,16 @@ class MerchantAdminServicer(admin_pb2_grpc.MerchantAdminServiceServicer):
         size = check.page_size("page_size", request.page_size, default=DEFAULT_AGENT_PAGE)
         filters = ["agents", request.merchant_id, current_identity().merchant_id]
         after = paging.decode(request.page_token, filters, check)
-        if after is not None and (len(after) != 1 or not isinstance(after[0], str) or not IDENTIFIER.match(after[0])):
+        if after is not None and (
+            len(after) != 1 or not isinstance(after[0], str) or not IDENTIFIER.fullmatch(after[0])
+        ):
             check.add("page_token", paging.NOT_OURS)
         target = self._scope(request.merchant_id, check)
         rows = await directory.list_agents(
             self._pool, target, after_agent_id=after[0] if after else None, limit=size + 1
         )
-        token = paging.encode([rows[size - 1]["agent_id"]], filters) if len(rows) > size else ""
-        return admin_pb2.ListAgentsResponse(agents=[convert.agent(r) for r in rows[:size]], next_page_token=token)
+        items, token = paging.bounded_page(rows, size, convert.agent, lambda r: [r["agent_id"]], filters)
+        return admin_pb2.ListAgentsResponse(agents=items, next_page_token=token)
 
     async def SetReceptionAgents(
         self, request: admin_pb2.SetReceptionAgentsRequest, context: Context

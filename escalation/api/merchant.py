@@ -42,13 +42,10 @@ class MerchantServicer(merchant_pb2_grpc.MerchantServiceServicer):
         after = req.time_and_id_key(check, paging.decode(request.page_token, filters, check))
         check.raise_if_any()
         rows = await directory.list_reply_templates(self._pool, target, after=after, limit=size + 1)
-        token = ""
-        if len(rows) > size:
-            last = rows[size - 1]
-            token = paging.encode([last["create_time"].isoformat(), last["template_id"]], filters)
-        return merchant_pb2.ListReplyTemplatesResponse(
-            templates=[convert.reply_template(r) for r in rows[:size]], next_page_token=token
+        items, token = paging.bounded_page(
+            rows, size, convert.reply_template, lambda r: [r["create_time"].isoformat(), r["template_id"]], filters
         )
+        return merchant_pb2.ListReplyTemplatesResponse(templates=items, next_page_token=token)
 
     async def Connect(self, request_iterator: AsyncIterator[merchant_pb2.ConnectRequest], context: Context) -> None:  # type: ignore[override]  # context.write style, so each write can time out
         stream = MerchantStream(self._pool, self._hub, self._policy, self._streams, current_identity(), context)

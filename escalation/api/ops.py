@@ -105,11 +105,11 @@ class OpsServicer(ops_pb2_grpc.OpsServiceServicer):
         after = time_and_uuid_key(check, paging.decode(request.page_token, filters, check))
         check.raise_if_any()
         rows = await warnings.list_warnings(self._pool, request.merchant_id or None, after=after, limit=size + 1)
-        token = ""
-        if len(rows) > size:
-            last = rows[size - 1]
-            token = paging.encode([last["create_time"].isoformat(), str(last["warning_id"])], filters)
-        return ops_pb2.ListWarningsResponse(
-            warnings=[events_pb2.MerchantWarning.FromString(r["payload"]) for r in rows[:size]],
-            next_page_token=token,
+        items, token = paging.bounded_page(
+            rows,
+            size,
+            lambda r: events_pb2.MerchantWarning.FromString(r["payload"]),
+            lambda r: [r["create_time"].isoformat(), str(r["warning_id"])],
+            filters,
         )
+        return ops_pb2.ListWarningsResponse(warnings=items, next_page_token=token)

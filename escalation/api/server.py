@@ -15,6 +15,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from escalation.api.admin import MerchantAdminServicer
+from escalation.api.drain import InFlight
 from escalation.api.interceptors import ServerInterceptor
 from escalation.api.merchant import MerchantServicer
 from escalation.api.ops import OpsServicer
@@ -79,8 +80,11 @@ class Server:
             write_timeout_seconds=settings.stream_write_timeout_seconds,
             max_lag_events=settings.stream_max_lag_events,
         )
+        # Outermost, so a handler counts as running until its status is decided (see stop()).
+        self._in_flight = InFlight(SERVICE_NAMES)
         self._server = grpc.aio.server(
-            interceptors=[ServerInterceptor(TokenVerifier(settings.require_jwt()))], options=_OPTIONS
+            interceptors=[self._in_flight, ServerInterceptor(TokenVerifier(settings.require_jwt()))],
+            options=_OPTIONS,
         )
         platform_pb2_grpc.add_PlatformServiceServicer_to_server(
             PlatformServicer(pool, policy, self.hub, streams), self._server
@@ -111,12 +115,24 @@ class Server:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
 
     async def stop(self, grace: float | None = None) -> None:
-        """Reports NOT_SERVING first so balancers drain us, then lets in-flight RPCs finish."""
+        """Drains and stops: returns as soon as in-flight RPCs are done, at most ``grace`` seconds later.
+
+        Reports NOT_SERVING first so balancers drain us; ends every stream with UNAVAILABLE
+        SHUTTING_DOWN so its client reconnects to another replica; refuses new RPCs and lets unary
+        ones in flight finish (``grace`` defaults to ESCALATION_SHUTDOWN_GRACE_SECONDS); then cancels
+        whatever the transport still holds. SPEC §5: ≤ 1 s with open streams and no unary call.
+        """
+        grace = self._settings.shutdown_grace_seconds if grace is None else grace
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-        # Streams end first, with UNAVAILABLE, so their clients reconnect to another replica.
         await self.hub.close()
-        await self._server.stop(self._settings.shutdown_grace_seconds if grace is None else grace)
+        stopping = asyncio.ensure_future(self._server.stop(grace))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._in_flight.wait_idle(), grace)
+        # Every handler has returned (or the grace is over): what is left are calls whose status was
+        # sent but whose client never half-closed, which grpc.aio would otherwise wait out.
+        await self._server.stop(None)
+        await stopping
         if self._gauges is not None:
             self._gauges.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -127,7 +143,7 @@ class Server:
 
 
 async def serve_until_signalled(server: Server) -> None:
-    """Runs until SIGTERM or SIGINT, then shuts down gracefully."""
+    """Runs until SIGTERM or SIGINT, then shuts down gracefully (see ``Server.stop``)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

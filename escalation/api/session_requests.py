@@ -22,7 +22,7 @@ from escalation.services.sessions import NewMessage
 from escalation.v1 import common_pb2, platform_pb2
 
 DEFAULT_SESSION_PAGE, DEFAULT_MESSAGE_PAGE = 50, 100
-_CLIENT_MSG_ID = re.compile(r"^[\x21-\x7e]{1,64}$")
+_CLIENT_MSG_ID = re.compile(r"[\x21-\x7e]{1,64}")  # fullmatch: no trailing newline (SPEC §3)
 
 
 def session_id(check: Violations, value: str, field: str = "session_id") -> uuid.UUID:
@@ -43,7 +43,7 @@ def session_id(check: Violations, value: str, field: str = "session_id") -> uuid
 def client_msg_id(check: Violations, value: str) -> str | None:
     if not value:
         return None
-    if not _CLIENT_MSG_ID.match(value):
+    if not _CLIENT_MSG_ID.fullmatch(value):
         check.add("client_msg_id", "must be 1–64 printable ASCII characters without spaces")
     return value
 
@@ -145,11 +145,10 @@ async def list_sessions(
     check.raise_if_any()
     where = sessions.SessionFilter(request.merchant_id or None, state, start, end)
     rows = await sessions.list_sessions(pool, current_identity(), where, after=after, limit=size + 1)
-    token = ""
-    if len(rows) > size:
-        last = rows[size - 1]
-        token = paging.encode([last["open_time"].isoformat(), str(last["session_id"])], filters)
-    return platform_pb2.ListSessionsResponse(sessions=[records.session(r) for r in rows[:size]], next_page_token=token)
+    items, token = paging.bounded_page(
+        rows, size, records.session, lambda r: [r["open_time"].isoformat(), str(r["session_id"])], filters
+    )
+    return platform_pb2.ListSessionsResponse(sessions=items, next_page_token=token)
 
 
 async def list_messages(
@@ -166,5 +165,5 @@ async def list_messages(
     rows = await sessions.list_messages(
         pool, current_identity(), sid, after_seq=request.after_seq if after_seq is None else after_seq, limit=size + 1
     )
-    token = paging.encode([rows[size - 1]["seq"]], filters) if len(rows) > size else ""
-    return platform_pb2.ListMessagesResponse(messages=[records.message(r) for r in rows[:size]], next_page_token=token)
+    items, token = paging.bounded_page(rows, size, records.message, lambda r: [r["seq"]], filters)
+    return platform_pb2.ListMessagesResponse(messages=items, next_page_token=token)

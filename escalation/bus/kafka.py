@@ -8,12 +8,45 @@ from dataclasses import dataclass
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import (
+    CorruptRecordException,
+    InvalidTimestampError,
+    InvalidTopicError,
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+    RecordTooLargeError,
+    TopicAlreadyExistsError,
+    UnsupportedForMessageFormatError,
+)
+
+from escalation.domain.limits import KAFKA_MAX_REQUEST_BYTES, KAFKA_TOPIC_MAX_MESSAGE_BYTES
 
 log = structlog.get_logger(__name__)
 
 TICKETS_TOPIC = "escalation.service-tickets.v1"
 WARNINGS_TOPIC = "escalation.merchant-warnings.v1"
+
+# gzip: built into aiokafka (Python's zlib), so no native extra to install and every Kafka-protocol
+# broker and client reads it. Tickets are protobuf with repetitive transcripts, which gzip shrinks
+# several-fold; lz4/zstd would be faster but need python-lz4/cramjam, for a few tickets a second.
+DEFAULT_COMPRESSION = "gzip"
+
+# Errors about the record itself (its size, format, timestamp or topic name): sending it again fails
+# the same way, so the relay parks the row at once. Anything else may pass (docs/delivery.md).
+_RECORD_ERRORS = (
+    MessageSizeTooLargeError,
+    RecordTooLargeError,
+    RecordListTooLargeError,
+    CorruptRecordException,
+    InvalidTimestampError,
+    InvalidTopicError,
+    UnsupportedForMessageFormatError,
+)
+
+
+def is_record_error(exc: BaseException) -> bool:
+    """True when a send failed because of the record, not the broker's state (never worth a retry)."""
+    return isinstance(exc, _RECORD_ERRORS)
 
 
 class TopicCreationError(RuntimeError):
@@ -30,6 +63,11 @@ class KafkaSettings:
     request_timeout_ms: int = 30_000
     # Prepended to every topic name (e.g. "staging." or one per test); empty in production.
     topic_prefix: str = ""
+    # Bytes: the producer refuses a larger record before sending (MessageSizeTooLargeError); the topics
+    # the relay creates accept slightly more, so a record the producer lets through fits the topic.
+    max_request_bytes: int = KAFKA_MAX_REQUEST_BYTES
+    topic_max_message_bytes: int = KAFKA_TOPIC_MAX_MESSAGE_BYTES
+    compression: str | None = DEFAULT_COMPRESSION
 
     def topic(self, name: str) -> str:
         """The physical topic for a logical one (outbox rows store the logical name)."""
@@ -37,10 +75,16 @@ class KafkaSettings:
 
 
 def producer(settings: KafkaSettings) -> AIOKafkaProducer:
-    """acks=all: a row is marked published only once every in-sync replica has it."""
+    """acks=all: a row is marked published only once every in-sync replica has it.
+
+    ``max_request_size`` is checked on the uncompressed record, so compression only saves bytes on the
+    wire and on disk; what fits is decided by ``max_request_bytes`` (SPEC R7, domain/limits.py).
+    """
     return AIOKafkaProducer(
         bootstrap_servers=settings.bootstrap,
         acks="all",
+        max_request_size=settings.max_request_bytes,
+        compression_type=settings.compression,
         enable_idempotence=settings.idempotence,
         linger_ms=5,
         request_timeout_ms=settings.request_timeout_ms,
@@ -60,7 +104,11 @@ def consumer(settings: KafkaSettings, topic: str, group_id: str, *, from_beginni
 
 
 async def ensure_topics(settings: KafkaSettings, topics: Sequence[str]) -> None:
-    """Creates the topics if missing (partitions and replication from settings); existing ones stay."""
+    """Creates the topics if missing (partitions, replication, ``max.message.bytes`` from settings).
+
+    Existing topics keep their configuration (an operator's change is not undone); docs/delivery.md says
+    how to align ``max.message.bytes`` on topics created before.
+    """
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap, request_timeout_ms=settings.request_timeout_ms)
     await admin.start()
     try:
@@ -69,7 +117,12 @@ async def ensure_topics(settings: KafkaSettings, topics: Sequence[str]) -> None:
         if missing:
             response = await admin.create_topics(
                 [
-                    NewTopic(t, num_partitions=settings.partitions, replication_factor=settings.replication_factor)
+                    NewTopic(
+                        t,
+                        num_partitions=settings.partitions,
+                        replication_factor=settings.replication_factor,
+                        topic_configs={"max.message.bytes": str(settings.topic_max_message_bytes)},
+                    )
                     for t in missing
                 ]
             )

@@ -304,10 +304,14 @@ class EmbeddedPostgres:
                 raise StartupError(with_log(f"postgres not accepting connections after {timeout:.0f}s", self.log_path))
             time.sleep(0.05)
 
-    def stop(self, timeout: float = 30) -> None:
-        """Fast shutdown (SIGINT: roll back sessions, checkpoint), SIGKILL if it hangs."""
+    def stop(self, timeout: float = 30, *, immediate: bool = False) -> None:
+        """Fast shutdown (SIGINT: roll back sessions, checkpoint), SIGKILL if it hangs.
+
+        ``immediate`` is ``pg_ctl stop -m immediate`` (SIGQUIT: no checkpoint, crash recovery at the
+        next start), which fault-injection tests use to crash the server.
+        """
         if self._proc is not None:
-            stop_process(self._proc, signal.SIGINT, timeout)
+            stop_process(self._proc, signal.SIGQUIT if immediate else signal.SIGINT, timeout)
             self._proc = None
         if self._tmp_socket_dir is not None:
             shutil.rmtree(self._tmp_socket_dir, ignore_errors=True)

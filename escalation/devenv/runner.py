@@ -1,12 +1,13 @@
 """`escalation dev` (what `make run` runs): embedded PostgreSQL and broker, migrate, seed, serve.
 
 One supervised process tree: PostgreSQL, the broker and `escalation serve` are children of this
-process. SIGINT/SIGTERM, or any child dying, stops them all in reverse order.
+process. SIGINT/SIGTERM/SIGHUP (a closed terminal), or any child dying, stops them all in reverse order.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import shlex
@@ -106,7 +107,7 @@ async def _prepare_database(admin_dsn: str, dsn: str) -> None:
 
 
 class _Interrupted(Exception):
-    """SIGINT/SIGTERM arrived while starting up: skip the rest and stop what runs."""
+    """SIGINT/SIGTERM/SIGHUP arrived while starting up: skip the rest and stop what runs."""
 
 
 def _shown(path: Path) -> str:
@@ -136,6 +137,20 @@ def _wait_serving(port: int, server: subprocess.Popen[bytes], stop: threading.Ev
     raise StartupError(f"`escalation serve` did not report SERVING on port {port} within {timeout:.0f} s")
 
 
+def _reply_timeout_note(override: str | None) -> str:
+    """The banner's line on the reply timeout: the override in force, or how to set one."""
+    if override:
+        return (
+            f"Unanswered sessions close after {override} s: ESCALATION_DEV_OVERRIDE_REPLY_TIMEOUT_SECONDS={override}\n"
+            "overrides every merchant's reply timeout (unset it for the real 120–180 s)."
+        )
+    return (
+        "Unanswered sessions close after the merchant's reply timeout (180 s unless changed with\n"
+        "UpdateReplyTimeout); to watch one time out sooner, restart with\n"
+        "ESCALATION_DEV_OVERRIDE_REPLY_TIMEOUT_SECONDS=15 make run."
+    )
+
+
 def _banner(ports: DevPorts, secret: str, data_dir: Path) -> str:
     def tok(role: auth.Role, sub: str, merchant_id: str | None = None) -> str:
         return auth.mint(
@@ -161,7 +176,7 @@ def _banner(ports: DevPorts, secret: str, data_dir: Path) -> str:
     rel_env = shlex.quote(_shown(env_file))
     cli = _shown(Path(sys.executable).with_name("escalation"))
     override = os.environ.get("ESCALATION_DEV_OVERRIDE_REPLY_TIMEOUT_SECONDS")
-    timeout = f"overridden to {override} s" if override else "180 s unless changed with UpdateReplyTimeout"
+    timeout_note = _reply_timeout_note(override)
     return f"""
 escalation is running (demo merchant {seed.DEMO_MERCHANT!r}: main account {seed.DEMO_MAIN_ACCOUNT!r},
 designated agents {", ".join(seed.DEMO_AGENTS)}).
@@ -198,15 +213,18 @@ In another terminal (tokens are valid for 30 days; mint more with `escalation to
   # Tickets as the ticketing system sees them (sessions unanswered for the reply timeout, or escalated):
   ESCALATION_KAFKA_BOOTSTRAP=127.0.0.1:{ports.kafka} {cli} tickets tail --from-beginning
 
-Unanswered sessions close after the merchant's reply timeout ({timeout}); to watch one time out
-sooner, restart with ESCALATION_DEV_OVERRIDE_REPLY_TIMEOUT_SECONDS=15 make run.
+{timeout_note}
 
 Ctrl-C stops everything; data stays in {_shown(data_dir)}/ for the next run.
 """
 
 
 def run_dev(data_dir: str = ".data") -> int:
-    """Runs until SIGINT/SIGTERM or until a child dies; returns the exit status."""
+    """Runs until SIGINT/SIGTERM/SIGHUP or until a child dies; returns the exit status.
+
+    SIGHUP (the terminal of `make run` closed) is a stop like the others: by default it would kill us,
+    and the parent-death signal would then SIGKILL PostgreSQL mid-write (issue 9 §9).
+    """
     obs_logging.configure(log_format=os.environ.get("ESCALATION_LOG_FORMAT", "console"), level="info")
     root = Path(data_dir).absolute()
     root.mkdir(parents=True, exist_ok=True)
@@ -225,7 +243,7 @@ def run_dev(data_dir: str = ".data") -> int:
         if stop.is_set():
             raise _Interrupted
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, on_signal)
 
     postgres = EmbeddedPostgres(root / "pg", port=ports.postgres, log_path=logs / "postgres.log")
@@ -313,11 +331,17 @@ def run_dev(data_dir: str = ".data") -> int:
         status = 1
     finally:
         if started:
-            print("stopping", flush=True)
+            _say("stopping")
         for proc in [*workers.values(), *([server] if server is not None else [])]:
             stop_process(proc, signal.SIGTERM, timeout=15)
         broker.stop()
         postgres.stop()
         if started:
-            print("stopped", flush=True)
+            _say("stopped")
     return status
+
+
+def _say(line: str) -> None:
+    """Prints while stopping; after SIGHUP the terminal may be gone, which must not skip the stop."""
+    with contextlib.suppress(OSError):
+        print(line, flush=True)

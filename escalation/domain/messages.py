@@ -15,7 +15,7 @@ MAX_URL = 2048
 MAX_IMAGE_SIDE = 10_000
 MAX_ORDER_ITEMS = 50
 MAX_QUANTITY = 10_000
-_CURRENCY = re.compile(r"^[A-Z]{3}$")
+_CURRENCY = re.compile(r"[A-Z]{3}")  # fullmatch: no trailing newline (SPEC §3)
 # Timestamp's valid range (0001-01-01 .. 9999-12-31).
 _MIN_SECONDS, _MAX_SECONDS = -62135596800, 253402300799
 
@@ -23,6 +23,8 @@ _KIND_BY_FIELD = {"text": Kind.TEXT, "order_card": Kind.ORDER_CARD, "image": Kin
 
 
 def https_url(check: Violations, field: str, value: str, *, required: bool) -> None:
+    """An https URL; whitespace, control and format characters (bidi controls, zero-width) would make
+    it read as another URL than it is, so they are refused (SPEC R4)."""
     if not value:
         if required:
             check.add(field, "is required")
@@ -34,7 +36,7 @@ def https_url(check: Violations, field: str, value: str, *, required: bool) -> N
     if (
         parts.scheme != "https"
         or not parts.netloc
-        or any(ch.isspace() or unicodedata.category(ch) == "Cc" for ch in value)
+        or any(ch.isspace() or unicodedata.category(ch) in ("Cc", "Cf") for ch in value)
     ):
         check.add(field, "must be an https:// URL")
 
@@ -59,7 +61,7 @@ def _order_card(check: Violations, f: str, card: common_pb2.OrderCard) -> None:
     else:
         if card.paid_amount.amount_minor < 0:
             check.add(f"{f}.paid_amount.amount_minor", "must not be negative")
-        if not _CURRENCY.match(card.paid_amount.currency):
+        if not _CURRENCY.fullmatch(card.paid_amount.currency):
             check.add(f"{f}.paid_amount.currency", "must be an ISO 4217 code such as CNY")
     if not 1 <= len(card.items) <= MAX_ORDER_ITEMS:
         check.add(f"{f}.items", f"must list 1–{MAX_ORDER_ITEMS} items")

@@ -3,21 +3,16 @@
 from __future__ import annotations
 
 import re
-import unicodedata
 from datetime import UTC, datetime, timedelta
 from typing import Self
 
+from escalation.domain import text as text_rule
 from escalation.errors import FieldViolation, InvalidArgument
 
-# What trimming removes: whitespace, but not the control characters str.strip() would also eat
-# (\x1c–\x1f, \x85), which must be refused instead.
-WHITESPACE = (
-    " \t\n\r\x0b\x0c\u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a"
-    "\u2028\u2029\u202f\u205f\u3000"
-)
 # google.protobuf.Timestamp's range, 0001-01-01 through 9999-12-31.
 MIN_TIMESTAMP_SECONDS, MAX_TIMESTAMP_SECONDS = -62135596800, 253402300799
-IDENTIFIER = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+# Used with fullmatch only: `$` would also match before a trailing newline (SPEC §3).
+IDENTIFIER = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 IDENTIFIER_RULE = "must be 1–64 characters of A–Z, a–z, 0–9, '.', '_', ':' or '-'"
 MAX_PAGE_SIZE = 1000
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -41,26 +36,35 @@ class Violations:
             raise InvalidArgument(self._items)
 
     def identifier(self, field: str, value: str, *, required: bool = True) -> str:
-        """Checks an id field; returns it unchanged."""
+        """Checks an id field as a whole string (no trailing newline, SPEC §3); returns it unchanged."""
         if not value:
             if required:
                 self.add(field, "is required")
-        elif not IDENTIFIER.match(value):
+        elif not IDENTIFIER.fullmatch(value):
             self.add(field, IDENTIFIER_RULE)
         return value
 
     def text(self, field: str, value: str, *, max_chars: int, required: bool = True, multiline: bool = True) -> str:
-        """Trims surrounding whitespace; rejects empty, over-long and control characters."""
-        trimmed = value.strip(WHITESPACE)
+        """Checks one free-text field by SPEC R4 "Text"; returns it with surrounding whitespace trimmed.
+
+        Notes, under ``field``: empty ("is required", when ``required``), blank (no visible
+        character, see escalation.domain.text), longer than ``max_chars`` code points after
+        trimming, and each refused kind of character (controls except newline and tab when
+        ``multiline``, bidirectional controls, surrogates and noncharacters, line separators when
+        not ``multiline``). An optional field (``required=False``) may be empty or whitespace
+        (stored empty) but not hold only invisible characters: it would be stored showing nothing.
+        """
+        trimmed = value.strip(text_rule.WHITESPACE)
         if not trimmed:
             if required:
                 self.add(field, "is required" if not value else "must not be blank")
             return trimmed
-        if len(trimmed) > max_chars:
+        for refusal in text_rule.refusals(trimmed, multiline=multiline):
+            self.add(field, refusal.description())
+        if not text_rule.has_visible(trimmed):
+            self.add(field, "must not be blank: it has no visible character")
+        elif len(trimmed) > max_chars:
             self.add(field, f"must be at most {max_chars} characters after trimming (got {len(trimmed)})")
-        allowed = "\n\t" if multiline else ""
-        if any(unicodedata.category(ch) == "Cc" and ch not in allowed for ch in trimmed):
-            self.add(field, "must not contain control characters")
         return trimmed
 
     def timestamp(self, field: str, seconds: int, nanos: int) -> datetime | None:

@@ -30,7 +30,11 @@ DEADLINE_LATENESS = Histogram(
     "How long after its reply deadline (database clock) a session was actually closed.",
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0),
 )
-OUTBOX_PENDING = Gauge("escalation_outbox_pending", "Outbox rows not yet acknowledged by Kafka.")
+OUTBOX_PENDING = Gauge("escalation_outbox_pending", "Outbox rows waiting for Kafka's ack (parked rows excluded).")
+OUTBOX_PARKED = Gauge(
+    "escalation_outbox_parked",
+    "Outbox rows the relay gave up on; they wait for `escalation outbox retry` (SPEC R7).",
+)
 OUTBOX_OLDEST_AGE = Gauge(
     "escalation_outbox_oldest_age_seconds", "Age of the oldest unpublished outbox row (0 when none)."
 )

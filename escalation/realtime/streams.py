@@ -115,13 +115,27 @@ class MerchantStream:
 
     async def _hello(self, frames: AsyncIterator[merchant_pb2.ConnectRequest]) -> merchant_pb2.Hello:
         bad = errors.InvalidArgument([errors.FieldViolation("hello", "the first frame must be a hello")])
+        # A client that has not said hello yet is ended by shutdown like any other stream.
+        first = asyncio.ensure_future(anext(frames))
+        closing = asyncio.ensure_future(self._hub.closing.wait())
         try:
-            first = await asyncio.wait_for(anext(frames), self._config.hello_timeout_seconds)
-        except (StopAsyncIteration, TimeoutError):
-            raise bad from None
-        if first.WhichOneof("frame") != "hello":
+            await asyncio.wait(
+                (first, closing), timeout=self._config.hello_timeout_seconds, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            closing.cancel()
+            first.cancel()
+        if first.done() and not first.cancelled():
+            try:
+                frame = first.result()
+            except StopAsyncIteration:
+                raise bad from None
+            if frame.WhichOneof("frame") == "hello":
+                return frame.hello
             raise bad
-        return first.hello
+        if closing.done() and not closing.cancelled():
+            raise errors.ShuttingDown()
+        raise bad
 
     async def _check_access(self) -> bool:
         """R1: only agents with IM permission (not disabled) may hold a stream; returns main-account-ness."""

@@ -25,21 +25,45 @@ _CONSTRAINTS: dict[str, Callable[[], errors.EscalationError]] = {
     "reply_templates_merchant_id_fkey": lambda: errors.MerchantNotFound(),
 }
 
-_UNAVAILABLE = (
-    asyncpg.CannotConnectNowError,
-    asyncpg.TooManyConnectionsError,
-    asyncpg.ConnectionDoesNotExistError,
-    asyncpg.AdminShutdownError,
-    asyncpg.exceptions.ConnectionFailureError,
+# SPEC §3: a lost, broken, read-only or shutting-down database is UNAVAILABLE (DATABASE_UNAVAILABLE),
+# never INTERNAL. Matched by SQLSTATE where the server says why: whole classes where every member means
+# "the database, not the request" (08 connection exception, 53 insufficient resources, 57 operator
+# intervention: admin/crash shutdown, cannot connect now, database dropped, idle-session timeout), single
+# codes elsewhere. 57014 (statement timeout) is class 57 too, but gets its own message below.
+_UNAVAILABLE_CLASSES = frozenset({"08", "53", "57"})
+_UNAVAILABLE_STATES = frozenset(
+    {
+        "25006",  # read_only_sql_transaction: a standby, or a primary held read-only during failover
+        "25P03",  # idle_in_transaction_session_timeout: the server closed the connection
+        "58000",  # system_error
+        "58030",  # io_error: the server's storage failed
+    }
+)
+# Failures with no SQLSTATE: the socket (OSError covers refused, reset, unreachable), the driver's view
+# of a closed connection (InterfaceError), and InternalClientError, whose subclasses and messages all
+# mean the client's protocol state no longer matches the server's: a connection broken mid-operation
+# ("cannot switch to state 15; another operation (2) is in progress"), TargetServerAttributeNotMatched
+# (every host of the DSN is up but none is writable), ProtocolError, an outdated type cache. The pool
+# discards such a connection (it is closed, or its reset fails), so a retry gets a fresh one.
+_UNAVAILABLE_TYPES = (
     asyncpg.InterfaceError,
-    ConnectionError,
+    asyncpg.exceptions.InternalClientError,
     OSError,
     asyncio.TimeoutError,
 )
 
 
+def is_unavailable_state(sqlstate: str | None) -> bool:
+    """Whether a SQLSTATE (five characters, e.g. ``57P01``) means the database rather than the request failed."""
+    return sqlstate is not None and (sqlstate[:2] in _UNAVAILABLE_CLASSES or sqlstate in _UNAVAILABLE_STATES)
+
+
 def translate(exc: BaseException) -> errors.EscalationError | None:
-    """The domain error an exception from the database layer means, or None if it is a bug."""
+    """The domain error an exception from the database layer means, or None if it is a bug.
+
+    Never sees ``asyncio.CancelledError`` from its callers (they catch ``Exception``): a call the
+    client cancelled stays cancelled. Rules: SPEC §3 (errors), AIP-193.
+    """
     if isinstance(exc, errors.EscalationError):
         return exc
     if isinstance(exc, asyncpg.IntegrityConstraintViolationError):
@@ -50,9 +74,22 @@ def translate(exc: BaseException) -> errors.EscalationError | None:
         return errors.ConcurrentUpdate()
     if isinstance(exc, asyncpg.QueryCanceledError):
         return errors.DatabaseUnavailable("the database query timed out; retry with backoff")
-    if isinstance(exc, _UNAVAILABLE):
+    if isinstance(exc, asyncpg.PostgresError):
+        return errors.DatabaseUnavailable() if is_unavailable_state(exc.sqlstate) else None
+    if isinstance(exc, _UNAVAILABLE_TYPES):
         return errors.DatabaseUnavailable()
     return None
+
+
+def is_read_only(conn: asyncpg.Connection) -> bool:
+    """Whether the server last reported this connection as unable to write, with no round trip.
+
+    PostgreSQL 14+ reports ``default_transaction_read_only`` and ``in_hot_standby`` to the client
+    (ParameterStatus) at connect and whenever they change, e.g. on a configuration reload or a
+    promotion; older servers report neither, and this is False.
+    """
+    settings = conn.get_settings()
+    return any(getattr(settings, name, "off") == "on" for name in ("default_transaction_read_only", "in_hot_standby"))
 
 
 async def _release(conn: asyncpg.Connection) -> None:
@@ -60,9 +97,20 @@ async def _release(conn: asyncpg.Connection) -> None:
 
     Pool connections never LISTEN, SET or take session advisory locks here (those use their own
     connections), so the only state worth undoing is a transaction left open by a cancelled task.
+
+    A connection to a read-only server is dropped instead of being pooled (issue 9 §2): it is alive
+    but every write on it fails with 25006, and it would stay read-only after the failover that made
+    another node (or, after a reload, this one) writable. The next acquire connects afresh, so writes
+    resume as soon as the DSN leads to a writable server; while none is, each call pays one connect.
+    Connections broken by the server (terminated, shut down, restarted) are already closed, and the
+    pool replaces them on acquire.
     """
     if conn.is_in_transaction():
         await conn.execute("ROLLBACK")
+    if is_read_only(conn):
+        # terminate() hands the holder back to the pool as closed, as asyncpg's own idle timeout does;
+        # raising here instead would replace the caller's outcome with this error.
+        conn.terminate()
 
 
 async def create_pool(dsn: str, *, min_size: int, max_size: int, command_timeout: float) -> asyncpg.Pool:

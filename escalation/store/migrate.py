@@ -13,7 +13,7 @@ log = structlog.get_logger(__name__)
 
 # Any constant works; it only has to be the same for every process migrating this database.
 _MIGRATION_LOCK_KEY = 0x65736361  # "esca"
-_FILENAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+_FILENAME = re.compile(r"(\d{4})_([a-z0-9_]+)\.sql")  # fullmatch: a name, not a line
 
 _BOOKKEEPING = """
 CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -35,7 +35,7 @@ def migrations() -> list[Migration]:
     """Every migration shipped with the package, in version order."""
     found = []
     for entry in resources.files("escalation.store").joinpath("migrations").iterdir():
-        match = _FILENAME.match(entry.name)
+        match = _FILENAME.fullmatch(entry.name)
         if match:
             found.append(Migration(int(match[1]), match[2], entry.read_text(encoding="utf-8")))
     found.sort(key=lambda m: m.version)

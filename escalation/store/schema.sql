@@ -123,7 +123,9 @@ CREATE TABLE public.outbox (
     create_time timestamp with time zone DEFAULT now() NOT NULL,
     attempts integer DEFAULT 0 NOT NULL,
     last_error text,
-    published_time timestamp with time zone
+    published_time timestamp with time zone,
+    parked_time timestamp with time zone,
+    isolated_failures integer DEFAULT 0 NOT NULL
 );
 ALTER TABLE public.outbox ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
     SEQUENCE NAME public.outbox_id_seq
@@ -222,8 +224,9 @@ CREATE INDEX merchant_events_event_time ON public.merchant_events USING btree (e
 CREATE INDEX merchant_warnings_create_time ON public.merchant_warnings USING btree (create_time DESC, warning_id DESC);
 CREATE INDEX merchant_warnings_merchant_create_time ON public.merchant_warnings USING btree (merchant_id, create_time DESC, warning_id DESC);
 CREATE UNIQUE INDEX messages_client_msg_id ON public.messages USING btree (session_id, sender, client_msg_id) WHERE (client_msg_id IS NOT NULL);
-CREATE INDEX outbox_pending ON public.outbox USING btree (id) WHERE (published_time IS NULL);
-CREATE INDEX outbox_pending_by_key ON public.outbox USING btree (message_key, id) WHERE (published_time IS NULL);
+CREATE INDEX outbox_parked ON public.outbox USING btree (id) WHERE ((parked_time IS NOT NULL) AND (published_time IS NULL));
+CREATE INDEX outbox_pending ON public.outbox USING btree (id) WHERE ((published_time IS NULL) AND (parked_time IS NULL));
+CREATE INDEX outbox_pending_by_key ON public.outbox USING btree (message_key, id) WHERE ((published_time IS NULL) AND (parked_time IS NULL));
 CREATE INDEX reply_templates_merchant ON public.reply_templates USING btree (merchant_id, create_time, template_id);
 CREATE INDEX sessions_agent_open_time ON public.sessions USING btree (merchant_id, assigned_agent_id, open_time DESC, session_id DESC);
 CREATE INDEX sessions_due ON public.sessions USING btree (reply_deadline) WHERE (reply_deadline IS NOT NULL);

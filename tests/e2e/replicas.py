@@ -103,12 +103,14 @@ def serving(database_url: str, logs: Path, count: int = 2, **extra: str) -> Iter
         for n in range(count):
             grpc_addr, metrics_addr = addrs[2 * n], addrs[2 * n + 1]
             env = _env(
-                ESCALATION_DATABASE_URL=database_url,
-                ESCALATION_JWT_SECRET=JWT_SECRET,
-                ESCALATION_GRPC_ADDR=grpc_addr,
-                ESCALATION_METRICS_ADDR=metrics_addr,
-                ESCALATION_SHUTDOWN_GRACE_SECONDS="2",
-                **extra,
+                **{
+                    "ESCALATION_DATABASE_URL": database_url,
+                    "ESCALATION_JWT_SECRET": JWT_SECRET,
+                    "ESCALATION_GRPC_ADDR": grpc_addr,
+                    "ESCALATION_METRICS_ADDR": metrics_addr,
+                    "ESCALATION_SHUTDOWN_GRACE_SECONDS": "2",
+                    **extra,  # may override the defaults above
+                }
             )
             replicas.append(stack.enter_context(_replica(f"replica-{n}", env, logs, grpc_addr, metrics_addr)))
         yield replicas

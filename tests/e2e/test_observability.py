@@ -55,8 +55,10 @@ FAST = {
     "ESCALATION_OUTBOX_POLL_SECONDS": "0.5",
     "ESCALATION_DEV_OVERRIDE_REPLY_TIMEOUT_SECONDS": REPLY_TIMEOUT,
 }
-# The issue's five alerts, plus the two that watch for a missing worker (without which two of them are mute).
+# The issue's five alerts, the two that watch for a missing worker (without which two of them are mute),
+# and parked outbox rows (issue 9 §5).
 ALERT_NAMES = {
+    "EscalationOutboxParked",
     "EscalationOutboxBacklogAge",
     "EscalationDeadlineLatenessHigh",
     "EscalationTimeoutShareHigh",
@@ -184,6 +186,7 @@ def test_dashboard_is_grafana_json_on_a_prometheus_datasource_variable() -> None
         ("Timeout share", "escalation_sessions_closed_total"),
         ("Outbox lag", "escalation_outbox_pending"),
         ("Outbox lag", "escalation_outbox_oldest_age_seconds"),
+        ("Outbox lag", "escalation_outbox_parked"),
         ("Deadline lateness (quantiles)", "escalation_deadline_lateness_seconds_bucket"),
         ("Merchant streams connected", "escalation_merchant_streams_connected"),
         ("gRPC server error rate", "grpc_server_handled_total"),

