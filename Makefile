@@ -57,9 +57,12 @@ test: system-deps venv lint typecheck ## lint, type-check and run the whole test
 bench: system-deps venv ## measure the SPEC §5 targets on this machine (several minutes; --quick: BENCH_ARGS=--quick)
 	@$(BIN)/python -m tests.bench $(BENCH_ARGS)
 
-chaos: system-deps venv ## long failure runs: broker frozen 5 min, PostgreSQL restarted, workers and relays killed
+chaos: system-deps venv ## long failure runs: broker frozen 5 min, PostgreSQL restarted, workers and relays killed, 50,000-call wire fuzz
 	@ESCALATION_TEST_BROKER_OUTAGE_SECONDS=300 ESCALATION_CHAOS_ROUNDS=$${ESCALATION_CHAOS_ROUNDS:-10} \
 	  $(BIN)/pytest tests/e2e/test_workers_as_processes.py tests/chaos -p no:cacheprovider -s
+	@# The wire fuzz with more calls than make test's 3,000 (a fresh random seed each run; it prints it on failure).
+	@ESCALATION_TEST_FUZZ_CALLS=$${ESCALATION_TEST_FUZZ_CALLS:-50000} $(BIN)/pytest tests/integration/test_fuzz_all_methods.py \
+	  -p no:cacheprovider -o timeout=1800
 
 lint: venv ## ruff (lint + format check)
 	@echo "==> ruff"

@@ -190,6 +190,10 @@ class _Outcome:
                 # grpc.aio treats a cancelled handler as the quiet end of a call nobody waits for.
                 raise asyncio.CancelledError() from exc
             elif isinstance(exc, Exception):
+                if isinstance(exc, NotImplementedError):
+                    # What a generated servicer base class raises for a method it was not given (e.g. a
+                    # newer grpc.health.v1.Health/List than the health servicer implements).
+                    exc = errors.Unimplemented(f"{exc} ({self._labels['grpc_service']}/{self._labels['grpc_method']})")
                 domain = db.translate(exc)
                 code = status.code_for(domain) if domain else grpc.StatusCode.INTERNAL
                 await abort(self._context, exc, self._request_id)
