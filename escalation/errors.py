@@ -164,6 +164,16 @@ class SessionClosed(FailedPrecondition):
     reason = "SESSION_CLOSED"
 
 
+class SessionFull(FailedPrecondition):
+    """The session holds as much as one session may; close or escalate it (SPEC R7).
+
+    ``metadata["limit"]`` names the bound reached: ``messages`` or ``content_bytes``, with
+    ``max_messages`` / ``max_content_bytes`` giving its value.
+    """
+
+    reason = "SESSION_FULL"
+
+
 class CursorExpired(EscalationError):
     """The cursor is older than the event log's retention; resynchronise with ListSessions."""
 

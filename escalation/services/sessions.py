@@ -17,7 +17,7 @@ import structlog
 from escalation import errors
 from escalation.auth import Identity, Role
 from escalation.config import Settings
-from escalation.domain import assignment
+from escalation.domain import assignment, limits
 from escalation.domain.session import CloseReason, Kind, Sender, State
 from escalation.domain.tickets import DEFAULT_SLA
 from escalation.observability import metrics
@@ -212,9 +212,29 @@ async def _append(
         policy.remind_before.total_seconds(),
         message.template_id,
         message.content,
+        limits.MAX_SESSION_MESSAGES,
+        limits.MAX_SESSION_CONTENT_BYTES,
     )
-    assert row is not None, "append_message on a session that is not open"
+    if row is None:
+        # The caller holds the lock and saw the session open, so only the size bound refuses.
+        raise await _full(conn, session_id, len(message.content))
     return row
+
+
+async def _full(conn: asyncpg.Connection, session_id: uuid.UUID, adding: int) -> errors.SessionFull:
+    """Which R7 bound refused a message of ``adding`` content bytes (read under the session lock)."""
+    s = await conn.fetchrow(sql("session_size"), session_id)
+    assert s is not None, "append_message on a missing session"
+    if s["last_seq"] >= limits.MAX_SESSION_MESSAGES:
+        return errors.SessionFull(
+            f"the session already holds {limits.MAX_SESSION_MESSAGES} messages; close or escalate it",
+            metadata={"limit": "messages", "max_messages": str(limits.MAX_SESSION_MESSAGES)},
+        )
+    return errors.SessionFull(
+        f"this message ({adding} bytes) would take the session past {limits.MAX_SESSION_CONTENT_BYTES} content "
+        "bytes; close or escalate it",
+        metadata={"limit": "content_bytes", "max_content_bytes": str(limits.MAX_SESSION_CONTENT_BYTES)},
+    )
 
 
 async def add_message(
@@ -226,7 +246,10 @@ async def add_message(
 ) -> asyncpg.Record:
     """Appends a platform message (caller is platform) or a merchant reply (caller is a merchant).
 
-    A retried client_msg_id returns the original message, even after the session ended.
+    A retried client_msg_id (scoped to the session and the verified sender, SPEC R4) returns the
+    original message, even after the session ended, the template was deleted or IM permission was
+    removed. Raises SessionNotFound, ClientMsgIdReused, ImPermissionRequired, TemplateNotFound,
+    SessionClosed, or SessionFull (SPEC R7: MAX_SESSION_MESSAGES / MAX_SESSION_CONTENT_BYTES).
     """
     sender = Sender.MERCHANT if caller.role is Role.MERCHANT else Sender.PLATFORM
     structlog.contextvars.bind_contextvars(session_id=str(session_id))
@@ -236,6 +259,16 @@ async def add_message(
         if s is None or not visible(caller, s):
             raise errors.SessionNotFound()
         structlog.contextvars.bind_contextvars(merchant_id=s["merchant_id"])
+        # The replay comes before every check of current state (IM permission, template, open
+        # session): a retry of a request that succeeded returns the original (AIP-155, issue 9 §7).
+        if message.client_msg_id is not None:
+            prior = await conn.fetchrow(
+                sql("find_message_by_client_id"), session_id, sender.value, caller.subject, message.client_msg_id
+            )
+            if prior is not None:
+                if not _same(prior, message):
+                    raise errors.ClientMsgIdReused()
+                return prior
         if sender is Sender.MERCHANT and not s["caller_may_im"]:
             raise errors.ImPermissionRequired()
         if message.template_id is not None:
@@ -248,19 +281,6 @@ async def add_message(
                 message.client_msg_id,
                 message.template_id,
             )
-        if message.client_msg_id is not None:
-            prior = await conn.fetchrow(
-                sql("find_message_by_client_id"), session_id, sender.value, message.client_msg_id
-            )
-            if prior is not None:
-                same = (prior["kind"], prior["content"], prior["template_id"]) == (
-                    message.kind.value,
-                    message.content,
-                    message.template_id,
-                )
-                if not same:
-                    raise errors.ClientMsgIdReused()
-                return prior
         if s["state"] == State.ENDED:
             raise _closed(s)
         timeout = policy.reply_timeout_override or s["reply_timeout_seconds"]
@@ -274,6 +294,14 @@ async def add_message(
     if first_reply is not None:
         metrics.FIRST_REPLY.observe(first_reply)
     return row
+
+
+def _same(prior: asyncpg.Record, message: NewMessage) -> bool:
+    """Whether a stored message is what this retry asks for. A template reply is the same when it
+    names the same template: its body is whatever the template said when the original was stored."""
+    if message.template_id is not None:
+        return bool(prior["template_id"] == message.template_id)
+    return bool((prior["kind"], prior["content"], prior["template_id"]) == (message.kind.value, message.content, None))
 
 
 async def mark_read(pool: asyncpg.Pool, caller: Identity, session_id: uuid.UUID, seq: int) -> None:

@@ -172,6 +172,7 @@ CREATE TABLE public.sessions (
     request_id text NOT NULL,
     request_hash bytea NOT NULL,
     assignment bytea NOT NULL,
+    content_bytes bigint DEFAULT 0 NOT NULL,
     CONSTRAINT sessions_category_known CHECK ((category = ANY (ARRAY['REFUND'::text, 'ORDER_OPERATION'::text, 'EXCHANGE'::text, 'PRODUCT'::text, 'NEGOTIATED_REFUND'::text, 'LOGISTICS'::text]))),
     CONSTRAINT sessions_close_reason_known CHECK ((close_reason = ANY (ARRAY['RESOLVED'::text, 'PLATFORM_ESCALATED'::text, 'MERCHANT_TIMEOUT'::text]))),
     CONSTRAINT sessions_end_consistent CHECK ((((state = 'OPEN'::text) AND (close_reason IS NULL) AND (close_time IS NULL)) OR ((state = 'ENDED'::text) AND (close_reason IS NOT NULL) AND (close_time IS NOT NULL) AND (reply_deadline IS NULL) AND (remind_time IS NULL)))),
@@ -223,7 +224,7 @@ CREATE UNIQUE INDEX agents_one_main_account ON public.agents USING btree (mercha
 CREATE INDEX merchant_events_event_time ON public.merchant_events USING btree (event_time);
 CREATE INDEX merchant_warnings_create_time ON public.merchant_warnings USING btree (create_time DESC, warning_id DESC);
 CREATE INDEX merchant_warnings_merchant_create_time ON public.merchant_warnings USING btree (merchant_id, create_time DESC, warning_id DESC);
-CREATE UNIQUE INDEX messages_client_msg_id ON public.messages USING btree (session_id, sender, client_msg_id) WHERE (client_msg_id IS NOT NULL);
+CREATE UNIQUE INDEX messages_sender_client_msg_id ON public.messages USING btree (session_id, sender, sender_id, client_msg_id) WHERE (client_msg_id IS NOT NULL);
 CREATE INDEX outbox_parked ON public.outbox USING btree (id) WHERE ((parked_time IS NOT NULL) AND (published_time IS NULL));
 CREATE INDEX outbox_pending ON public.outbox USING btree (id) WHERE ((published_time IS NULL) AND (parked_time IS NULL));
 CREATE INDEX outbox_pending_by_key ON public.outbox USING btree (message_key, id) WHERE ((published_time IS NULL) AND (parked_time IS NULL));

@@ -36,7 +36,7 @@ VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, clock_timestamp());
 -- name: lock_session
 -- $2: the caller's agent id, to tell whether it is the shop's main account and may use IM.
 SELECT s.session_id, s.merchant_id, s.assigned_agent_id, s.platform_agent_id, s.state, s.last_seq,
-       s.reply_deadline, rs.reply_timeout_seconds, t.ticket_id, s.open_time,
+       s.content_bytes, s.reply_deadline, rs.reply_timeout_seconds, t.ticket_id, s.open_time,
        NOT EXISTS (SELECT 1 FROM messages mm WHERE mm.session_id = s.session_id AND mm.sender = 'MERCHANT')
            AS awaiting_first_reply,
        (m.main_account_id = $2) AS caller_is_main,
@@ -52,17 +52,21 @@ FOR UPDATE OF s;
 -- name: find_message_by_client_id
 -- A separate statement after lock_session on purpose: it must see what a transaction we waited for
 -- committed (a join in the locking statement would read the snapshot from before the wait).
+-- The key belongs to the verified sender ($2 side, $3 id), not to its side alone (issue 9 §7).
 SELECT session_id, seq, sender, sender_id, kind, client_msg_id, template_id, content, send_time
-FROM messages WHERE session_id = $1 AND sender = $2 AND client_msg_id = $3;
+FROM messages WHERE session_id = $1 AND sender = $2 AND sender_id = $3 AND client_msg_id = $4;
 
 -- name: append_message
 -- SPEC R5 with the database clock, one instant per message: a platform message starts the reply
 -- deadline unless one is running; a merchant message clears it. $6: reply timeout, $7: remind
 -- before (seconds). The caller holds the session row lock and has checked the session is open.
+-- SPEC R7 size bound: no row (so no message) when the session already holds $10 messages or the
+-- content would take its stored bytes past $11; the caller tells which from the locked row.
 WITH t AS (SELECT clock_timestamp() AS at),
 s AS (
     UPDATE sessions SET
         last_seq = last_seq + 1,
+        content_bytes = content_bytes + octet_length($9::bytea),
         reply_deadline = CASE
             WHEN $2 = 'MERCHANT' THEN NULL
             ELSE coalesce(reply_deadline, (SELECT at FROM t) + make_interval(secs => $6)) END,
@@ -71,11 +75,16 @@ s AS (
             WHEN reply_deadline IS NOT NULL THEN remind_time
             ELSE greatest((SELECT at FROM t), (SELECT at FROM t) + make_interval(secs => $6 - $7)) END
     WHERE session_id = $1 AND state = 'OPEN'
+      AND last_seq < $10 AND content_bytes + octet_length($9::bytea) <= $11
     RETURNING session_id, last_seq
 )
 INSERT INTO messages (session_id, seq, sender, sender_id, kind, client_msg_id, template_id, content, send_time)
 SELECT s.session_id, s.last_seq, $2, $3, $4, $5, $8, $9, (SELECT at FROM t) FROM s
 RETURNING session_id, seq, sender, sender_id, kind, client_msg_id, template_id, content, send_time;
+
+-- name: session_size
+-- What the R7 size bound counts: messages (last_seq) and their stored content bytes.
+SELECT last_seq, content_bytes FROM sessions WHERE session_id = $1;
 
 -- name: end_session
 UPDATE sessions SET state = 'ENDED', close_reason = $2, close_time = clock_timestamp(),
