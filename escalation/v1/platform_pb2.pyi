@@ -103,7 +103,8 @@ class SendMessageRequest(_message.Message):
     """Required."""
     client_msg_id: _builtins.str
     """Optional idempotency key, 1–64 printable ASCII characters without spaces, scoped to the session
-    and the sending side. A retry returns the original message; reuse with
+    and the verified sender (two agents never share one). A retry returns the original message,
+    whatever changed since (session ended, template deleted, permission removed); reuse with
     different content is INVALID_ARGUMENT (CLIENT_MSG_ID_REUSED).
     """
     @_builtins.property
