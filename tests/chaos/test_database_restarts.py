@@ -88,7 +88,9 @@ async def test_postgres_restart_under_open_session_load_is_unavailable_and_retri
     async def restart() -> None:
         await asyncio.to_thread(own_postgres.stop, immediate=immediate)
         await asyncio.sleep(0.3)
-        await asyncio.to_thread(own_postgres.start)
+        # Started from the event loop's thread, not a worker thread: forking (postgres, pg_isready) from
+        # another thread while in-process gRPC calls run crashed the test process once (SIGSEGV in fork).
+        own_postgres.start()
 
     tally = await _under_load(service_pool, own_database_url, restart)
     await assert_each_request_committed_once(service_pool, tally)

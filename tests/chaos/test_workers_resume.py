@@ -67,7 +67,7 @@ async def test_deadlines_and_relay_resume_within_two_seconds_of_a_long_database_
         await asyncio.sleep(0.5)  # both running rounds (and the relay's producer started) first
         await asyncio.to_thread(own_postgres.stop)
         await asyncio.sleep(OUTAGE)  # every deadline passes meanwhile
-        await asyncio.to_thread(own_postgres.start)
+        own_postgres.start()  # from the loop's thread: see test_database_restarts.restart
         back = time.monotonic()
 
         ended_after = published_after = None
