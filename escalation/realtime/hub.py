@@ -74,7 +74,7 @@ class Hub:
         self.closing.set()
         for task in self._tasks:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         if self._conn is not None and not self._conn.is_closed():
             with contextlib.suppress(asyncpg.PostgresError, OSError, asyncpg.InterfaceError):
@@ -129,7 +129,10 @@ class Hub:
                 try:
                     await self._listen()
                     break
-                except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError, TimeoutError) as exc:
+                except Exception as exc:
+                    # Any failure, not only the usual ones: asyncpg's TargetServerAttributeNotMatched (a
+                    # failover with every host read-only) subclasses plain Exception, and a dead loop here
+                    # would silence every stream of this replica until restart.
                     log.warning("hub.relisten_failed", error=str(exc), retry_in=delay)
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, RECONNECT_BACKOFF[1])
@@ -147,7 +150,7 @@ class Hub:
             try:
                 # A silently dropped network shows up here, long before TCP would notice.
                 await conn.fetchval("SELECT 1", timeout=PROBE_SECONDS)
-            except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError, TimeoutError):
+            except Exception:  # any failure of the probe means the listener cannot be trusted
                 return
 
     async def _refresh_presence(self) -> None:
@@ -155,7 +158,7 @@ class Hub:
             await asyncio.sleep(self._refresh)
             try:
                 await self._pool.execute(sql("presence_refresh"), self.server_id)
-            except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as exc:
+            except Exception as exc:  # keep refreshing whatever one round met (see _keep_listening)
                 log.warning("hub.presence_refresh_failed", error=str(exc))
 
     async def subscribe(self, merchant_id: str, agent_id: str | None, *, present: bool) -> Subscription:

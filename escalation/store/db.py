@@ -76,7 +76,7 @@ def translate(exc: BaseException) -> errors.EscalationError | None:
         return errors.DatabaseUnavailable("the database query timed out; retry with backoff")
     if isinstance(exc, asyncpg.PostgresError):
         return errors.DatabaseUnavailable() if is_unavailable_state(exc.sqlstate) else None
-    if isinstance(exc, asyncpg.DataError):
+    if isinstance(exc, asyncpg.exceptions._base.DataError):
         # A query argument the driver cannot encode (it subclasses InterfaceError): validation let a
         # value through that it should have refused. A bug to fix, not an outage to retry.
         return None

@@ -8,7 +8,8 @@ import time
 import asyncpg
 import pytest
 
-from escalation.realtime.hub import LISTENER_APPLICATION_NAME
+from escalation.realtime.hub import LISTENER_APPLICATION_NAME, Hub
+from tests.conftest import POOL_DSN
 from tests.integration.grpc_harness import running_server
 from tests.integration.sessions_harness import make_shop
 from tests.integration.test_realtime import MAIN, live, next_event, open_session, send
@@ -57,3 +58,29 @@ async def test_terminated_listener_is_replaced_and_the_next_event_arrives_at_onc
             delay = time.monotonic() - committed
             assert delay < WITHIN, f"round {n}: delivered {delay:.1f} s after the commit"
         call.cancel()
+
+
+async def test_listener_survives_a_failover_window_where_no_host_is_writable(pool: asyncpg.Pool) -> None:
+    """While every host is read-only, asyncpg raises TargetServerAttributeNotMatched (a plain Exception
+    subclass) for a read-write DSN; the hub keeps retrying, listens again once the database is writable,
+    and still closes cleanly."""
+    dsn = POOL_DSN[id(pool)]
+    database = dsn.rsplit("/", 1)[1].split("?", 1)[0]
+    hub = Hub(f"{dsn}?target_session_attrs=read-write", pool)
+    await hub.start()
+    try:
+        await pool.execute(f'ALTER DATABASE "{database}" SET default_transaction_read_only = on')
+        assert await _terminate_listener(pool) == 1
+        await asyncio.sleep(1.0)  # several relisten attempts fail meanwhile
+        await pool.execute(f'ALTER DATABASE "{database}" RESET default_transaction_read_only')
+        for _ in range(100):
+            if await pool.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 AND datname = current_database()",
+                LISTENER_APPLICATION_NAME,
+            ):
+                break
+            await asyncio.sleep(0.1)
+        else:
+            pytest.fail("the hub never listened again")
+    finally:
+        await asyncio.wait_for(hub.close(), 10)
