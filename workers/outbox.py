@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import asyncpg
 import structlog
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaTimeoutError
 
 from escalation.bus import kafka
 from escalation.observability import metrics
@@ -76,12 +77,24 @@ def _judge(rows: list[asyncpg.Record], outcomes: dict[int, BaseException | None]
                 verdict.held_back.append(row)
             else:
                 verdict.published.append(row)
-        elif kafka.is_record_error(error) or (verdict.broker_healthy and row["isolated_failures"] + 1 >= max_attempts):
+        elif kafka.is_record_error(error) or (
+            _counts_against_row(error, verdict.broker_healthy) and row["isolated_failures"] + 1 >= max_attempts
+        ):
             verdict.parked.append((row, error))
         else:
             waiting.add(key)
             verdict.failed.append((row, error))
     return verdict
+
+
+def _counts_against_row(error: BaseException, broker_healthy: bool) -> bool:
+    """Whether a failure may count towards parking: only when the broker took other rows, and never for
+    an error Kafka calls retriable (a partition without leader or in-sync replicas while the others
+    accept writes) nor a timeout (ours or the producer's): those pass, and parking would reorder the key.
+    """
+    if not broker_healthy or isinstance(error, TimeoutError | KafkaTimeoutError):
+        return False
+    return not bool(getattr(error, "retriable", False))
 
 
 def _describe(error: BaseException) -> str:
@@ -152,12 +165,15 @@ class OutboxRelay:
             verdict = _judge(rows, outcomes, self.config.max_attempts)
             await conn.execute(sql("mark_published"), [r["id"] for r in verdict.published])
             for row, error in verdict.parked:
-                await conn.execute(sql("park"), row["id"], _describe(error), verdict.broker_healthy)
-            by_error: dict[str, list[int]] = {}  # an outage fails the whole batch the same way: one statement
+                counts = _counts_against_row(error, verdict.broker_healthy)
+                await conn.execute(sql("park"), row["id"], _describe(error), counts)
+            # An outage fails the whole batch the same way: one statement.
+            by_error: dict[tuple[str, bool], list[int]] = {}
             for row, error in verdict.failed:
-                by_error.setdefault(_describe(error), []).append(row["id"])
-            for text, ids in by_error.items():
-                await conn.execute(sql("record_failure"), ids, text, verdict.broker_healthy)
+                key = (_describe(error), _counts_against_row(error, verdict.broker_healthy))
+                by_error.setdefault(key, []).append(row["id"])
+            for (text, counts), ids in by_error.items():
+                await conn.execute(sql("record_failure"), ids, text, counts)
         for row in verdict.published:
             metrics.OUTBOX_PUBLISHED.labels(topic=row["topic"]).inc()
             if row["topic"] == kafka.TICKETS_TOPIC:
@@ -216,7 +232,8 @@ class OutboxRelay:
             if not ack.done():
                 # Still in the producer: its late outcome is dropped (the row is sent again, deduped by event_id).
                 ack.add_done_callback(_retrieve)
-                outcomes[row_id] = TimeoutError(f"no ack within {self.config.ack_timeout:g} s")
+                # Kafka's own timeout type: a builtin TimeoutError would read as a database outage (db.translate).
+                outcomes[row_id] = KafkaTimeoutError(f"no ack within {self.config.ack_timeout:g} s")
             elif ack.cancelled():
                 outcomes[row_id] = asyncio.CancelledError("send cancelled")
             else:
