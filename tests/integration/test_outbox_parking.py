@@ -20,6 +20,7 @@ from datetime import timedelta
 import asyncpg
 import pytest
 from aiokafka import AIOKafkaConsumer
+from aiokafka.errors import KafkaTimeoutError
 from prometheus_client import REGISTRY
 
 from escalation.auth import Identity, Role
@@ -230,7 +231,7 @@ async def test_a_frozen_broker_fails_rounds_but_parks_nothing_even_at_one_allowe
         assert own_broker.pid is not None
         os.kill(own_broker.pid, signal.SIGSTOP)
         for _ in range(3):
-            with pytest.raises(TimeoutError):
+            with pytest.raises(KafkaTimeoutError):
                 await relay.run_once()
         rows = await pool.fetch("SELECT attempts, isolated_failures, parked_time FROM outbox WHERE event_id LIKE 'e-%'")
         assert [(r["attempts"], r["isolated_failures"], r["parked_time"]) for r in rows] == [(3, 0, None)] * 4
