@@ -21,6 +21,7 @@ from prometheus_client import REGISTRY
 from escalation.v1 import common_pb2, merchant_pb2, merchant_pb2_grpc, platform_pb2, platform_pb2_grpc
 from tests.integration.grpc_harness import bearer, running_server
 from tests.integration.sessions_harness import PLATFORM, make_shop, open_request, text
+from tests.integration.test_realtime import _flood
 
 pytestmark = pytest.mark.integration
 
@@ -107,38 +108,6 @@ async def test_unary_calls_cancelled_or_expired_mid_flight_are_counted_once(pool
                 )
         assert delta == {"CANCELLED": 3, "DEADLINE_EXCEEDED": 2, "observed": 5}
         assert not _errors(logs)
-
-
-async def _flood(pool: asyncpg.Pool, session: common_pb2.Session, count: int, size: int) -> None:
-    """Appends ``count`` large MessageAdded events straight into the merchant's log."""
-    body = merchant_pb2.MerchantEvent(
-        session_id=session.session_id,
-        message_added=merchant_pb2.MessageAdded(message=common_pb2.Message(content=text("x" * size))),
-    )
-    async with pool.acquire() as conn, conn.transaction():
-        head = await conn.fetchval(
-            "UPDATE merchants SET last_event_cursor = last_event_cursor + $1 WHERE merchant_id = 'shop-a'"
-            " RETURNING last_event_cursor",
-            count,
-        )
-        rows = []
-        for cursor in range(head - count + 1, head + 1):
-            body.cursor = cursor
-            rows.append(
-                (
-                    "shop-a",
-                    cursor,
-                    uuid.UUID(session.session_id),
-                    session.assigned_agent_id,
-                    "message_added",
-                    body.SerializeToString(),
-                )
-            )
-        await conn.executemany(
-            "INSERT INTO merchant_events (merchant_id, cursor, session_id, agent_id, kind, payload)"
-            " VALUES ($1, $2, $3, $4, $5, $6)",
-            rows,
-        )
 
 
 @pytest.mark.parametrize("mid_write", [False, True], ids=["idle", "mid-write"])
