@@ -46,7 +46,8 @@ from tests.bench.sizes import FULL, QUICK, Sizes
 RESULTS = Path(__file__).resolve().parent / "last-results.md"
 T = TypeVar("T")
 
-OPEN_TARGET, SEND_TARGET, RELAY_TARGET = 0.5, 0.6, 0.2
+# SPEC §5 (revised to near the 2-core machine's physical limit: about 0.23× and 0.35× of a bare echo).
+OPEN_TARGET, SEND_TARGET, RELAY_TARGET = 0.2, 0.3, 0.2
 LATENESS_P99_TARGET, BURST_TARGET, TICKET_P99_TARGET = 1.0, 10.0, 0.5
 FAN_OUT_P99_TARGET, MEMORY_TARGET_MB = 0.020, 500.0
 BACKGROUND_WARNING = 0.2  # cores busy before the bench starts that make its numbers suspect
