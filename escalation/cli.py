@@ -15,6 +15,7 @@ import structlog
 from escalation import auth, config
 from escalation.bus import kafka
 from escalation.observability import logging as obs_logging
+from escalation.observability import tracing
 
 if TYPE_CHECKING:
     from workers.warnings import WarningsConfig
@@ -275,6 +276,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     settings = _settings()
     obs_logging.configure(log_format=settings.log_format, level=settings.log_level)
     try:
+        if args.command in ("serve", "worker"):
+            worker = f"-{args.name}" if args.command == "worker" else ""
+            tracing.configure_from_env(service_name=f"escalation-{args.command}{worker}")
         if args.command == "serve":
             settings.require_jwt()
             settings.require_database_url()
@@ -302,7 +306,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                     max_tickets=args.max,
                 )
             )
-    except config.ConfigError as exc:
+    except (config.ConfigError, tracing.TracingConfigError) as exc:
         _fail_config(str(exc))
     except (MetricsPortInUse, GrpcPortInUse) as exc:
         print(f"escalation: {exc}", file=sys.stderr)

@@ -22,7 +22,7 @@ from escalation.api.ops import OpsServicer
 from escalation.api.platform import PlatformServicer
 from escalation.auth import TokenVerifier
 from escalation.config import Settings
-from escalation.observability import gauges
+from escalation.observability import gauges, tracing
 from escalation.realtime.hub import Hub
 from escalation.realtime.streams import StreamConfig
 from escalation.services.sessions import SessionPolicy
@@ -83,7 +83,12 @@ class Server:
         # Outermost, so a handler counts as running until its status is decided (see stop()).
         self._in_flight = InFlight(SERVICE_NAMES)
         self._server = grpc.aio.server(
-            interceptors=[self._in_flight, ServerInterceptor(TokenVerifier(settings.require_jwt()))],
+            # Tracing (when on) sits outside ours, so its span sees the status ours decides.
+            interceptors=[
+                self._in_flight,
+                *tracing.server_interceptors(),
+                ServerInterceptor(TokenVerifier(settings.require_jwt())),
+            ],
             options=_OPTIONS,
         )
         platform_pb2_grpc.add_PlatformServiceServicer_to_server(
