@@ -14,14 +14,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import grpc
 from opentelemetry import context, trace
-from opentelemetry.instrumentation.aiokafka import AIOKafkaInstrumentor
-from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
-from opentelemetry.instrumentation.grpc import aio_server_interceptor, filters
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
@@ -43,6 +41,10 @@ _UNTRACED_SERVICES = (
 _W3C = TraceContextTextMapPropagator()
 
 
+class _Instrumentor(Protocol):
+    def uninstrument(self) -> None: ...
+
+
 class TracingConfigError(ValueError):
     """The OTEL_* environment asks for something this service cannot do."""
 
@@ -51,7 +53,7 @@ class TracingConfigError(ValueError):
 class _State:
     provider: TracerProvider | None = None
     tracer: trace.Tracer = field(default_factory=trace.NoOpTracer)
-    instrumentors: list[AsyncPGInstrumentor | AIOKafkaInstrumentor] = field(default_factory=list)
+    instrumentors: list[_Instrumentor] = field(default_factory=list)
 
 
 _state = _State()
@@ -142,6 +144,10 @@ def configure(provider: TracerProvider) -> None:
 
     Tests pass a provider with an in-memory exporter; ``disable`` undoes this.
     """
+    # Imported here: a process that does not trace never loads them (they wrap asyncpg and aiokafka).
+    from opentelemetry.instrumentation.aiokafka import AIOKafkaInstrumentor
+    from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
+
     disable()
     _state.provider = provider
     _state.tracer = provider.get_tracer(SCOPE)
@@ -170,6 +176,8 @@ def server_interceptors() -> Sequence[grpc.aio.ServerInterceptor]:  # type: igno
     """The interceptors to register outside ours, so spans see the final status: none while tracing is off."""
     if _state.provider is None:
         return []
+    from opentelemetry.instrumentation.grpc import aio_server_interceptor, filters
+
     untraced = filters.any_of(*(filters.service_name(name) for name in _UNTRACED_SERVICES))
     interceptor: grpc.aio.ServerInterceptor = aio_server_interceptor(  # type: ignore[type-arg,no-untyped-call]
         tracer_provider=_state.provider, filter_=filters.negate(untraced)
@@ -190,22 +198,28 @@ def current_traceparent() -> str | None:
     return carrier.get(TRACEPARENT)
 
 
-@contextmanager
-def continuing(traceparent: str | None, headers: list[tuple[str, bytes]]) -> Iterator[None]:
+def continuing(traceparent: str | None, headers: list[tuple[str, bytes]]) -> AbstractContextManager[object]:
     """Inside: a Kafka record sent with ``headers`` carries the trace ``traceparent`` (stored) names.
 
     Tracing on: the stored context is made current, so the aiokafka instrumentation's send span is its
     child and injects its own traceparent (same trace id). Tracing off: the stored value is added to
     ``headers`` as it is. Without a stored value nothing is added (docs/tracing.md, header contract).
+    A plain function, not a generator: the relay calls it once per row.
     """
     if traceparent is None:
-        yield
-        return
+        return _NOTHING
     if _state.provider is None:
         headers.append((TRACEPARENT, traceparent.encode()))
-        yield
-        return
-    token = context.attach(_W3C.extract({TRACEPARENT: traceparent}))
+        return _NOTHING
+    return _attached(_W3C.extract({TRACEPARENT: traceparent}))
+
+
+_NOTHING = nullcontext()
+
+
+@contextmanager
+def _attached(ctx: context.Context) -> Iterator[None]:
+    token = context.attach(ctx)
     try:
         yield
     finally:
