@@ -32,12 +32,6 @@ from escalation.store import queries
 TRACEPARENT = "traceparent"
 # Every span this package starts itself (the deadline worker's) comes from this instrumentation scope.
 SCOPE = "escalation"
-# Not traced: load balancers probe health every few seconds, and reflection is tooling.
-_UNTRACED_SERVICES = (
-    "grpc.health.v1.Health",
-    "grpc.reflection.v1.ServerReflection",
-    "grpc.reflection.v1alpha.ServerReflection",
-)
 _W3C = TraceContextTextMapPropagator()
 
 
@@ -176,13 +170,9 @@ def server_interceptors() -> Sequence[grpc.aio.ServerInterceptor]:  # type: igno
     """The interceptors to register outside ours, so spans see the final status: none while tracing is off."""
     if _state.provider is None:
         return []
-    from opentelemetry.instrumentation.grpc import aio_server_interceptor, filters
+    from escalation.observability.tracing_grpc import server_interceptor
 
-    untraced = filters.any_of(*(filters.service_name(name) for name in _UNTRACED_SERVICES))
-    interceptor: grpc.aio.ServerInterceptor = aio_server_interceptor(  # type: ignore[type-arg,no-untyped-call]
-        tracer_provider=_state.provider, filter_=filters.negate(untraced)
-    )
-    return [interceptor]
+    return [server_interceptor(_state.provider)]
 
 
 def current_traceparent() -> str | None:

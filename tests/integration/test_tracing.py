@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Iterator, Sequence
+from typing import Any, cast
 
 import asyncpg
 import grpc
@@ -23,8 +24,8 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from escalation.bus import kafka
 from escalation.observability import tracing
 from escalation.store import queries
-from escalation.v1 import platform_pb2, platform_pb2_grpc
-from tests.integration.grpc_harness import running_server
+from escalation.v1 import merchant_pb2, merchant_pb2_grpc, platform_pb2, platform_pb2_grpc
+from tests.integration.grpc_harness import bearer, running_server
 from tests.integration.sessions_harness import PLATFORM, make_shop, open_request
 from workers.deadlines import CLOSE_SPAN, DeadlineWorker
 from workers.outbox import OutboxRelay
@@ -33,6 +34,9 @@ pytestmark = pytest.mark.integration
 
 PLATFORM_SERVICE = "/escalation.v1.PlatformService"
 ESCALATED = platform_pb2.CloseSessionRequest.OUTCOME_ESCALATED
+# The stubs type neither the read/write API of a call without a request iterator nor EOF.
+Call = Any
+EOF: object = getattr(grpc.aio, "EOF")  # noqa: B009
 
 
 @pytest.fixture
@@ -158,6 +162,39 @@ async def test_a_refused_rpc_span_names_the_method_and_carries_the_status_the_cl
     assert span.attributes["rpc.grpc.status_code"] == code.value[0]
     # OTel semantic conventions (gRPC server spans): a client's mistake is not the server's error.
     assert span.status.status_code == StatusCode.UNSET
+
+
+async def test_streams_written_with_context_write_work_traced_and_are_one_span_each(
+    pool: asyncpg.Pool, spans: InMemorySpanExporter
+) -> None:
+    """Connect and WatchSession are coroutines that call context.write, not async generators."""
+    async with running_server(pool) as channel:
+        await make_shop(channel, agents={"shop-a-sub-1": 10})
+        platform = platform_pb2_grpc.PlatformServiceStub(channel)
+        sid = (await platform.OpenSession(open_request(), metadata=PLATFORM)).session.session_id
+        watch: Call = platform.WatchSession(platform_pb2.WatchSessionRequest(session_id=sid), metadata=PLATFORM)
+        connect: Call = cast(Any, merchant_pb2_grpc.MerchantServiceStub(channel)).Connect(
+            metadata=bearer("merchant", "shop-a-sub-1", "shop-a")
+        )
+        await connect.write(merchant_pb2.ConnectRequest(hello=merchant_pb2.Hello(last_cursor=0)))
+        async with asyncio.timeout(10):
+            assert (await watch.read()).HasField("message_added")
+            assert (await connect.read()).event.HasField("session_assigned")
+        await platform.CloseSession(
+            platform_pb2.CloseSessionRequest(session_id=sid, outcome=platform_pb2.CloseSessionRequest.OUTCOME_RESOLVED),
+            metadata=PLATFORM,
+        )
+        async with asyncio.timeout(10):
+            while (frame := await watch.read()) is not EOF:
+                assert isinstance(frame, platform_pb2.WatchSessionResponse)
+                last = frame
+        assert last.HasField("session_ended")
+        connect.cancel()
+    finished = spans.get_finished_spans()
+    watched = one(finished, f"{PLATFORM_SERVICE}/WatchSession")
+    assert watched.attributes is not None
+    assert watched.attributes["rpc.grpc.status_code"] == grpc.StatusCode.OK.value[0]
+    one(finished, "/escalation.v1.MerchantService/Connect")
 
 
 async def test_a_deadline_close_is_traced_by_the_worker_and_its_ticket_header_continues_that_span(
