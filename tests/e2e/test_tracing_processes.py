@@ -37,6 +37,7 @@ from tests.integration.sessions_harness import PLATFORM, make_shop, open_request
 pytestmark = pytest.mark.e2e
 
 ESCALATE = platform_pb2.CloseSessionRequest.OUTCOME_ESCALATED
+GET_SESSION = "/escalation.v1.PlatformService/GetSession"
 
 
 @dataclass(frozen=True)
@@ -115,6 +116,10 @@ async def test_a_ticket_traced_across_serve_and_relay_processes_by_the_standard_
                 await platform.CloseSession(
                     platform_pb2.CloseSessionRequest(session_id=sid, outcome=ESCALATE), metadata=PLATFORM
                 )
+                # Bytes that do not decode: refused with a warning logged inside the RPC's span.
+                get = channel.unary_unary(GET_SESSION, request_serializer=None, response_deserializer=None)
+                with pytest.raises(grpc.aio.AioRpcError):
+                    await get(b"\x0a\xff", metadata=PLATFORM)
             assert serve.terminate() == 0, serve.output()
         with worker("outbox", database_url, tmp_path, "relay", kafka=kafka, env=otel) as relay:
             await wait_started(relay)
@@ -130,3 +135,8 @@ async def test_a_ticket_traced_across_serve_and_relay_processes_by_the_standard_
         queries = {e.span.name for e in spans if e.span.trace_id == close.trace_id and e.span.parent_span_id}
         assert "insert_outbox" in queries
         assert not any(e.span.name.startswith("/grpc.health") for e in spans)
+
+        refused = one(spans, "escalation-serve", GET_SESSION)
+        [warning] = serve.events_named("rpc.malformed_request")
+        assert (warning["trace_id"], warning["span_id"]) == (refused.trace_id.hex(), refused.span_id.hex())
+        assert all("trace_id" not in e for e in serve.events_named("server.started")), "outside any span: none"
