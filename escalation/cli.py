@@ -57,14 +57,17 @@ def _fail_config(message: str) -> None:
 
 async def _serve(settings: config.Settings) -> None:
     from escalation.api.server import Server, serve_until_signalled
-    from escalation.observability.http import start_metrics_server
+    from escalation.observability.http import HEALTH, start_metrics_server, tick_forever
 
     pool = await _connect_pool(settings)
+    ticker = asyncio.create_task(tick_forever(HEALTH, settings.liveness_stall_seconds), name="liveness")
     try:
         start_metrics_server(settings.metrics_addr)
         server = Server(settings, pool)
+        HEALTH.add_readiness("grpc", lambda: None if server.serving else "gRPC health is not SERVING")
         await serve_until_signalled(server)
     finally:
+        ticker.cancel()
         await pool.close()
 
 
@@ -96,8 +99,8 @@ def _kafka_settings(settings: config.Settings) -> kafka.KafkaSettings:
 
 
 async def _worker(settings: config.Settings, name: str) -> None:
-    """Runs one worker until SIGTERM/SIGINT, serving its own /metrics."""
-    from escalation.observability.http import start_metrics_server
+    """Runs one worker until SIGTERM/SIGINT, serving its own /metrics, /livez and /readyz."""
+    from escalation.observability.http import HEALTH, start_metrics_server
     from escalation.services.sessions import SessionPolicy
     from workers.deadlines import DeadlineConfig, DeadlineWorker
     from workers.outbox import OutboxConfig, OutboxRelay
@@ -109,6 +112,7 @@ async def _worker(settings: config.Settings, name: str) -> None:
         loop.add_signal_handler(sig, stop.set)
     pool = await _connect_pool(settings)
     try:
+        HEALTH.stall_seconds = settings.liveness_stall_seconds
         start_metrics_server(settings.metrics_addr)
         dsn = settings.require_database_url()
         if name == "deadlines":

@@ -62,7 +62,30 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("ESCALATION_KAFKA_REPLICATION_FACTOR", "3", "their replication factor", _KAFKA),
     Variable("ESCALATION_KAFKA_TOPIC_PREFIX", "empty", "prepended to every topic name", _KAFKA),
     Variable("ESCALATION_GRPC_ADDR", "0.0.0.0:50051", "gRPC listen address", frozenset({"serve"})),
-    Variable("ESCALATION_METRICS_ADDR", "0.0.0.0:9464", "/metrics listen address", frozenset({"serve"}) | _WORKERS),
+    Variable(
+        "ESCALATION_METRICS_ADDR",
+        "0.0.0.0:9464",
+        "HTTP listen address: /metrics, /livez, /readyz",
+        frozenset({"serve"}) | _WORKERS,
+    ),
+    Variable(
+        "ESCALATION_LIVENESS_STALL_SECONDS",
+        "120",
+        "/livez fails when a worker round or the event loop is this late",
+        frozenset({"serve"}) | _WORKERS,
+    ),
+    Variable(
+        "ESCALATION_GRPC_MAX_CONNECTION_AGE_SECONDS",
+        "600",
+        "GOAWAY after this (±10%) so clients rebalance; 0: never",
+        frozenset({"serve"}),
+    ),
+    Variable(
+        "ESCALATION_GRPC_MAX_CONNECTION_AGE_GRACE_SECONDS",
+        "30",
+        "calls on an aged connection get this long, then are cut",
+        frozenset({"serve"}),
+    ),
     Variable("ESCALATION_JWT_ALGORITHM", "HS256", "HS256 or RS256", frozenset({"serve"})),
     Variable("ESCALATION_JWT_SECRET", "required for HS256", "shared secret, at least 32 bytes", frozenset({"serve"})),
     Variable("ESCALATION_JWT_PUBLIC_KEY", "required for RS256", "PEM public key", frozenset({"serve"})),
@@ -137,6 +160,14 @@ class Settings:
     kafka_idempotence: bool = True
     grpc_addr: str = "0.0.0.0:50051"
     metrics_addr: str = "0.0.0.0:9464"
+    # /livez fails once a worker round or serve's event loop is this many seconds overdue.
+    liveness_stall_seconds: float = 120.0
+    # Each gRPC connection is sent GOAWAY after this long (gRPC adds ±10% jitter), so clients behind
+    # an L4 balancer reconnect and spread over new replicas; 0 keeps connections forever.
+    grpc_max_connection_age_seconds: float = 600.0
+    # Calls still running on a connection past its age get this long before they are cut (streams
+    # then end UNAVAILABLE and the client resumes from its cursor elsewhere).
+    grpc_max_connection_age_grace_seconds: float = 30.0
     # None when no JWT variable is set: fine for `migrate` and the workers, an error for `serve`.
     jwt: JwtSettings | None = None
     log_format: str = "json"
@@ -364,6 +395,15 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         kafka_idempotence=_get(env, "ESCALATION_KAFKA_IDEMPOTENCE", _bool, True, "true or false"),
         grpc_addr=_get(env, "ESCALATION_GRPC_ADDR", _host_port, "0.0.0.0:50051", "HOST:PORT"),
         metrics_addr=_get(env, "ESCALATION_METRICS_ADDR", _host_port, "0.0.0.0:9464", "HOST:PORT"),
+        liveness_stall_seconds=_get(
+            env, "ESCALATION_LIVENESS_STALL_SECONDS", _float_in(1, 86_400), 120.0, "seconds, 1..86400"
+        ),
+        grpc_max_connection_age_seconds=_get(
+            env, "ESCALATION_GRPC_MAX_CONNECTION_AGE_SECONDS", _float_in(0, 86_400 * 30), 600.0, "seconds, 0: never"
+        ),
+        grpc_max_connection_age_grace_seconds=_get(
+            env, "ESCALATION_GRPC_MAX_CONNECTION_AGE_GRACE_SECONDS", _float_in(0, 86_400), 30.0, "seconds"
+        ),
         jwt=jwt,
         log_format=_get(env, "ESCALATION_LOG_FORMAT", _choice(LOG_FORMATS), "json", "console or json"),
         log_level=_get(env, "ESCALATION_LOG_LEVEL", _choice(LOG_LEVELS), "info", "debug, info, warning or error"),

@@ -60,6 +60,20 @@ _OPTIONS = [
 ]
 
 
+def _connection_age_options(settings: Settings) -> list[tuple[str, int]]:
+    """gRPC core's max_connection_age (and grace): GOAWAY to each connection after its age.
+
+    Clients behind an L4 balancer (a Kubernetes Service) otherwise keep their first replica for
+    life: new replicas from a scale-up or a rollout would get no traffic. Unset when the age is 0.
+    """
+    if settings.grpc_max_connection_age_seconds <= 0:
+        return []
+    return [
+        ("grpc.max_connection_age_ms", int(settings.grpc_max_connection_age_seconds * 1000)),
+        ("grpc.max_connection_age_grace_ms", int(settings.grpc_max_connection_age_grace_seconds * 1000)),
+    ]
+
+
 class GrpcPortInUse(OSError):
     """The gRPC address cannot be bound."""
 
@@ -73,6 +87,8 @@ class Server:
         self._settings = settings
         self._pool = pool
         self._gauges: asyncio.Task[None] | None = None
+        # True while health reports SERVING: what /readyz answers (observability/http.py).
+        self.serving = False
         policy = SessionPolicy.from_settings(settings)
         self.hub = Hub(dsn or settings.require_database_url(), pool)
         streams = StreamConfig(
@@ -84,7 +100,7 @@ class Server:
         self._in_flight = InFlight(SERVICE_NAMES)
         self._server = grpc.aio.server(
             interceptors=[self._in_flight, ServerInterceptor(TokenVerifier(settings.require_jwt()))],
-            options=_OPTIONS,
+            options=_OPTIONS + _connection_age_options(settings),
         )
         platform_pb2_grpc.add_PlatformServiceServicer_to_server(
             PlatformServicer(pool, policy, self.hub, streams), self._server
@@ -113,6 +129,7 @@ class Server:
         await self._server.start()
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self.serving = True
 
     async def stop(self, grace: float | None = None) -> None:
         """Drains and stops: returns as soon as in-flight RPCs are done, at most ``grace`` seconds later.
@@ -123,6 +140,7 @@ class Server:
         whatever the transport still holds. SPEC §5: ≤ 1 s with open streams and no unary call.
         """
         grace = self._settings.shutdown_grace_seconds if grace is None else grace
+        self.serving = False
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.hub.close()
