@@ -78,12 +78,27 @@ class DevPorts:
         return int(self.grpc_addr.rpartition(":")[2])
 
 
+def write_private(path: Path, text: str) -> None:
+    """Writes ``text`` to ``path`` readable by its owner only (0600), from the first byte on.
+
+    The file is created 0600 (never world-readable, not even between a write and a chmod), and an
+    existing file with looser bits is tightened first: both dev files hold the dev JWT secret or
+    tokens signed with it (issue 10 §6).
+    """
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+
+
 def _jwt_secret(data_dir: Path) -> str:
     """A random secret per checkout, kept across runs so printed tokens stay valid."""
     path = data_dir / "dev-jwt-secret"
     if not path.exists():
-        path.write_text(secrets.token_urlsafe(48))
-        path.chmod(0o600)
+        write_private(path, secrets.token_urlsafe(48))
+    path.chmod(0o600)  # a checkout from before this rule may hold it with looser bits
     return path.read_text().strip()
 
 
@@ -166,12 +181,13 @@ def _banner(ports: DevPorts, secret: str, data_dir: Path) -> str:
     g = shlex.quote(_shown(grpcurl)) if grpcurl.exists() else "grpcurl"
     target = f"localhost:{ports.grpc_port}"
     env_file = data_dir / "dev.env"
-    env_file.write_text(
+    write_private(
+        env_file,
         f"export OPS_TOKEN={tok(auth.Role.OPS, 'ops-demo')}\n"
         f"export MAIN_TOKEN={tok(auth.Role.MERCHANT, seed.DEMO_MAIN_ACCOUNT, seed.DEMO_MERCHANT)}\n"
         f"export AGENT_TOKEN={tok(auth.Role.MERCHANT, seed.DEMO_AGENTS[0], seed.DEMO_MERCHANT)}\n"
         f"export PLATFORM_TOKEN={tok(auth.Role.PLATFORM, 'platform-demo')}\n"
-        f"export ESCALATION_JWT_SECRET={secret}\n"
+        f"export ESCALATION_JWT_SECRET={secret}\n",
     )
     rel_env = shlex.quote(_shown(env_file))
     cli = _shown(Path(sys.executable).with_name("escalation"))
