@@ -36,6 +36,9 @@ DATABASE = "escalation"
 # Each gets the metrics port after serve's (9465, 9466, 9467 by default).
 WORKERS = ("deadlines", "outbox", "warnings")
 TOKEN_TTL_SECONDS = 30 * 24 * 3600
+# `make run` serves this machine only unless told otherwise (issue 10 §6): its tokens are printed and
+# its secret sits in .data. Production processes default to every interface (config.py).
+DEV_BIND = {"ESCALATION_GRPC_ADDR": "127.0.0.1:50051", "ESCALATION_METRICS_ADDR": "127.0.0.1:9464"}
 
 
 @dataclass(frozen=True)
@@ -47,15 +50,13 @@ class DevPorts:
 
     @classmethod
     def from_env(cls) -> DevPorts:
-        """Reads the ports; a bad value is a ConfigError naming the variable."""
+        """Reads the ports (gRPC and metrics on loopback unless set); a bad value is a ConfigError naming it."""
         env = dict(os.environ)
         for name, default in (("ESCALATION_DEV_PG_PORT", "55432"), ("ESCALATION_DEV_KAFKA_PORT", "19092")):
             raw = env.get(name) or default
             if not raw.isdigit() or not 0 < int(raw) < 65536:
                 raise config.ConfigError(f"{name}={raw!r} is invalid: expected a port number 1..65535")
-        settings = config.load(
-            {k: v for k, v in env.items() if k in ("ESCALATION_GRPC_ADDR", "ESCALATION_METRICS_ADDR")}
-        )
+        settings = config.load({name: env.get(name) or default for name, default in DEV_BIND.items()})
         return cls(
             postgres=int(env.get("ESCALATION_DEV_PG_PORT") or "55432"),
             kafka=int(env.get("ESCALATION_DEV_KAFKA_PORT") or "19092"),

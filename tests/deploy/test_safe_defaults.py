@@ -153,3 +153,17 @@ def test_dev_files_left_world_readable_by_an_older_run_are_tightened(tmp_path: P
     runner._banner(ports, secret, tmp_path)
     assert _mode(tmp_path / "dev-jwt-secret") == 0o600
     assert _mode(tmp_path / "dev.env") == 0o600
+
+
+def test_make_run_binds_grpc_and_metrics_to_loopback_unless_told(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in (
+        "ESCALATION_GRPC_ADDR",
+        "ESCALATION_METRICS_ADDR",
+        "ESCALATION_DEV_PG_PORT",
+        "ESCALATION_DEV_KAFKA_PORT",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    ports = runner.DevPorts.from_env()
+    assert (ports.grpc_addr, ports.metrics_addr) == ("127.0.0.1:50051", "127.0.0.1:9464")
+    monkeypatch.setenv("ESCALATION_GRPC_ADDR", "0.0.0.0:50052")
+    assert runner.DevPorts.from_env().grpc_addr == "0.0.0.0:50052"
