@@ -20,8 +20,9 @@ from escalation.api.interceptors import ServerInterceptor
 from escalation.api.merchant import MerchantServicer
 from escalation.api.ops import OpsServicer
 from escalation.api.platform import PlatformServicer
+from escalation.api.tls import server_credentials
 from escalation.auth import TokenVerifier
-from escalation.config import Settings
+from escalation.config import ConfigError, Settings
 from escalation.observability import gauges
 from escalation.realtime.hub import Hub
 from escalation.realtime.streams import StreamConfig
@@ -110,14 +111,23 @@ class Server:
         )
         admin_pb2_grpc.add_MerchantAdminServiceServicer_to_server(MerchantAdminServicer(pool), self._server)
         ops_pb2_grpc.add_OpsServiceServicer_to_server(OpsServicer(pool), self._server)
+        self.tls = "off" if settings.grpc_tls is None else "mtls" if settings.grpc_tls.client_ca_file else "tls"
         self.health = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         reflection.enable_server_reflection(
             [*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME], self._server
         )
         bind = address or settings.grpc_addr
+        # Built before binding: a bad certificate file is a ValueError, reported as configuration.
         try:
-            self.port = self._server.add_insecure_port(bind)
+            credentials = server_credentials(settings.grpc_tls) if settings.grpc_tls is not None else None
+        except ValueError as exc:
+            raise ConfigError(f"ESCALATION_GRPC_TLS_*: {exc}") from None
+        try:
+            if credentials is None:
+                self.port = self._server.add_insecure_port(bind)
+            else:
+                self.port = self._server.add_secure_port(bind, credentials)
         except RuntimeError:
             self.port = 0
         if self.port == 0:
@@ -167,7 +177,7 @@ async def serve_until_signalled(server: Server) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await server.start()
-    log.info("server.started", port=server.port)
+    log.info("server.started", port=server.port, tls=server.tls)
     await stop.wait()
     log.info("server.stopping")
     await server.stop()
