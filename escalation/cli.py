@@ -95,6 +95,7 @@ def _kafka_settings(settings: config.Settings) -> kafka.KafkaSettings:
         partitions=settings.kafka_topic_partitions,
         replication_factor=settings.kafka_replication_factor,
         topic_prefix=settings.kafka_topic_prefix,
+        security=settings.kafka_security,
     )
 
 
