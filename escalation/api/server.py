@@ -23,6 +23,7 @@ from escalation.api.platform import PlatformServicer
 from escalation.api.tls import server_credentials
 from escalation.auth import TokenVerifier
 from escalation.config import ConfigError, Settings
+from escalation.jwks import JwksKeys
 from escalation.observability import gauges
 from escalation.realtime.hub import Hub
 from escalation.realtime.streams import StreamConfig
@@ -99,8 +100,18 @@ class Server:
         )
         # Outermost, so a handler counts as running until its status is decided (see stop()).
         self._in_flight = InFlight(SERVICE_NAMES)
+        jwt_settings = settings.require_jwt()
+        self._jwks = (
+            JwksKeys(
+                jwt_settings.jwks_url,
+                cache_seconds=jwt_settings.jwks_cache_seconds,
+                min_refresh_seconds=jwt_settings.jwks_min_refresh_seconds,
+            )
+            if jwt_settings.jwks_url
+            else None
+        )
         self._server = grpc.aio.server(
-            interceptors=[self._in_flight, ServerInterceptor(TokenVerifier(settings.require_jwt()))],
+            interceptors=[self._in_flight, ServerInterceptor(TokenVerifier(jwt_settings, self._jwks))],
             options=_OPTIONS + _connection_age_options(settings),
         )
         platform_pb2_grpc.add_PlatformServiceServicer_to_server(
@@ -134,6 +145,8 @@ class Server:
             raise GrpcPortInUse(f"cannot listen on gRPC address {bind} (in use?); set ESCALATION_GRPC_ADDR")
 
     async def start(self) -> None:
+        if self._jwks is not None:
+            await self._jwks.start()
         await self.hub.start()
         self._gauges = asyncio.create_task(gauges.refresh_forever(self._pool), name="gauges")
         await self._server.start()
@@ -161,6 +174,8 @@ class Server:
         # sent but whose client never half-closed, which grpc.aio would otherwise wait out.
         await self._server.stop(None)
         await stopping
+        if self._jwks is not None:
+            await self._jwks.close()
         if self._gauges is not None:
             self._gauges.cancel()
             with contextlib.suppress(asyncio.CancelledError):
