@@ -212,8 +212,19 @@ _WORKERS_HELP = """Runs one background worker until SIGTERM; each is safe with N
   warnings   warns merchants whose reply timeliness over the trailing 24 h is poor (SPEC R10)"""
 
 
+class _Version(argparse.Action):
+    """``--version``: computed only when asked (the revision may need a git call)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        from escalation.observability import build_info
+
+        print(build_info.describe())
+        parser.exit()
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="escalation", description=__doc__)
+    parser.add_argument("--version", action=_Version, nargs=0, help="print the version and source revision")
     sub = parser.add_subparsers(dest="command", required=True)
     raw = argparse.RawDescriptionHelpFormatter
     sub.add_parser(
@@ -279,6 +290,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise SystemExit(run_dev(data_dir=args.data_dir))
     settings = _settings()
     obs_logging.configure(log_format=settings.log_format, level=settings.log_level)
+    from escalation.observability import build_info
+
+    build_info.publish(settings.build_revision)
     try:
         if args.command == "serve":
             settings.require_jwt()
