@@ -186,11 +186,14 @@ class Server:
 
 
 async def serve_until_signalled(server: Server) -> None:
-    """Runs until SIGTERM or SIGINT, then shuts down gracefully (see ``Server.stop``)."""
+    """Runs until SIGTERM or SIGINT, then shuts down gracefully (see ``Server.stop``); SIGHUP is ignored."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    # SIGHUP's default action would end the process; certificate files are re-read without it
+    # (escalation/api/tls.py), so an operator's habitual `kill -HUP` is logged and otherwise harmless.
+    loop.add_signal_handler(signal.SIGHUP, lambda: log.info("server.sighup_ignored", reason="TLS files are watched"))
     await server.start()
     log.info("server.started", port=server.port, tls=server.tls)
     await stop.wait()
