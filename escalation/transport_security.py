@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
 KAFKA_SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
@@ -67,7 +68,7 @@ def read_identity(cert_file: Path, key_file: Path) -> PemIdentity:
         raise ValueError(f"{cert_file} holds no PEM certificate ({exc})") from None
     try:
         private = serialization.load_pem_private_key(key, password=None)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
         raise ValueError(f"{key_file} holds no unencrypted PEM private key ({exc})") from None
     public = serialization.PublicFormat.SubjectPublicKeyInfo
     if private.public_key().public_bytes(serialization.Encoding.PEM, public) != leaf.public_key().public_bytes(
