@@ -7,9 +7,11 @@ let in; replacing the certificate files is picked up by the next connection, wit
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -43,6 +45,12 @@ async def _refused(replica: Replica, credentials: grpc.ChannelCredentials | None
     assert caught.value.code() is grpc.StatusCode.UNAVAILABLE
 
 
+def _http_status(url: str) -> int:
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(url, timeout=5) as response:
+        return int(response.status)
+
+
 def _replace(issued: Issued, cert: Path, key: Path) -> None:
     """As kubelet updates a mounted Secret: new files renamed over the old ones (atomic)."""
     for data, target in ((issued.cert_pem, cert), (issued.key_pem, key)):
@@ -66,6 +74,9 @@ async def test_tls_clients_trusting_the_ca_are_served_and_others_refused(databas
         assert list(listed.warnings) == []
         await _refused(replica, _trusting(other))
         await _refused(replica, None)  # plaintext
+        # Kubernetes probes (plaintext HTTP, no certificate) use /livez and /readyz next to /metrics.
+        for path in ("/livez", "/readyz"):
+            assert await asyncio.to_thread(_http_status, f"http://{replica.metrics_addr}{path}") == 200
 
 
 async def test_replaced_certificate_files_are_served_to_new_connections(database_url: str, tmp_path: Path) -> None:
