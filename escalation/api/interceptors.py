@@ -131,7 +131,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         failure: errors.EscalationError | None = None
         if service not in PUBLIC_SERVICES:
             try:
-                identity = self._verifier.verify(_text(metadata.get("authorization")))
+                identity = await self._verifier.verify_async(_text(metadata.get("authorization")))
                 allowed = SERVICE_ROLES.get(service, frozenset())
                 if identity.role not in allowed:
                     raise errors.PermissionDenied(f"role {identity.role.value!r} may not call {method}")
