@@ -82,11 +82,18 @@ def exporters_from_env(environ: Mapping[str, str] = os.environ) -> list[SpanExpo
     names = [n.strip() for n in environ.get("OTEL_TRACES_EXPORTER", "otlp").lower().split(",") if n.strip()]
     known = {*_EXPORTERS, "none"}
     problems = [f"OTEL_TRACES_EXPORTER={n!r} is not one of otlp, console, none" for n in names if n not in known]
-    for variable in ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"):
-        protocol = environ.get(variable, "").strip()
-        if protocol and "otlp" in names and protocol != "http/protobuf":
-            problems.append(f"{variable}={protocol!r}: only http/protobuf is supported (port 4318)")
-            break
+    # The traces-specific variable, when set, overrides the general one (OTLP exporter specification).
+    variable = next(
+        (
+            v
+            for v in ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL")
+            if environ.get(v, "").strip()
+        ),
+        None,
+    )
+    protocol = environ.get(variable, "").strip() if variable else ""
+    if variable and "otlp" in names and protocol != "http/protobuf":
+        problems.append(f"{variable}={protocol!r}: only http/protobuf is supported (port 4318)")
     if problems:
         raise TracingConfigError("; ".join(problems))
     return [_EXPORTERS[n]() for n in names if n != "none"]

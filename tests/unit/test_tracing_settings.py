@@ -46,6 +46,16 @@ def test_every_unusable_otel_setting_is_named_in_one_error() -> None:
     assert "OTEL_EXPORTER_OTLP_PROTOCOL='grpc'" in message
     assert "\n" not in message
     assert tracing.exporters_from_env({"OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "http/protobuf"})
+    # The traces-specific setting wins over the general one, either way round.
+    assert tracing.exporters_from_env(
+        {"OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "http/protobuf", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}
+    )
+    with pytest.raises(tracing.TracingConfigError, match="OTEL_EXPORTER_OTLP_TRACES_PROTOCOL='grpc'"):
+        tracing.exporters_from_env(
+            {"OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "grpc", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"}
+        )
+    # A console-only setup does not care about the OTLP protocol.
+    assert tracing.exporters_from_env({"OTEL_TRACES_EXPORTER": "console", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"})
 
 
 def test_log_lines_inside_a_span_carry_its_w3c_ids_and_others_none() -> None:
