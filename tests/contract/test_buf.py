@@ -105,3 +105,14 @@ def test_vendored_google_rpc_status_defines_what_googleapis_common_protos_ships(
     assert list(vendored.message_type) == list(shipped.message_type)
     assert vendored.package == shipped.package
     assert list(vendored.dependency) == list(shipped.dependency)
+
+
+def test_the_baseline_holds_the_released_api_and_kafka_values() -> None:
+    # An empty or truncated baseline would let `buf breaking` pass whatever changed.
+    files = {f.name: f for f in descriptor_pb2.FileDescriptorSet.FromString(BASELINE.read_bytes()).file}
+    ours = {name for name in files if name.startswith("escalation/v1/")}
+    released = ("admin", "common", "events", "merchant", "ops", "platform")
+    assert {f"escalation/v1/{name}.proto" for name in released} <= ours
+    assert {"ServiceTicket", "MerchantWarning"} <= {m.name for m in files["escalation/v1/events.proto"].message_type}
+    services = {s.name for name in ours for s in files[name].service}
+    assert services >= {"PlatformService", "MerchantService", "MerchantAdminService", "OpsService"}
