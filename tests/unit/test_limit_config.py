@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from escalation import config
+from escalation.api import server
 from escalation.domain.token_bucket import Rate
 
 
@@ -38,3 +39,9 @@ def test_every_bad_limit_is_named_in_one_line() -> None:
     message = str(caught.value)
     assert "\n" not in message
     assert all(name in message for name in bad), message
+
+
+@pytest.mark.parametrize("streams", [1, 100, 5000])
+def test_the_server_announces_max_concurrent_streams(streams: int) -> None:
+    settings = config.load({"ESCALATION_GRPC_MAX_CONCURRENT_STREAMS": str(streams)})
+    assert ("grpc.max_concurrent_streams", streams) in server._options(settings)
