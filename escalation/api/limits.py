@@ -73,6 +73,11 @@ class Limits:
         """Connect streams ``identity`` holds on this process right now."""
         return self._streams[_merchant_key(identity)]
 
+    @property
+    def unauthenticated_streams(self) -> int:
+        """Health and reflection streams open on this process right now."""
+        return self._unauthenticated
+
     # --- write rates ---------------------------------------------------------------------------
 
     def take(self, *charges: tuple[str, Hashable]) -> None:

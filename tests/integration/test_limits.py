@@ -310,3 +310,31 @@ async def test_unauthenticated_streams_over_the_cap_are_refused_until_one_ends(p
         assert reasons <= {"TOO_MANY_STREAMS"}
         again.cancel()
         watches[1].cancel()
+
+
+async def test_one_connection_holds_at_most_max_concurrent_streams_and_others_are_not_held_up(
+    pool: asyncpg.Pool,
+) -> None:
+    async with serving(pool, max_concurrent_streams=2) as (server, channel):
+        health = health_pb2_grpc.HealthStub(channel)
+        held = [health.Watch(health_pb2.HealthCheckRequest()) for _ in range(2)]
+        for watch in held:
+            assert (await watch.read()).status == health_pb2.HealthCheckResponse.SERVING
+        # A third stream on the same connection waits in the client for a free slot...
+        waiting = health.Watch(health_pb2.HealthCheckRequest())
+        first = asyncio.ensure_future(waiting.read())
+        # ...while another connection is served at once; by then the waiting stream has not reached the server.
+        other = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}", options=[("grpc.use_local_subchannel_pool", 1)])
+        try:
+            elsewhere = health_pb2_grpc.HealthStub(other).Watch(health_pb2.HealthCheckRequest())
+            assert (await elsewhere.read()).status == health_pb2.HealthCheckResponse.SERVING
+            assert server.limits.unauthenticated_streams == 3
+            assert not first.done()
+            held[0].cancel()
+            async with asyncio.timeout(10):
+                assert (await first).status == health_pb2.HealthCheckResponse.SERVING
+            elsewhere.cancel()
+        finally:
+            await other.close(grace=None)
+        waiting.cancel()
+        held[1].cancel()
