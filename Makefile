@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 PG_INITDB := $(firstword $(wildcard /usr/lib/postgresql/*/bin/initdb))
 PYTEST_ARGS ?=
 
-.PHONY: help run test bench chaos lint typecheck check-proto proto schema fmt clean system-deps venv lock
+.PHONY: help run test bench chaos lint typecheck check-proto proto proto-baseline schema fmt clean system-deps venv lock
 
 help: ## show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[1m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -92,3 +92,7 @@ lock: venv ## rewrite deploy/requirements.lock (exact versions + hashes, what th
 
 clean: ## remove the virtualenv and caches (keeps .data/)
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info
+
+proto-baseline: venv ## at each release: record the protos as released, the baseline `buf breaking` checks against
+	@$(BIN)/buf build proto --exclude-source-info -o proto/baseline.binpb
+	@echo "wrote proto/baseline.binpb: commit it with the release"

@@ -25,6 +25,10 @@ log = structlog.get_logger(__name__)
 EXIT_CONFIG = 2
 
 
+class _MigrationBlocked(Exception):
+    """A migration gave up waiting for a table lock (lock_timeout); re-run it when the writer is gone."""
+
+
 class _DatabaseUnreachable(Exception):
     """The database cannot be reached at start (later, database errors are per-RPC statuses)."""
 
@@ -81,6 +85,10 @@ async def _migrate(settings: config.Settings) -> None:
         raise _DatabaseUnreachable(str(exc)) from exc
     try:
         applied = await migrate(conn)
+    except asyncpg.LockNotAvailableError as exc:
+        # A migration waited longer than its lock_timeout behind a live transaction (docs/migrations.md):
+        # nothing of it was applied; re-running later is safe.
+        raise _MigrationBlocked(str(exc)) from exc
     finally:
         await conn.close()
     print(
@@ -329,6 +337,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         _fail_config(str(exc))
     except (MetricsPortInUse, GrpcPortInUse) as exc:
         print(f"escalation: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+    except _MigrationBlocked as exc:
+        print(
+            f"escalation: a migration waited too long for a lock ({exc}); nothing of it was applied, run it again",
+            file=sys.stderr,
+        )
         raise SystemExit(1) from None
     except _DatabaseUnreachable as exc:
         print(f"escalation: cannot use the database at ESCALATION_DATABASE_URL: {exc}", file=sys.stderr)
