@@ -37,6 +37,12 @@ AGENTS_CHANNEL = "escalation_agents"
 # Names the listener's backend in pg_stat_activity (operators, and tests that terminate it).
 LISTENER_APPLICATION_NAME = "escalation-hub-listener"
 PROBE_SECONDS = 2.0  # how often an idle listener is checked, and how long a check may take
+# A feed's news is handed to its streams WAKE_BATCH at a time, the next batch once these wrote it or after
+# WAKE_SLICE seconds (a reader that does not read holds up only its batch, briefly). So thousands of one
+# shop's streams never fill the event loop's ready queue at once: another tenant's unary call waits
+# behind at most a batch of stream writes per step, not behind all of them (issue 10 §2).
+WAKE_BATCH = 8
+WAKE_SLICE = 0.05
 RECONNECT_BACKOFF = (0.05, 2.0)  # seconds: first retry, cap (doubling) while the database is away
 # Server-side TCP keepalives (seconds, count) so PostgreSQL drops a dead listener's backend too.
 _KEEPALIVES = {"tcp_keepalives_idle": "5", "tcp_keepalives_interval": "2", "tcp_keepalives_count": "3"}
@@ -55,6 +61,22 @@ class Subscription:
     # The presence row's insert, run as its own task so cancelling the stream cannot interrupt it
     # half-way: release() waits for it, then deletes the row (issue 10 §3).
     announced: asyncio.Task[bool] | None = None
+    # The delivery pass batch that woke this stream and waits for it to finish writing (see Hub._pass).
+    batch: _Batch | None = None
+
+    def delivered(self) -> None:
+        """The stream wrote what it was woken for (or has nothing to write) and waits again."""
+        batch, self.batch = self.batch, None
+        if batch is not None:
+            batch.remaining -= 1
+            if batch.remaining <= 0:
+                batch.done.set()
+
+
+@dataclass(eq=False)
+class _Batch:
+    remaining: int
+    done: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class Hub:
@@ -76,6 +98,8 @@ class Hub:
         self.closing = asyncio.Event()
         self._by_merchant: dict[str, set[Subscription]] = {}
         self._feeds: dict[str, MerchantFeed] = {}
+        self._passes: dict[str, asyncio.Task[None]] = {}
+        self._again: set[str] = set()  # merchants whose running pass must start over (newer news)
         self._cleanups: set[asyncio.Task[None]] = set()
         # Reads of the log a stream made for itself (resume, or behind its feed), for tests and the bench;
         # each feed counts its own (MerchantFeed.reads).
@@ -94,10 +118,15 @@ class Hub:
     async def close(self) -> None:
         """Ends every stream (they answer UNAVAILABLE so clients reconnect elsewhere) and stops."""
         self.closing.set()
+        for subs in self._by_merchant.values():
+            for sub in subs:
+                sub.wake.set()  # a waiting stream sees `closing` and ends
         for task in self._tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        for task in list(self._passes.values()):
+            task.cancel()
         for feed in list(self._feeds.values()):
             await feed.close()
         if self._cleanups:
@@ -235,8 +264,30 @@ class Hub:
         return sub
 
     def _wake_streams(self, merchant_id: str) -> None:
-        for sub in self._by_merchant.get(merchant_id, ()):
-            sub.wake.set()
+        if merchant_id in self._passes:
+            self._again.add(merchant_id)
+            return
+        task = asyncio.create_task(self._pass(merchant_id), name=f"hub-pass-{merchant_id}")
+        self._passes[merchant_id] = task
+        task.add_done_callback(lambda _: self._passes.pop(merchant_id, None))
+
+    async def _pass(self, merchant_id: str) -> None:
+        """Wakes a merchant's streams batch by batch (see WAKE_BATCH), again while news keeps coming."""
+        while True:
+            self._again.discard(merchant_id)
+            subs = list(self._by_merchant.get(merchant_id, ()))
+            for first in range(0, len(subs), WAKE_BATCH):
+                batch = _Batch(0)
+                for sub in subs[first : first + WAKE_BATCH]:
+                    if sub.batch is None:  # one still busy with an earlier batch is not waited for twice
+                        batch.remaining += 1
+                        sub.batch = batch
+                    sub.wake.set()
+                if first + WAKE_BATCH < len(subs) and batch.remaining:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(batch.done.wait(), WAKE_SLICE)
+            if merchant_id not in self._again:
+                return
 
     async def _add_presence(self, sub: Subscription) -> bool:
         assert sub.agent_id is not None

@@ -93,7 +93,6 @@ class MerchantStream:
         assert caller.merchant_id is not None
         self._merchant_id = caller.merchant_id
         self._results: asyncio.Queue[merchant_pb2.ConnectResponse] = asyncio.Queue(maxsize=config.queue_size)
-        self._results_ready = asyncio.Event()
         self._overflowed = False
         self._main: bool | None = None  # main account (whole shop) or not, as last read from the database
 
@@ -109,7 +108,7 @@ class MerchantStream:
             await self._hub.announce(sub)
             reader = asyncio.create_task(self._read(frames, sub))
             # Wakes the pump when the reader ends, so a frame that does not decode ends the stream at once.
-            reader.add_done_callback(lambda _: self._results_ready.set())
+            reader.add_done_callback(lambda _: sub.wake.set())
             log.info("stream.connected", merchant_id=self._merchant_id, cursor=cursor, main_account=self._main)
             await self._pump(sub, cursor, reader)
         finally:
@@ -189,7 +188,6 @@ class MerchantStream:
                 raise errors.SlowConsumer()
             while not self._results.empty():
                 await _write(self._context, self._results.get_nowait(), self._config)
-            self._results_ready.clear()
             sub.wake.clear()
             shared = sub.feed.snapshot()
             if shared is not None and shared.has(cursor, self._caller.subject):
@@ -210,13 +208,13 @@ class MerchantStream:
             # The reader's error (a frame that does not decode) ends the stream after the results it queued.
             if reader.done() and reader.exception() is not None and self._results.empty():
                 raise reader.exception()  # type: ignore[misc]
-            woke = await _wait_any(
-                sub.wake.wait(),
-                self._hub.closing.wait(),
-                self._results_ready.wait(),
-                within=self._config.heartbeat_seconds,
-            )
-            if not woke:
+            sub.delivered()
+            # One event wakes the stream for everything (news, reply results, the reader's end, shutdown):
+            # no helper tasks per wait, which thousands of streams would pay for at every wake-up.
+            try:
+                async with asyncio.timeout(self._config.heartbeat_seconds):
+                    await sub.wake.wait()
+            except TimeoutError:
                 await _write(self._context, merchant_pb2.ConnectResponse(heartbeat=_heartbeat()), self._config)
 
     async def _catch_up(self, cursor: int) -> tuple[int, bool]:
@@ -262,7 +260,6 @@ class MerchantStream:
             self._results.put_nowait(frame)
         except asyncio.QueueFull:
             self._overflowed = True
-        self._results_ready.set()
         sub.wake.set()
 
 
@@ -313,6 +310,7 @@ async def watch_session(
                 )
                 await _write(context, frame, config)
                 return
+            sub.delivered()
             woke = await _wait_any(sub.wake.wait(), hub.closing.wait(), within=config.heartbeat_seconds)
             if not woke:
                 await _write(context, platform_pb2.WatchSessionResponse(heartbeat=_heartbeat()), config)
