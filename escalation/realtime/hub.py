@@ -43,6 +43,10 @@ PROBE_SECONDS = 2.0  # how often an idle listener is checked, and how long a che
 # behind at most a batch of stream writes per step, not behind all of them (issue 10 §2).
 WAKE_BATCH = 8
 WAKE_SLICE = 0.05
+# After each batch but the last, the pass pauses for as long as the batch took: one shop's fan-out takes
+# at most about a third of this process's time while it has more streams to wake, the rest stays for other
+# tenants' calls. A shop with WAKE_BATCH streams or fewer on this process is never paused.
+YIELD_PER_BATCH = 2.0
 RECONNECT_BACKOFF = (0.05, 2.0)  # seconds: first retry, cap (doubling) while the database is away
 # Server-side TCP keepalives (seconds, count) so PostgreSQL drops a dead listener's backend too.
 _KEEPALIVES = {"tcp_keepalives_idle": "5", "tcp_keepalives_interval": "2", "tcp_keepalives_count": "3"}
@@ -273,19 +277,23 @@ class Hub:
 
     async def _pass(self, merchant_id: str) -> None:
         """Wakes a merchant's streams batch by batch (see WAKE_BATCH), again while news keeps coming."""
+        loop = asyncio.get_running_loop()
         while True:
             self._again.discard(merchant_id)
             subs = list(self._by_merchant.get(merchant_id, ()))
             for first in range(0, len(subs), WAKE_BATCH):
+                began = loop.time()
                 batch = _Batch(0)
                 for sub in subs[first : first + WAKE_BATCH]:
                     if sub.batch is None:  # one still busy with an earlier batch is not waited for twice
                         batch.remaining += 1
                         sub.batch = batch
                     sub.wake.set()
-                if first + WAKE_BATCH < len(subs) and batch.remaining:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(batch.done.wait(), WAKE_SLICE)
+                if first + WAKE_BATCH < len(subs):
+                    if batch.remaining:
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(batch.done.wait(), WAKE_SLICE)
+                    await asyncio.sleep((loop.time() - began) * YIELD_PER_BATCH)
             if merchant_id not in self._again:
                 return
 

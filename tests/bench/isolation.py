@@ -13,6 +13,7 @@ load is real, not dropped).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 import time
 import uuid
@@ -140,12 +141,13 @@ async def _run(
                 f"  loaded: the same GetSession while bursts of {sizes.isolation_burst} events every "
                 f"{sizes.isolation_burst_every:.1f} s reach the {sizes.isolation_streams:,} streams"
             )
-            burster = asyncio.create_task(_bursts(unary, sizes, loud_sessions, platform_metadata, sent))
+            stop = asyncio.Event()
+            burster = asyncio.create_task(_bursts(unary, sizes, loud_sessions, platform_metadata, sent, stop))
             try:
                 loaded_result = await measure("GetSession, loaded")
             finally:
-                burster.cancel()
-                await asyncio.gather(burster, return_exceptions=True)
+                stop.set()
+                await burster
             say(f"  {loaded_result.label}: {loaded_result.summary()}")
             expected = sent[0] * sizes.isolation_streams
             for _ in range(150):  # up to 30 s for the last burst to reach every stream
@@ -175,10 +177,16 @@ async def _run(
 
 
 async def _bursts(
-    channel: grpc.aio.Channel, sizes: Sizes, sessions: list[str], metadata: Metadata, sent: list[int]
+    channel: grpc.aio.Channel,
+    sizes: Sizes,
+    sessions: list[str],
+    metadata: Metadata,
+    sent: list[int],
+    stop: asyncio.Event,
 ) -> None:
+    """Bursts until ``stop`` is set, each one whole (so ``sent`` counts exactly the events written)."""
     stub = platform_pb2_grpc.PlatformServiceStub(channel)
-    while True:
+    while not stop.is_set():
         for i in range(sizes.isolation_burst):
             await stub.SendMessage(
                 platform_pb2.SendMessageRequest(
@@ -189,7 +197,8 @@ async def _bursts(
                 timeout=10,
             )
             sent[0] += 1
-        await asyncio.sleep(sizes.isolation_burst_every)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), sizes.isolation_burst_every)
 
 
 class _Progress:
