@@ -149,22 +149,25 @@ class MerchantFeed:
         head = int(position["head"])
         old = self._snapshot
         after = old.head if old is not None else head
+        held = old is not None and head - after <= self._keep
+        if not held:
+            after = max(after, head - self._keep)  # a backlog this long is read by the streams that need it
         fresh: list[Buffered] = []
-        if head - after > self._keep:
-            after = head - self._keep  # a backlog this long is read by the streams that need it
         while after < head:
             rows = await self._pool.fetch(sql("events_after"), self.merchant_id, after, None, head, self._page)
             if not rows:
                 break
             fresh += [_buffered(r) for r in rows]
             after = rows[-1]["cursor"]
-        self._publish(fresh, head, _access(position, agents))
+        # Held events stay only if the new ones follow them without a hole; otherwise the feed starts over
+        # at what it read (streams before that read their own pages, which also reports expired cursors).
+        contiguous = held and after >= head and (not fresh or old is None or fresh[0].cursor == old.head + 1)
+        self._publish(fresh if after >= head else [], head, _access(position, agents), keep_held=contiguous)
 
-    def _publish(self, fresh: Sequence[Buffered], head: int, access: dict[str, Access]) -> None:
+    def _publish(self, fresh: Sequence[Buffered], head: int, access: dict[str, Access], *, keep_held: bool) -> None:
         """Events, head and access change together, with no await between (see the module docstring)."""
-        old_head = self._snapshot.head if self._snapshot is not None else None
-        if old_head is None or not fresh or fresh[0].cursor != old_head + 1:
-            self._events = []  # not contiguous with what is held (first read, backlog skipped, retention)
+        if not keep_held:
+            self._events = []
         self._events += fresh
         if len(self._events) > 2 * self._keep:
             del self._events[: len(self._events) - self._keep]

@@ -132,6 +132,14 @@ class Run:
             say(f"{sizes.merchants} merchants with {sizes.agents_per_merchant} designated agents each")
             if self.only == "isolation":
                 await self._isolation(api_url)
+            elif self.only == "fan-out":
+                serve, addr = await self.env.serve("escalation-serve", api_url)
+                fan = await self.step(
+                    "4. event fan-out across two replicas",
+                    lambda: realtime.fan_out(self.env, self.sizes, api_url, addr, self.metadata),
+                )
+                self._report_fan_out(fan)
+                self.env.stop_child(serve)
             else:
                 await self._all(api_url, pool)
         finally:
@@ -474,7 +482,7 @@ def main(argv: list[str] | None = None) -> None:
         "--output", type=Path, default=RESULTS, help=f"where to write the Markdown table (default {RESULTS})"
     )
     parser.add_argument(
-        "--only", choices=["isolation"], help="run one measurement only (the merchants are still set up)"
+        "--only", choices=["isolation", "fan-out"], help="run one measurement only (the merchants are still set up)"
     )
     args = parser.parse_args(argv)
     sizes = QUICK if args.quick else FULL
