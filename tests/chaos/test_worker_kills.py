@@ -24,7 +24,6 @@ from tests.e2e.workers_harness import (
     Process,
     all_ended_and_published,
     assert_event_id_is_ticket_id,
-    deadlines,
     event_ids,
     make_shop,
     open_sessions,
@@ -71,7 +70,7 @@ async def test_workers_and_relays_killed_repeatedly_end_each_session_once_and_pu
         for kill in range(KILLS):
             opened = await open_sessions(pool, wave, policy(timeout))
             ids += opened
-            due.update(await deadlines(pool, opened))
+            due.update(opened)
             await asyncio.sleep(0.7)
             victim = kill % len(slots)
             slots[victim].kill()

@@ -18,7 +18,7 @@ import pytest
 from escalation.bus import kafka
 from escalation.devenv.postgres import EmbeddedPostgres
 from escalation.store import db
-from tests.e2e.workers_harness import deadlines, make_shop, open_sessions, policy
+from tests.e2e.workers_harness import make_shop, open_sessions, policy
 from workers.deadlines import DeadlineConfig, DeadlineWorker
 from workers.loop import DATABASE_RETRY
 from workers.outbox import OutboxConfig, OutboxRelay
@@ -50,8 +50,7 @@ async def test_deadlines_and_relay_resume_within_two_seconds_of_a_long_database_
     reply_timeout, count = 2.0, 20
     session_policy = policy(reply_timeout)
     await make_shop(worker_pool)
-    ids = await open_sessions(worker_pool, count, session_policy)
-    due = await deadlines(worker_pool, ids)
+    due = await open_sessions(worker_pool, count, session_policy)
 
     settings = kafka.KafkaSettings(
         bootstrap=kafka_bootstrap, idempotence=False, partitions=1, replication_factor=1, topic_prefix=f"{kafka_topic}."

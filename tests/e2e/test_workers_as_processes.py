@@ -35,7 +35,6 @@ from tests.e2e.workers_harness import (
     all_ended_and_published,
     assert_event_id_is_ticket_id,
     clean_env,
-    deadlines,
     event_ids,
     make_shop,
     metrics,
@@ -115,8 +114,8 @@ async def test_two_deadline_workers_and_two_relays_end_each_session_once_and_pub
         ]
         await asyncio.gather(*(wait_started(p) for p in (*workers, *relays)))
 
-        ids = await open_sessions(pool, count, policy(timeout))
-        due = await deadlines(pool, ids)
+        due = await open_sessions(pool, count, policy(timeout))
+        ids = list(due)
         assert len(due) == count
         assert None not in due.values()
 
@@ -328,8 +327,8 @@ async def test_deadline_worker_restarted_while_deadlines_pending_loses_none(
     await make_shop(pool)
     with worker("deadlines", database_url, tmp_path, "deadlines-killed", env=env) as first:
         await wait_started(first)
-        ids = await open_sessions(pool, count, policy(timeout))
-        due = await deadlines(pool, ids)
+        due = await open_sessions(pool, count, policy(timeout))
+        ids = list(due)
         await asyncio.sleep(1.0)
         assert first.alive, first.output()
         first.kill()

@@ -261,12 +261,14 @@ async def make_shop(pool: asyncpg.Pool, merchant_id: str = "shop", agents: int =
 
 async def open_sessions(
     pool: asyncpg.Pool, count: int, session_policy: sessions.SessionPolicy, merchant_id: str = "shop"
-) -> list[uuid.UUID]:
-    """``count`` sessions, each with one platform message (so each has a reply deadline)."""
+) -> dict[uuid.UUID, datetime]:
+    """``count`` sessions, each with one platform message: session id → its reply deadline as the opening
+    transaction stored it (read there, because a running worker may end a session, clearing the column,
+    before a later read on a loaded machine)."""
     content = common_pb2.MessageContent(text=common_pb2.Text(body="Can you ship today?")).SerializeToString()
     limit = asyncio.Semaphore(8)
 
-    async def one(n: int) -> uuid.UUID:
+    async def one(n: int) -> tuple[uuid.UUID, datetime]:
         async with limit:
             opened = await sessions.open_session(
                 pool,
@@ -281,16 +283,9 @@ async def open_sessions(
                 ),
                 session_policy,
             )
-        sid: uuid.UUID = opened.session["session_id"]
-        return sid
+        return opened.session["session_id"], opened.session["reply_deadline"]
 
-    return list(await asyncio.gather(*(one(n) for n in range(count))))
-
-
-async def deadlines(pool: asyncpg.Pool, ids: list[uuid.UUID]) -> dict[uuid.UUID, datetime]:
-    """Each session's stored reply deadline (read before a worker ends it: ending clears the column)."""
-    rows = await pool.fetch("SELECT session_id, reply_deadline FROM sessions WHERE session_id = ANY($1::uuid[])", ids)
-    return {r["session_id"]: r["reply_deadline"] for r in rows}
+    return dict(await asyncio.gather(*(one(n) for n in range(count))))
 
 
 async def all_ended_and_published(pool: asyncpg.Pool, count: int) -> bool:
