@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import jwt
@@ -105,3 +106,39 @@ def test_a_remembered_token_still_expires() -> None:
     with pytest.raises(errors.Unauthenticated) as caught:
         verifier.verify(f"Bearer {token}")
     assert caught.value.reason == "TOKEN_EXPIRED"
+
+
+@pytest.mark.parametrize(
+    "odd",
+    [
+        {"exp": 10**400},
+        {"exp": -(10**400)},
+        {"exp": "4000000000"},
+        {"exp": True},
+        {"exp": float("nan")},
+        {"exp": float("inf")},
+        {"exp": None},
+        {"exp": [4e9]},
+        {"iat": 10**400},
+        {"iat": False},
+        {"nbf": "0"},
+        {"nbf": float("-inf")},
+        {"sub": 7},
+        {"sub": ["a"]},
+        {"role": None},
+        {"merchant_id": 5},
+        {"iss": {}},
+        {"jti": 1},
+        {"aud": 5},
+        {"aud": ["a", 5]},
+    ],
+)
+def test_every_malformed_claim_is_unauthenticated_token_invalid(odd: dict[str, object]) -> None:
+    # SPEC §3: a validly signed token whose claims have the wrong type or range is a bad token, never
+    # an OverflowError (exp = 10**400 used to escape as UNKNOWN) nor a claim coerced to fit.
+    claims = {"sub": "a", "role": "merchant", "merchant_id": "m", "exp": int(time.time()) + 60} | odd
+    payload = json.dumps(claims, allow_nan=True)
+    token = jwt.api_jws.encode(payload.encode(), SECRET, algorithm="HS256")
+    with pytest.raises(errors.Unauthenticated) as caught:
+        _verify(token)
+    assert caught.value.reason == "TOKEN_INVALID"
