@@ -92,6 +92,12 @@ class ImPermissionRequired(PermissionDenied):
     reason = "IM_PERMISSION_REQUIRED"
 
 
+class AgentDisabled(PermissionDenied):
+    """This agent is disabled in the shop's account management; it can no longer use the service."""
+
+    reason = "AGENT_DISABLED"
+
+
 # --- what the caller asked for does not exist (or is outside its scope) ---------------------------
 
 
