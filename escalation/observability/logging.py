@@ -7,6 +7,27 @@ import sys
 
 import structlog
 
+from escalation.domain import display
+
+# Rendered by the console renderer as a traceback block of their own: multi-line on purpose.
+_TRACEBACK_KEYS = frozenset({"exc_info", "exception", "stack"})
+
+
+def escape_for_console(
+    logger: object, method_name: str, event_dict: structlog.types.EventDict
+) -> structlog.types.EventDict:
+    """Writes every logged value as one escaped line (domain/display.py), so that a merchant's text or
+    an identifier from a request cannot forge log lines, move the cursor or reverse what follows.
+
+    Values other than strings and numbers are rendered with repr() first, as the console renderer
+    would. JSON logs need no such step: json.dumps escapes every control and non-ASCII character.
+    """
+    for key, value in event_dict.items():
+        if key in _TRACEBACK_KEYS or value is None or isinstance(value, bool | int | float):
+            continue
+        event_dict[key] = display.one_line(value if isinstance(value, str) else repr(value))
+    return event_dict
+
 
 def configure(*, log_format: str = "console", level: str = "info") -> None:
     """Routes structlog and stdlib logging (asyncpg, aiokafka, grpc) through one renderer."""
@@ -18,6 +39,7 @@ def configure(*, log_format: str = "console", level: str = "info") -> None:
         timestamper,
     ]
     renderer: structlog.types.Processor
+    escaping: list[structlog.types.Processor] = []
     if log_format == "json":
         renderer = structlog.processors.JSONRenderer()
         # Without locals: a frame's variables can hold transcripts and other personal data.
@@ -26,6 +48,7 @@ def configure(*, log_format: str = "console", level: str = "info") -> None:
         )
     else:
         renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+        escaping.append(escape_for_console)
 
     structlog.configure(
         processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
@@ -37,7 +60,7 @@ def configure(*, log_format: str = "console", level: str = "info") -> None:
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=shared,
-            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *escaping, renderer],
         )
     )
     root = logging.getLogger()
