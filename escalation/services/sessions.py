@@ -22,7 +22,7 @@ from escalation.domain.session import CloseReason, Kind, Sender, State
 from escalation.domain.tickets import DEFAULT_SLA
 from escalation.observability import metrics
 from escalation.realtime import events
-from escalation.services import records, tickets
+from escalation.services import callers, records, tickets
 from escalation.store.queries import sql
 from escalation.v1 import common_pb2
 
@@ -104,14 +104,10 @@ async def caller_scope(conn: asyncpg.Connection, caller: Identity, *, reading: b
         return Scope(platform_agent_id=caller.subject)
     if caller.role is not Role.MERCHANT:
         raise errors.SessionNotFound()
-    standing = await conn.fetchrow(sql("merchant_caller"), caller.merchant_id, caller.subject)
-    if standing is None:
-        raise errors.ImPermissionRequired("this agent is not in the shop's account directory")
-    if standing["disabled"]:
-        raise errors.AgentDisabled()
-    if reading and not standing["im_permission"]:
+    standing = await callers.merchant_standing(conn, caller)
+    if reading and not standing.im_permission:
         raise errors.ImPermissionRequired()
-    if standing["main_account"]:
+    if standing.main_account:
         return Scope(merchant_id=caller.merchant_id)
     return Scope(merchant_id=caller.merchant_id, assigned_agent_id=caller.subject)
 

@@ -88,8 +88,18 @@ async def test_a_disabled_agent_gets_permission_denied_on_every_unary_call(chann
     # Disabled switches the identity off: not even a replay of a send that succeeded (unlike R4's
     # "permission removed", which keeps replays).
     assert await _refused(m.Reply(keyed, metadata=SUB1)) == (grpc.StatusCode.PERMISSION_DENIED, "AGENT_DISABLED")
-    for call in calls.values():
-        await call(MAIN)  # the shop's other agents are unaffected
+    m, a = merchant_pb2_grpc.MerchantServiceStub(channel), admin_pb2_grpc.MerchantAdminServiceStub(channel)
+    directory_calls: dict[str, Callable[[Metadata], Awaitable[Any]]] = {
+        "ListReplyTemplates": lambda who: m.ListReplyTemplates(merchant_pb2.ListReplyTemplatesRequest(), metadata=who),
+        "GetReceptionSettings": lambda who: a.GetReceptionSettings(
+            admin_pb2.GetReceptionSettingsRequest(), metadata=who
+        ),
+        "ListAgents": lambda who: a.ListAgents(admin_pb2.ListAgentsRequest(), metadata=who),
+    }
+    for name, call in directory_calls.items():
+        assert await _refused(call(SUB1)) == (grpc.StatusCode.PERMISSION_DENIED, "AGENT_DISABLED"), name
+    for unaffected in [*calls.values(), *directory_calls.values()]:
+        await unaffected(MAIN)  # the shop's other agents are unaffected
 
     await _set_agent(channel, "shop-a-sub-1")  # enabled again: nothing was cached
     assert (await calls["GetSession"](SUB1)).session_id == sid
