@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import enum
 import math
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +19,9 @@ from escalation.config import JwtSettings
 from escalation.domain.validation import IDENTIFIER
 
 _ID = IDENTIFIER  # matched whole (fullmatch): no trailing newline (SPEC §3)
+# RFC 6750 §2.1 with a compact JWS (RFC 7515 §7.1): the scheme in any case, one space, three base64url
+# parts. Matched whole: no surrounding or inner whitespace, nothing after the token.
+_BEARER = re.compile(r"(?i:bearer) ([A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+)")
 
 
 class Role(enum.StrEnum):
@@ -69,19 +73,20 @@ class TokenVerifier:
     def _verify(self, authorization: str | None) -> tuple[Identity, float]:
         if not authorization:
             raise errors.Unauthenticated("missing authorization metadata (Bearer token)", reason="TOKEN_MISSING")
-        scheme, _, token = authorization.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
+        bearer = _BEARER.fullmatch(authorization)
+        if bearer is None:
             raise errors.Unauthenticated("authorization must be 'Bearer <token>'", reason="TOKEN_MALFORMED")
+        token = bearer.group(1)
         key = self._settings.key
         try:
             # The signature first, claim checks skipped: PyJWT's own checks coerce a claim with int()
             # (exp "4000000000" passes, exp 10**400 overflows later), so the shapes are ours to check.
             unchecked: dict[str, Any] = jwt.decode(
-                token.strip(), key, algorithms=[self._settings.algorithm], options=_SIGNATURE_ONLY
+                token, key, algorithms=[self._settings.algorithm], options=_SIGNATURE_ONLY
             )
             check_claim_shapes(unchecked)
             claims: dict[str, Any] = jwt.decode(
-                token.strip(),
+                token,
                 key,
                 algorithms=[self._settings.algorithm],
                 audience=self._settings.audience,

@@ -142,3 +142,29 @@ def test_every_malformed_claim_is_unauthenticated_token_invalid(odd: dict[str, o
     with pytest.raises(errors.Unauthenticated) as caught:
         _verify(token)
     assert caught.value.reason == "TOKEN_INVALID"
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [
+        "Bearer {t}\n",
+        "Bearer {t} ",
+        "Bearer  {t}",
+        " Bearer {t}",
+        "Bearer\t{t}",
+        "Bearer {t}\r\n",
+        "Bearer {t}.x",
+        "Bearer {t} {t}",
+        "Bearer\n{t}",
+        "{t}",
+    ],
+)
+def test_the_authorization_value_matches_as_a_whole(shape: str) -> None:
+    # SPEC §3: credentials parse strictly; "Bearer <jwt>\n" used to pass once stripped.
+    token = auth.mint(key=SECRET, algorithm="HS256", subject="a1", role=auth.Role.OPS)
+    verifier = auth.TokenVerifier(HS)
+    assert verifier.verify(f"Bearer {token}").subject == "a1"
+    assert verifier.verify(f"bearer {token}").subject == "a1"  # the scheme is case-insensitive (RFC 7235)
+    with pytest.raises(errors.Unauthenticated) as caught:
+        verifier.verify(shape.format(t=token))
+    assert caught.value.reason == "TOKEN_MALFORMED"
