@@ -19,9 +19,9 @@ from escalation.config import JwtSettings
 from escalation.domain.validation import IDENTIFIER
 
 _ID = IDENTIFIER  # matched whole (fullmatch): no trailing newline (SPEC §3)
-# RFC 6750 §2.1 with a compact JWS (RFC 7515 §7.1): the scheme in any case, one space, three base64url
-# parts. Matched whole: no surrounding or inner whitespace, nothing after the token.
-_BEARER = re.compile(r"(?i:bearer) ([A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+)")
+# RFC 6750 §2.1: the scheme in any case, one space, a b64token. Matched whole: no surrounding or inner
+# whitespace, nothing after the token. (Whether the token is a valid JWT is the decoder's verdict.)
+_BEARER = re.compile(r"(?i:bearer) ([A-Za-z0-9._~+/-]+=*)")
 
 
 class Role(enum.StrEnum):

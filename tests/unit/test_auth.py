@@ -153,7 +153,7 @@ def test_every_malformed_claim_is_unauthenticated_token_invalid(odd: dict[str, o
         " Bearer {t}",
         "Bearer\t{t}",
         "Bearer {t}\r\n",
-        "Bearer {t}.x",
+        "Bearer {t}\u2028",
         "Bearer {t} {t}",
         "Bearer\n{t}",
         "{t}",
