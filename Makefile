@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 PG_INITDB := $(firstword $(wildcard /usr/lib/postgresql/*/bin/initdb))
 PYTEST_ARGS ?=
 
-.PHONY: help run test bench chaos lint typecheck check-proto proto schema fmt clean system-deps venv
+.PHONY: help run test bench chaos lint typecheck check-proto proto proto-baseline schema fmt clean system-deps venv lock
 
 help: ## show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[1m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -86,5 +86,13 @@ check-proto: venv ## fail if the generated code drifted from the protos
 schema: system-deps venv ## rewrite escalation/store/schema.sql from the migrations
 	@$(BIN)/python -m escalation.devenv.schema
 
+lock: venv ## rewrite deploy/requirements.lock (exact versions + hashes, what the image installs) from pyproject.toml
+	@$(BIN)/uv pip compile pyproject.toml --quiet --generate-hashes --universal --python-version 3.11 \
+	  --custom-compile-command "make lock" -o deploy/requirements.lock
+
 clean: ## remove the virtualenv and caches (keeps .data/)
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info
+
+proto-baseline: venv ## at each release: record the protos as released, the baseline `buf breaking` checks against
+	@$(BIN)/buf build proto --exclude-source-info -o proto/baseline.binpb
+	@echo "wrote proto/baseline.binpb: commit it with the release"

@@ -14,7 +14,7 @@ from typing import Any
 
 import jwt
 
-from escalation import errors
+from escalation import errors, jwks
 from escalation.config import JwtSettings
 from escalation.domain.validation import IDENTIFIER
 
@@ -53,11 +53,24 @@ class TokenVerifier:
 
     _CACHE_SIZE = 10_000
 
-    def __init__(self, settings: JwtSettings) -> None:
+    def __init__(self, settings: JwtSettings, keys: jwks.JwksKeys | None = None) -> None:
         self._settings = settings
         self._verified: dict[str, tuple[Identity, float]] = {}
+        self._keys = keys
+        self._keys_generation = 0
+
+    async def verify_async(self, authorization: str | None) -> Identity:
+        """``verify``, after fetching the JWKS (off the event loop) if the token names an unknown ``kid``."""
+        if self._keys is not None and authorization not in self._verified:
+            kid = jwks.kid_of(authorization)
+            if kid is not None:
+                await self._keys.key_or_refresh(kid)
+        return self.verify(authorization)
 
     def verify(self, authorization: str | None) -> Identity:
+        if self._keys is not None and self._keys.generation != self._keys_generation:
+            self._verified.clear()  # a key was rotated out: what it signed must be checked again
+            self._keys_generation = self._keys.generation
         cached = self._verified.get(authorization or "")
         if cached is not None:
             identity, expires = cached
@@ -77,18 +90,16 @@ class TokenVerifier:
         if bearer is None:
             raise errors.Unauthenticated("authorization must be 'Bearer <token>'", reason="TOKEN_MALFORMED")
         token = bearer.group(1)
-        key = self._settings.key
+        key, algorithm = self._signing_key(token)
         try:
             # The signature first, claim checks skipped: PyJWT's own checks coerce a claim with int()
             # (exp "4000000000" passes, exp 10**400 overflows later), so the shapes are ours to check.
-            unchecked: dict[str, Any] = jwt.decode(
-                token, key, algorithms=[self._settings.algorithm], options=_SIGNATURE_ONLY
-            )
+            unchecked: dict[str, Any] = jwt.decode(token, key, algorithms=[algorithm], options=_SIGNATURE_ONLY)
             check_claim_shapes(unchecked)
             claims: dict[str, Any] = jwt.decode(
                 token,
                 key,
-                algorithms=[self._settings.algorithm],
+                algorithms=[algorithm],
                 audience=self._settings.audience,
                 issuer=self._settings.issuer,
                 leeway=self._settings.leeway_seconds,
@@ -102,6 +113,16 @@ class TokenVerifier:
             # Whatever a malformed token makes the decoder raise, it is the token's fault (SPEC §3).
             raise errors.Unauthenticated("the token is invalid", reason="TOKEN_INVALID") from None
         return identity_from_claims(claims), float(claims["exp"])
+
+    def _signing_key(self, token: str) -> tuple[Any, str]:
+        """The JWKS key the token's ``kid`` names, else the static key; Unauthenticated when there is neither."""
+        kid = jwks.kid_of(f"Bearer {token}") if self._keys is not None else None
+        found = self._keys.key(kid) if self._keys is not None and kid is not None else None
+        if found is not None:
+            return found.key, found.algorithm_name
+        if not self._settings.key:
+            raise errors.Unauthenticated(f"the token's signing key (kid {kid!r}) is unknown", reason="TOKEN_INVALID")
+        return self._settings.key, self._settings.algorithm
 
 
 _SIGNATURE_ONLY: jwt.types.Options = {

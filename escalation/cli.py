@@ -24,6 +24,10 @@ log = structlog.get_logger(__name__)
 EXIT_CONFIG = 2
 
 
+class _MigrationBlocked(Exception):
+    """A migration gave up waiting for a table lock (lock_timeout); re-run it when the writer is gone."""
+
+
 class _DatabaseUnreachable(Exception):
     """The database cannot be reached at start (later, database errors are per-RPC statuses)."""
 
@@ -57,14 +61,17 @@ def _fail_config(message: str) -> None:
 
 async def _serve(settings: config.Settings) -> None:
     from escalation.api.server import Server, serve_until_signalled
-    from escalation.observability.http import start_metrics_server
+    from escalation.observability.http import HEALTH, start_metrics_server, tick_forever
 
     pool = await _connect_pool(settings)
+    ticker = asyncio.create_task(tick_forever(HEALTH, settings.liveness_stall_seconds), name="liveness")
     try:
         start_metrics_server(settings.metrics_addr)
         server = Server(settings, pool)
+        HEALTH.add_readiness("grpc", lambda: None if server.serving else "gRPC health is not SERVING")
         await serve_until_signalled(server)
     finally:
+        ticker.cancel()
         await pool.close()
 
 
@@ -77,6 +84,10 @@ async def _migrate(settings: config.Settings) -> None:
         raise _DatabaseUnreachable(str(exc)) from exc
     try:
         applied = await migrate(conn)
+    except asyncpg.LockNotAvailableError as exc:
+        # A migration waited longer than its lock_timeout behind a live transaction (docs/migrations.md):
+        # nothing of it was applied; re-running later is safe.
+        raise _MigrationBlocked(str(exc)) from exc
     finally:
         await conn.close()
     print(
@@ -92,12 +103,13 @@ def _kafka_settings(settings: config.Settings) -> kafka.KafkaSettings:
         partitions=settings.kafka_topic_partitions,
         replication_factor=settings.kafka_replication_factor,
         topic_prefix=settings.kafka_topic_prefix,
+        security=settings.kafka_security,
     )
 
 
 async def _worker(settings: config.Settings, name: str) -> None:
-    """Runs one worker until SIGTERM/SIGINT, serving its own /metrics."""
-    from escalation.observability.http import start_metrics_server
+    """Runs one worker until SIGTERM/SIGINT, serving its own /metrics, /livez and /readyz."""
+    from escalation.observability.http import HEALTH, start_metrics_server
     from escalation.services.sessions import SessionPolicy
     from workers.deadlines import DeadlineConfig, DeadlineWorker
     from workers.outbox import OutboxConfig, OutboxRelay
@@ -109,6 +121,7 @@ async def _worker(settings: config.Settings, name: str) -> None:
         loop.add_signal_handler(sig, stop.set)
     pool = await _connect_pool(settings)
     try:
+        HEALTH.stall_seconds = settings.liveness_stall_seconds
         start_metrics_server(settings.metrics_addr)
         dsn = settings.require_database_url()
         if name == "deadlines":
@@ -207,8 +220,19 @@ _WORKERS_HELP = """Runs one background worker until SIGTERM; each is safe with N
   warnings   warns merchants whose reply timeliness over the trailing 24 h is poor (SPEC R10)"""
 
 
+class _Version(argparse.Action):
+    """``--version``: computed only when asked (the revision may need a git call)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        from escalation.observability import build_info
+
+        print(build_info.describe())
+        parser.exit()
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="escalation", description=__doc__)
+    parser.add_argument("--version", action=_Version, nargs=0, help="print the version and source revision")
     sub = parser.add_subparsers(dest="command", required=True)
     raw = argparse.RawDescriptionHelpFormatter
     sub.add_parser(
@@ -274,6 +298,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise SystemExit(run_dev(data_dir=args.data_dir))
     settings = _settings()
     obs_logging.configure(log_format=settings.log_format, level=settings.log_level)
+    from escalation.observability import build_info
+
+    build_info.publish(settings.build_revision)
     try:
         if args.command == "serve":
             settings.require_jwt()
@@ -306,6 +333,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         _fail_config(str(exc))
     except (MetricsPortInUse, GrpcPortInUse) as exc:
         print(f"escalation: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+    except _MigrationBlocked as exc:
+        print(
+            f"escalation: a migration waited too long for a lock ({exc}); nothing of it was applied, run it again",
+            file=sys.stderr,
+        )
         raise SystemExit(1) from None
     except _DatabaseUnreachable as exc:
         print(f"escalation: cannot use the database at ESCALATION_DATABASE_URL: {exc}", file=sys.stderr)

@@ -16,7 +16,9 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TypeVar
 
+from escalation import transport_security
 from escalation.domain.tickets import DEFAULT_SLA
+from escalation.transport_security import GrpcTls, KafkaSecurity
 
 T = TypeVar("T")
 
@@ -32,6 +34,7 @@ _JWT_VARIABLES = (
     "ESCALATION_JWT_SECRET",
     "ESCALATION_JWT_PUBLIC_KEY",
     "ESCALATION_JWT_PUBLIC_KEY_FILE",
+    "ESCALATION_JWT_JWKS_URL",
 )
 
 
@@ -50,6 +53,7 @@ _ALL, _WORKERS = frozenset({"*"}), frozenset({"deadlines", "outbox", "warnings"}
 _DB = frozenset({"serve", "migrate"}) | _WORKERS
 _SESSIONS = frozenset({"serve", "deadlines"})
 _KAFKA = frozenset({"outbox", "tail"})
+_SERVE = frozenset({"serve"})
 # The one list of variables (a test checks it against what ``load`` reads); --help is generated from it.
 VARIABLES: tuple[Variable, ...] = (
     Variable("ESCALATION_DATABASE_URL", "required", "postgresql://user@host:5432/db", _DB),
@@ -61,16 +65,55 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("ESCALATION_KAFKA_TOPIC_PARTITIONS", "6", "partitions of the topics the relay creates", _KAFKA),
     Variable("ESCALATION_KAFKA_REPLICATION_FACTOR", "3", "their replication factor", _KAFKA),
     Variable("ESCALATION_KAFKA_TOPIC_PREFIX", "empty", "prepended to every topic name", _KAFKA),
+    Variable("ESCALATION_KAFKA_SECURITY_PROTOCOL", "PLAINTEXT", "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL", _KAFKA),
+    Variable("ESCALATION_KAFKA_SASL_MECHANISM", "unset", "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512", _KAFKA),
+    Variable("ESCALATION_KAFKA_SASL_USERNAME", "unset", "SASL user (or ..._USERNAME_FILE)", _KAFKA),
+    Variable("ESCALATION_KAFKA_SASL_USERNAME_FILE", "unset", "file holding the SASL user", _KAFKA),
+    Variable("ESCALATION_KAFKA_SASL_PASSWORD", "unset", "SASL password (or ..._PASSWORD_FILE)", _KAFKA),
+    Variable("ESCALATION_KAFKA_SASL_PASSWORD_FILE", "unset", "file holding the SASL password", _KAFKA),
+    Variable("ESCALATION_KAFKA_SSL_CA_FILE", "system trust store", "PEM CA of the brokers", _KAFKA),
+    Variable("ESCALATION_KAFKA_SSL_CERT_FILE", "unset", "PEM client certificate (brokers requiring one)", _KAFKA),
+    Variable("ESCALATION_KAFKA_SSL_KEY_FILE", "unset", "PEM key of that certificate", _KAFKA),
     Variable("ESCALATION_GRPC_ADDR", "0.0.0.0:50051", "gRPC listen address", frozenset({"serve"})),
-    Variable("ESCALATION_METRICS_ADDR", "0.0.0.0:9464", "/metrics listen address", frozenset({"serve"}) | _WORKERS),
+    Variable("ESCALATION_GRPC_TLS_CERT_FILE", "unset (plaintext)", "PEM server certificate chain", _SERVE),
+    Variable("ESCALATION_GRPC_TLS_KEY_FILE", "unset", "PEM key of that certificate", _SERVE),
+    Variable("ESCALATION_GRPC_TLS_CLIENT_CA_FILE", "unset", "PEM CA: require client certificates (mTLS)", _SERVE),
+    Variable(
+        "ESCALATION_METRICS_ADDR",
+        "0.0.0.0:9464",
+        "HTTP listen address: /metrics, /livez, /readyz",
+        frozenset({"serve"}) | _WORKERS,
+    ),
+    Variable(
+        "ESCALATION_LIVENESS_STALL_SECONDS",
+        "120",
+        "/livez fails when a worker round or the event loop is this late",
+        frozenset({"serve"}) | _WORKERS,
+    ),
+    Variable(
+        "ESCALATION_GRPC_MAX_CONNECTION_AGE_SECONDS",
+        "600",
+        "GOAWAY after this (±10%) so clients rebalance; 0: never",
+        frozenset({"serve"}),
+    ),
+    Variable(
+        "ESCALATION_GRPC_MAX_CONNECTION_AGE_GRACE_SECONDS",
+        "30",
+        "calls on an aged connection get this long, then are cut",
+        frozenset({"serve"}),
+    ),
     Variable("ESCALATION_JWT_ALGORITHM", "HS256", "HS256 or RS256", frozenset({"serve"})),
     Variable("ESCALATION_JWT_SECRET", "required for HS256", "shared secret, at least 32 bytes", frozenset({"serve"})),
     Variable("ESCALATION_JWT_PUBLIC_KEY", "required for RS256", "PEM public key", frozenset({"serve"})),
     Variable("ESCALATION_JWT_PUBLIC_KEY_FILE", "unset", "PEM public key file", frozenset({"serve"})),
+    Variable("ESCALATION_JWT_JWKS_URL", "unset", "JWKS of the identity provider (RS256/ES256)", _SERVE),
+    Variable("ESCALATION_JWT_JWKS_CACHE_SECONDS", "300", "JWKS refetched in the background after this", _SERVE),
+    Variable("ESCALATION_JWT_JWKS_MIN_REFRESH_SECONDS", "30", "unknown kid: at most one refetch per this", _SERVE),
     Variable("ESCALATION_JWT_AUDIENCE", "unset", "required aud claim", frozenset({"serve"})),
     Variable("ESCALATION_JWT_ISSUER", "unset", "required iss claim", frozenset({"serve"})),
     Variable("ESCALATION_JWT_LEEWAY_SECONDS", "30", "clock skew allowed on exp", frozenset({"serve"})),
     Variable("ESCALATION_LOG_FORMAT", "json", "json or console", _ALL),
+    Variable("ESCALATION_BUILD_REVISION", "unset", "source revision, baked into the image", _ALL),
     Variable("ESCALATION_LOG_LEVEL", "info", "debug, info, warning or error", _ALL),
     Variable(
         "ESCALATION_SHUTDOWN_GRACE_SECONDS", "10", "in-flight RPCs get this long on SIGTERM", frozenset({"serve"})
@@ -119,11 +162,15 @@ class ConfigError(Exception):
 @dataclass(frozen=True)
 class JwtSettings:
     algorithm: str = "HS256"
-    # HS256: the shared secret. RS256: the PEM public key (verification only).
+    # HS256: the shared secret. RS256: the PEM public key (verification only). Empty: JWKS only.
     key: str = ""
     audience: str | None = None
     issuer: str | None = None
     leeway_seconds: int = 30
+    # Keys by ``kid`` from the identity provider (escalation/jwks.py), besides or instead of ``key``.
+    jwks_url: str | None = None
+    jwks_cache_seconds: float = 300.0
+    jwks_min_refresh_seconds: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -136,7 +183,20 @@ class Settings:
     # Off only for brokers without InitProducerId (the embedded test broker); on for Apache Kafka.
     kafka_idempotence: bool = True
     grpc_addr: str = "0.0.0.0:50051"
+    # None: plaintext gRPC (loopback, or TLS terminated by a mesh/balancer).
+    grpc_tls: GrpcTls | None = None
+    kafka_security: KafkaSecurity = field(default_factory=KafkaSecurity)
+    # The source revision the image was built from (ESCALATION_BUILD_REVISION); "" when unknown.
+    build_revision: str = ""
     metrics_addr: str = "0.0.0.0:9464"
+    # /livez fails once a worker round or serve's event loop is this many seconds overdue.
+    liveness_stall_seconds: float = 120.0
+    # Each gRPC connection is sent GOAWAY after this long (gRPC adds ±10% jitter), so clients behind
+    # an L4 balancer reconnect and spread over new replicas; 0 keeps connections forever.
+    grpc_max_connection_age_seconds: float = 600.0
+    # Calls still running on a connection past its age get this long before they are cut (streams
+    # then end UNAVAILABLE and the client resumes from its cursor elsewhere).
+    grpc_max_connection_age_grace_seconds: float = 30.0
     # None when no JWT variable is set: fine for `migrate` and the workers, an error for `serve`.
     jwt: JwtSettings | None = None
     log_format: str = "json"
@@ -173,7 +233,10 @@ class Settings:
 
     def require_jwt(self) -> JwtSettings:
         if self.jwt is None:
-            raise ConfigError("ESCALATION_JWT_SECRET (HS256) or ESCALATION_JWT_PUBLIC_KEY[_FILE] (RS256) is required")
+            raise ConfigError(
+                "ESCALATION_JWT_SECRET (HS256), ESCALATION_JWT_PUBLIC_KEY[_FILE] (RS256) "
+                "or ESCALATION_JWT_JWKS_URL is required"
+            )
         return self.jwt
 
     def require_kafka_bootstrap(self) -> str:
@@ -309,11 +372,32 @@ def _sla(raw: str) -> dict[str, timedelta]:
     return table
 
 
+def _jwks_url(raw: str) -> str:
+    scheme, _, rest = raw.partition("://")
+    host = rest.split("/", 1)[0].rsplit(":", 1)[0] if rest else ""
+    if (scheme == "https" and host) or (scheme == "http" and host in ("localhost", "127.0.0.1", "[::1]")):
+        return raw
+    raise ValueError("keys must come over https")
+
+
+_REVISION = re.compile(r"[A-Za-z0-9._+-]{1,64}")
+
+
+def _revision(raw: str) -> str:
+    if not _REVISION.fullmatch(raw):
+        raise ValueError("1..64 letters, digits, '.', '_', '+' or '-'")
+    return raw
+
+
 def _jwt(env: Mapping[str, str]) -> JwtSettings | None:
     if not any(env.get(name) for name in _JWT_VARIABLES):
         return None
+    jwks_url = _get(env, "ESCALATION_JWT_JWKS_URL", _jwks_url, None, "an https:// URL (http only on loopback)")
+    static = any(env.get(name) for name in _JWT_VARIABLES[1:4])
     algorithm = _get(env, "ESCALATION_JWT_ALGORITHM", _choice(JWT_ALGORITHMS), "HS256", "HS256 or RS256")
-    if algorithm == "HS256":
+    if not static and jwks_url:
+        key = ""  # JWKS only: every token must name a kid the identity provider publishes
+    elif algorithm == "HS256":
         key = env.get("ESCALATION_JWT_SECRET", "")
         if not key:
             raise ConfigError("ESCALATION_JWT_SECRET is required for HS256 (at least 32 bytes)")
@@ -335,6 +419,11 @@ def _jwt(env: Mapping[str, str]) -> JwtSettings | None:
         audience=env.get("ESCALATION_JWT_AUDIENCE") or None,
         issuer=env.get("ESCALATION_JWT_ISSUER") or None,
         leeway_seconds=_get(env, "ESCALATION_JWT_LEEWAY_SECONDS", _int_in(0, 300), 30, "seconds, 0..300"),
+        jwks_url=jwks_url,
+        jwks_cache_seconds=_get(env, "ESCALATION_JWT_JWKS_CACHE_SECONDS", _float_in(1, 86_400), 300.0, "1..86400"),
+        jwks_min_refresh_seconds=_get(
+            env, "ESCALATION_JWT_JWKS_MIN_REFRESH_SECONDS", _float_in(0, 3600), 30.0, "seconds, 0..3600"
+        ),
     )
 
 
@@ -363,7 +452,19 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         kafka_bootstrap=_get(env, "ESCALATION_KAFKA_BOOTSTRAP", _bootstrap, None, "HOST:PORT[,HOST:PORT...]"),
         kafka_idempotence=_get(env, "ESCALATION_KAFKA_IDEMPOTENCE", _bool, True, "true or false"),
         grpc_addr=_get(env, "ESCALATION_GRPC_ADDR", _host_port, "0.0.0.0:50051", "HOST:PORT"),
+        grpc_tls=transport_security.grpc_tls(env, env.errors),
+        kafka_security=transport_security.kafka_security(env, env.errors),
+        build_revision=_get(env, "ESCALATION_BUILD_REVISION", _revision, "", "e.g. a git commit"),
         metrics_addr=_get(env, "ESCALATION_METRICS_ADDR", _host_port, "0.0.0.0:9464", "HOST:PORT"),
+        liveness_stall_seconds=_get(
+            env, "ESCALATION_LIVENESS_STALL_SECONDS", _float_in(1, 86_400), 120.0, "seconds, 1..86400"
+        ),
+        grpc_max_connection_age_seconds=_get(
+            env, "ESCALATION_GRPC_MAX_CONNECTION_AGE_SECONDS", _float_in(0, 86_400 * 30), 600.0, "seconds, 0: never"
+        ),
+        grpc_max_connection_age_grace_seconds=_get(
+            env, "ESCALATION_GRPC_MAX_CONNECTION_AGE_GRACE_SECONDS", _float_in(0, 86_400), 30.0, "seconds"
+        ),
         jwt=jwt,
         log_format=_get(env, "ESCALATION_LOG_FORMAT", _choice(LOG_FORMATS), "json", "console or json"),
         log_level=_get(env, "ESCALATION_LOG_LEVEL", _choice(LOG_LEVELS), "info", "debug, info, warning or error"),

@@ -10,6 +10,7 @@ import asyncpg
 import structlog
 
 from escalation import errors
+from escalation.observability.http import HEALTH, RoundClock
 from escalation.store import db
 
 log = structlog.get_logger(__name__)
@@ -154,17 +155,27 @@ async def run_forever(
     A round failing because the database is unavailable (``store.db.translate``) is retried every
     ``DATABASE_RETRY`` seconds at most, any other failure with exponential backoff up to
     ``MAX_BACKOFF``. Cancellation ends the loop, never counts as a failure.
+
+    The loop's health is on /livez and /readyz (``observability.http.RoundClock``): a round not done
+    ``HEALTH.stall_seconds`` after the sleep before it ended fails /livez; a failed round, /readyz.
     """
     failures = _Failures(name)
+    clock = RoundClock(HEALTH.stall_seconds)
+    check = f"worker {name}"
+    HEALTH.add_liveness(check, clock.live)
+    HEALTH.add_readiness(check, clock.ready)
     log.info("worker.started", worker=name)
     try:
         while not stop.is_set():
             try:
                 pause = await round_()
                 failures.succeeded()
+                clock.round_done(True, pause)
             except Exception as exc:
                 pause = failures.failed(exc)
+                clock.round_done(False, pause)
             await wakeup.sleep(pause, stop)
     finally:
+        HEALTH.remove(check)
         await wakeup.close()
         log.info("worker.stopped", worker=name)

@@ -136,7 +136,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         failure: Exception | None = None
         if service not in PUBLIC_SERVICES:
             try:
-                identity = self._authorize(service, method, pairs)
+                identity = await self._authorize(service, method, pairs)
             except Exception as exc:
                 # Raised in the handler, never here: a domain error gets its status (api/status.py), a
                 # bug (say a decoder's OverflowError) is logged with its traceback and answered
@@ -144,10 +144,10 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 failure = exc
         return _guarded(handler, service, name, request_id, identity, failure)
 
-    def _authorize(self, service: str, method: str, pairs: tuple[tuple[str, str | bytes], ...]) -> Identity:
+    async def _authorize(self, service: str, method: str, pairs: tuple[tuple[str, str | bytes], ...]) -> Identity:
         """The verified caller, if its role may call ``service`` (SPEC §3); raises Unauthenticated or
         PermissionDenied."""
-        identity = self._verifier.verify(_credential(pairs))
+        identity = await self._verifier.verify_async(_credential(pairs))
         if identity.role not in SERVICE_ROLES.get(service, frozenset()):
             raise errors.PermissionDenied(f"role {identity.role.value!r} may not call {method}")
         return identity

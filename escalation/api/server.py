@@ -20,8 +20,10 @@ from escalation.api.interceptors import ServerInterceptor
 from escalation.api.merchant import MerchantServicer
 from escalation.api.ops import OpsServicer
 from escalation.api.platform import PlatformServicer
+from escalation.api.tls import server_credentials
 from escalation.auth import TokenVerifier
-from escalation.config import Settings
+from escalation.config import ConfigError, Settings
+from escalation.jwks import JwksKeys
 from escalation.observability import gauges
 from escalation.realtime.hub import Hub
 from escalation.realtime.streams import StreamConfig
@@ -60,6 +62,20 @@ _OPTIONS = [
 ]
 
 
+def _connection_age_options(settings: Settings) -> list[tuple[str, int]]:
+    """gRPC core's max_connection_age (and grace): GOAWAY to each connection after its age.
+
+    Clients behind an L4 balancer (a Kubernetes Service) otherwise keep their first replica for
+    life: new replicas from a scale-up or a rollout would get no traffic. Unset when the age is 0.
+    """
+    if settings.grpc_max_connection_age_seconds <= 0:
+        return []
+    return [
+        ("grpc.max_connection_age_ms", int(settings.grpc_max_connection_age_seconds * 1000)),
+        ("grpc.max_connection_age_grace_ms", int(settings.grpc_max_connection_age_grace_seconds * 1000)),
+    ]
+
+
 class GrpcPortInUse(OSError):
     """The gRPC address cannot be bound."""
 
@@ -73,6 +89,8 @@ class Server:
         self._settings = settings
         self._pool = pool
         self._gauges: asyncio.Task[None] | None = None
+        # True while health reports SERVING: what /readyz answers (observability/http.py).
+        self.serving = False
         policy = SessionPolicy.from_settings(settings)
         self.hub = Hub(dsn or settings.require_database_url(), pool)
         streams = StreamConfig(
@@ -82,9 +100,19 @@ class Server:
         )
         # Outermost, so a handler counts as running until its status is decided (see stop()).
         self._in_flight = InFlight(SERVICE_NAMES)
+        jwt_settings = settings.require_jwt()
+        self._jwks = (
+            JwksKeys(
+                jwt_settings.jwks_url,
+                cache_seconds=jwt_settings.jwks_cache_seconds,
+                min_refresh_seconds=jwt_settings.jwks_min_refresh_seconds,
+            )
+            if jwt_settings.jwks_url
+            else None
+        )
         self._server = grpc.aio.server(
-            interceptors=[self._in_flight, ServerInterceptor(TokenVerifier(settings.require_jwt()))],
-            options=_OPTIONS,
+            interceptors=[self._in_flight, ServerInterceptor(TokenVerifier(jwt_settings, self._jwks))],
+            options=_OPTIONS + _connection_age_options(settings),
         )
         platform_pb2_grpc.add_PlatformServiceServicer_to_server(
             PlatformServicer(pool, policy, self.hub, streams), self._server
@@ -94,25 +122,37 @@ class Server:
         )
         admin_pb2_grpc.add_MerchantAdminServiceServicer_to_server(MerchantAdminServicer(pool), self._server)
         ops_pb2_grpc.add_OpsServiceServicer_to_server(OpsServicer(pool), self._server)
+        self.tls = "off" if settings.grpc_tls is None else "mtls" if settings.grpc_tls.client_ca_file else "tls"
         self.health = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         reflection.enable_server_reflection(
             [*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME], self._server
         )
         bind = address or settings.grpc_addr
+        # Built before binding: a bad certificate file is a ValueError, reported as configuration.
         try:
-            self.port = self._server.add_insecure_port(bind)
+            credentials = server_credentials(settings.grpc_tls) if settings.grpc_tls is not None else None
+        except ValueError as exc:
+            raise ConfigError(f"ESCALATION_GRPC_TLS_*: {exc}") from None
+        try:
+            if credentials is None:
+                self.port = self._server.add_insecure_port(bind)
+            else:
+                self.port = self._server.add_secure_port(bind, credentials)
         except RuntimeError:
             self.port = 0
         if self.port == 0:
             raise GrpcPortInUse(f"cannot listen on gRPC address {bind} (in use?); set ESCALATION_GRPC_ADDR")
 
     async def start(self) -> None:
+        if self._jwks is not None:
+            await self._jwks.start()
         await self.hub.start()
         self._gauges = asyncio.create_task(gauges.refresh_forever(self._pool), name="gauges")
         await self._server.start()
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self.serving = True
 
     async def stop(self, grace: float | None = None) -> None:
         """Drains and stops: returns as soon as in-flight RPCs are done, at most ``grace`` seconds later.
@@ -123,6 +163,7 @@ class Server:
         whatever the transport still holds. SPEC §5: ≤ 1 s with open streams and no unary call.
         """
         grace = self._settings.shutdown_grace_seconds if grace is None else grace
+        self.serving = False
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.hub.close()
@@ -133,6 +174,8 @@ class Server:
         # sent but whose client never half-closed, which grpc.aio would otherwise wait out.
         await self._server.stop(None)
         await stopping
+        if self._jwks is not None:
+            await self._jwks.close()
         if self._gauges is not None:
             self._gauges.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -143,13 +186,16 @@ class Server:
 
 
 async def serve_until_signalled(server: Server) -> None:
-    """Runs until SIGTERM or SIGINT, then shuts down gracefully (see ``Server.stop``)."""
+    """Runs until SIGTERM or SIGINT, then shuts down gracefully (see ``Server.stop``); SIGHUP is ignored."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    # SIGHUP's default action would end the process; certificate files are re-read without it
+    # (escalation/api/tls.py), so an operator's habitual `kill -HUP` is logged and otherwise harmless.
+    loop.add_signal_handler(signal.SIGHUP, lambda: log.info("server.sighup_ignored", reason="TLS files are watched"))
     await server.start()
-    log.info("server.started", port=server.port)
+    log.info("server.started", port=server.port, tls=server.tls)
     await stop.wait()
     log.info("server.stopping")
     await server.stop()

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -20,6 +21,7 @@ from aiokafka.errors import (
 )
 
 from escalation.domain.limits import KAFKA_MAX_REQUEST_BYTES, KAFKA_TOPIC_MAX_MESSAGE_BYTES
+from escalation.transport_security import KafkaSecurity
 
 log = structlog.get_logger(__name__)
 
@@ -68,10 +70,34 @@ class KafkaSettings:
     max_request_bytes: int = KAFKA_MAX_REQUEST_BYTES
     topic_max_message_bytes: int = KAFKA_TOPIC_MAX_MESSAGE_BYTES
     compression: str | None = DEFAULT_COMPRESSION
+    # TLS and SASL (ESCALATION_KAFKA_SECURITY_PROTOCOL and friends); PLAINTEXT by default.
+    security: KafkaSecurity = field(default_factory=KafkaSecurity)
 
     def topic(self, name: str) -> str:
         """The physical topic for a logical one (outbox rows store the logical name)."""
         return self.topic_prefix + name
+
+
+def connection_kwargs(settings: KafkaSettings) -> dict[str, Any]:
+    """aiokafka's connection keywords (bootstrap, TLS, SASL): the one place every client gets them from.
+
+    Producer, consumer and admin client take the same names. With SSL/SASL_SSL the context verifies the
+    broker's certificate and host name against ``ca_file`` (else the system store); raises OSError or
+    ssl.SSLError when a file went bad after start.
+    """
+    security = settings.security
+    kwargs: dict[str, Any] = {
+        "bootstrap_servers": settings.bootstrap,
+        "security_protocol": security.protocol,
+        "ssl_context": security.ssl_context(),
+    }
+    if security.uses_sasl:
+        kwargs |= {
+            "sasl_mechanism": security.sasl_mechanism,
+            "sasl_plain_username": security.sasl_username,
+            "sasl_plain_password": security.sasl_password,
+        }
+    return kwargs
 
 
 def producer(settings: KafkaSettings) -> AIOKafkaProducer:
@@ -81,7 +107,7 @@ def producer(settings: KafkaSettings) -> AIOKafkaProducer:
     wire and on disk; what fits is decided by ``max_request_bytes`` (SPEC R7, domain/limits.py).
     """
     return AIOKafkaProducer(
-        bootstrap_servers=settings.bootstrap,
+        **connection_kwargs(settings),
         acks="all",
         max_request_size=settings.max_request_bytes,
         compression_type=settings.compression,
@@ -95,7 +121,7 @@ def producer(settings: KafkaSettings) -> AIOKafkaProducer:
 def consumer(settings: KafkaSettings, topic: str, group_id: str, *, from_beginning: bool) -> AIOKafkaConsumer:
     return AIOKafkaConsumer(
         settings.topic(topic),
-        bootstrap_servers=settings.bootstrap,
+        **connection_kwargs(settings),
         group_id=group_id,
         enable_auto_commit=False,
         auto_offset_reset="earliest" if from_beginning else "latest",
@@ -109,7 +135,7 @@ async def ensure_topics(settings: KafkaSettings, topics: Sequence[str]) -> None:
     Existing topics keep their configuration (an operator's change is not undone); docs/delivery.md says
     how to align ``max.message.bytes`` on topics created before.
     """
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap, request_timeout_ms=settings.request_timeout_ms)
+    admin = AIOKafkaAdminClient(**connection_kwargs(settings), request_timeout_ms=settings.request_timeout_ms)
     await admin.start()
     try:
         existing = set(await admin.list_topics())

@@ -36,6 +36,9 @@ DATABASE = "escalation"
 # Each gets the metrics port after serve's (9465, 9466, 9467 by default).
 WORKERS = ("deadlines", "outbox", "warnings")
 TOKEN_TTL_SECONDS = 30 * 24 * 3600
+# `make run` serves this machine only unless told otherwise (issue 10 §6): its tokens are printed and
+# its secret sits in .data. Production processes default to every interface (config.py).
+DEV_BIND = {"ESCALATION_GRPC_ADDR": "127.0.0.1:50051", "ESCALATION_METRICS_ADDR": "127.0.0.1:9464"}
 
 
 @dataclass(frozen=True)
@@ -47,15 +50,13 @@ class DevPorts:
 
     @classmethod
     def from_env(cls) -> DevPorts:
-        """Reads the ports; a bad value is a ConfigError naming the variable."""
+        """Reads the ports (gRPC and metrics on loopback unless set); a bad value is a ConfigError naming it."""
         env = dict(os.environ)
         for name, default in (("ESCALATION_DEV_PG_PORT", "55432"), ("ESCALATION_DEV_KAFKA_PORT", "19092")):
             raw = env.get(name) or default
             if not raw.isdigit() or not 0 < int(raw) < 65536:
                 raise config.ConfigError(f"{name}={raw!r} is invalid: expected a port number 1..65535")
-        settings = config.load(
-            {k: v for k, v in env.items() if k in ("ESCALATION_GRPC_ADDR", "ESCALATION_METRICS_ADDR")}
-        )
+        settings = config.load({name: env.get(name) or default for name, default in DEV_BIND.items()})
         return cls(
             postgres=int(env.get("ESCALATION_DEV_PG_PORT") or "55432"),
             kafka=int(env.get("ESCALATION_DEV_KAFKA_PORT") or "19092"),
@@ -78,12 +79,27 @@ class DevPorts:
         return int(self.grpc_addr.rpartition(":")[2])
 
 
+def write_private(path: Path, text: str) -> None:
+    """Writes ``text`` to ``path`` readable by its owner only (0600), from the first byte on.
+
+    The file is created 0600 (never world-readable, not even between a write and a chmod), and an
+    existing file with looser bits is tightened first: both dev files hold the dev JWT secret or
+    tokens signed with it (issue 10 §6).
+    """
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+
+
 def _jwt_secret(data_dir: Path) -> str:
     """A random secret per checkout, kept across runs so printed tokens stay valid."""
     path = data_dir / "dev-jwt-secret"
     if not path.exists():
-        path.write_text(secrets.token_urlsafe(48))
-        path.chmod(0o600)
+        write_private(path, secrets.token_urlsafe(48))
+    path.chmod(0o600)  # a checkout from before this rule may hold it with looser bits
     return path.read_text().strip()
 
 
@@ -166,12 +182,13 @@ def _banner(ports: DevPorts, secret: str, data_dir: Path) -> str:
     g = shlex.quote(_shown(grpcurl)) if grpcurl.exists() else "grpcurl"
     target = f"localhost:{ports.grpc_port}"
     env_file = data_dir / "dev.env"
-    env_file.write_text(
+    write_private(
+        env_file,
         f"export OPS_TOKEN={tok(auth.Role.OPS, 'ops-demo')}\n"
         f"export MAIN_TOKEN={tok(auth.Role.MERCHANT, seed.DEMO_MAIN_ACCOUNT, seed.DEMO_MERCHANT)}\n"
         f"export AGENT_TOKEN={tok(auth.Role.MERCHANT, seed.DEMO_AGENTS[0], seed.DEMO_MERCHANT)}\n"
         f"export PLATFORM_TOKEN={tok(auth.Role.PLATFORM, 'platform-demo')}\n"
-        f"export ESCALATION_JWT_SECRET={secret}\n"
+        f"export ESCALATION_JWT_SECRET={secret}\n",
     )
     rel_env = shlex.quote(_shown(env_file))
     cli = _shown(Path(sys.executable).with_name("escalation"))

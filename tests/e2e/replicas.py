@@ -116,12 +116,21 @@ def serving(database_url: str, logs: Path, count: int = 2, **extra: str) -> Iter
         yield replicas
 
 
-async def wait_serving(replica: Replica, within: float = READY_TIMEOUT) -> None:
+def channel(replica: Replica, credentials: grpc.ChannelCredentials | None = None) -> grpc.aio.Channel:
+    """A channel to ``replica``: plaintext, or TLS with ``credentials`` (its CA, and a client certificate for mTLS)."""
+    if credentials is None:
+        return grpc.aio.insecure_channel(replica.grpc_addr)
+    return grpc.aio.secure_channel(replica.grpc_addr, credentials)
+
+
+async def wait_serving(
+    replica: Replica, within: float = READY_TIMEOUT, *, credentials: grpc.ChannelCredentials | None = None
+) -> None:
     """Polls the gRPC health check until SERVING; fails fast (with its output) if the process exits first."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + within
-    async with grpc.aio.insecure_channel(replica.grpc_addr) as channel:
-        health = health_pb2_grpc.HealthStub(channel)
+    async with channel(replica, credentials) as channel_:
+        health = health_pb2_grpc.HealthStub(channel_)
         while True:
             if replica.proc.poll() is not None:
                 pytest.fail(f"{replica.name} exited with status {replica.proc.returncode}\n{replica.output()}")

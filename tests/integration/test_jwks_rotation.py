@@ -1,0 +1,201 @@
+"""JWT keys from a JWKS URL, rotated by the identity provider (issue 11 §3, SPEC §3).
+
+A loopback HTTP server (http.server in a thread) publishes the JWKS document and counts fetches; the
+tests rotate its keys and call the real gRPC server (RS256 and ES256 keys), or JwksKeys with a clock
+they move for the rate limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import asyncpg
+import grpc
+import jwt
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from escalation import config
+from escalation.jwks import JwksKeys
+from escalation.v1 import ops_pb2, ops_pb2_grpc
+from tests.conftest import JWT_SECRET
+from tests.integration.grpc_harness import failure, running_server, token
+
+
+@dataclass
+class SigningKey:
+    kid: str
+    algorithm: str
+    private: Any
+
+    def jwk(self) -> dict[str, Any]:
+        algorithm = jwt.algorithms.RSAAlgorithm if self.algorithm == "RS256" else jwt.algorithms.ECAlgorithm
+        public: dict[str, Any] = algorithm.to_jwk(self.private.public_key(), as_dict=True)
+        return public | {"kid": self.kid, "use": "sig", "alg": self.algorithm}
+
+    def token(self, sub: str = "ops-1", *, kid: str | None = None) -> str:
+        claims = {"sub": sub, "role": "ops", "exp": 4_000_000_000}
+        return jwt.encode(claims, self.private, algorithm=self.algorithm, headers={"kid": kid or self.kid})
+
+
+def rs256(kid: str) -> SigningKey:
+    return SigningKey(kid, "RS256", rsa.generate_private_key(public_exponent=65537, key_size=2048))
+
+
+def es256(kid: str) -> SigningKey:
+    return SigningKey(kid, "ES256", ec.generate_private_key(ec.SECP256R1()))
+
+
+@dataclass
+class IdentityProvider:
+    """The JWKS endpoint: ``publish`` replaces the document; ``fetches`` counts GETs."""
+
+    url: str = ""
+    keys: list[SigningKey] = field(default_factory=list)
+    fetches: int = 0
+
+    def publish(self, *keys: SigningKey) -> None:
+        self.keys = list(keys)
+
+
+@pytest.fixture
+def idp() -> Iterator[IdentityProvider]:
+    provider = IdentityProvider()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            provider.fetches += 1
+            body = json.dumps({"keys": [k.jwk() for k in provider.keys]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    provider.url = f"http://127.0.0.1:{server.server_address[1]}/.well-known/jwks.json"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield provider
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+async def _list_warnings(channel: grpc.aio.Channel, bearer: str) -> grpc.StatusCode:
+    """OK, or the code of the failure (whose ErrorInfo reason must then be TOKEN_INVALID)."""
+    refused: grpc.aio.AioRpcError | None = None
+    try:
+        await ops_pb2_grpc.OpsServiceStub(channel).ListWarnings(
+            ops_pb2.ListWarningsRequest(), metadata=(("authorization", f"Bearer {bearer}"),), timeout=10
+        )
+    except grpc.aio.AioRpcError as exc:
+        refused = exc
+    if refused is None:
+        return grpc.StatusCode.OK
+    assert failure(refused).reason == "TOKEN_INVALID"
+    return refused.code()
+
+
+async def test_rotated_keys_are_fetched_and_removed_ones_refused(pool: asyncpg.Pool, idp: IdentityProvider) -> None:
+    old, new = rs256("2026-11"), es256("2026-12")
+    idp.publish(old)
+    settings = config.Settings(
+        jwt=config.JwtSettings(
+            algorithm="HS256", key=JWT_SECRET, jwks_url=idp.url, jwks_min_refresh_seconds=0, jwks_cache_seconds=3600
+        ),
+        shutdown_grace_seconds=1,
+    )
+    async with running_server(pool, config=settings) as channel:
+        assert idp.fetches == 1  # fetched before serving
+        signed_by_old = old.token()
+        assert await _list_warnings(channel, signed_by_old) is grpc.StatusCode.OK
+        assert await _list_warnings(channel, token("ops", "ops-2")) is grpc.StatusCode.OK  # static HS256 still works
+
+        idp.publish(new)  # the provider rotates: the old kid is gone
+        assert await _list_warnings(channel, new.token()) is grpc.StatusCode.OK  # unknown kid: one refetch
+        assert idp.fetches == 2
+        # The old key's tokens (even one verified before) are refused now; so is a kid nobody published.
+        assert await _list_warnings(channel, signed_by_old) is grpc.StatusCode.UNAUTHENTICATED
+        assert await _list_warnings(channel, old.token("ops-3")) is grpc.StatusCode.UNAUTHENTICATED
+        assert await _list_warnings(channel, new.token(kid="nobody")) is grpc.StatusCode.UNAUTHENTICATED
+        # A token naming a published kid but signed by another key, and alg confusion (HS256 with a kid).
+        assert await _list_warnings(channel, old.token(kid=new.kid)) is grpc.StatusCode.UNAUTHENTICATED
+        forged = jwt.encode({"sub": "x", "role": "ops", "exp": 4_000_000_000}, "k" * 32, headers={"kid": new.kid})
+        assert await _list_warnings(channel, forged) is grpc.StatusCode.UNAUTHENTICATED
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_unknown_kids_refetch_at_most_once_per_interval(idp: IdentityProvider) -> None:
+    current, later = rs256("a"), rs256("b")
+    idp.publish(current)
+    clock = Clock()
+    keys = JwksKeys(idp.url, cache_seconds=3600, min_refresh_seconds=30, clock=clock)
+    await keys.start()
+    assert keys.key("a") is not None
+    assert idp.fetches == 1
+
+    clock.now += 31
+    for kid in ("x", "y", "z", "x"):  # a flood of made-up kids: one fetch for all of them
+        assert await keys.key_or_refresh(kid) is None
+    assert idp.fetches == 2
+    await asyncio.gather(*(keys.key_or_refresh(f"k{n}") for n in range(20)))
+    assert idp.fetches == 2
+
+    idp.publish(current, later)
+    assert await keys.key_or_refresh("b") is None  # still inside the interval
+    clock.now += 30
+    found = await keys.key_or_refresh("b")
+    assert found is not None
+    assert found.algorithm_name == "RS256"
+    assert idp.fetches == 3
+    await keys.close()
+
+
+async def test_a_stale_set_is_refetched_in_the_background(idp: IdentityProvider) -> None:
+    first, second = es256("one"), es256("two")
+    idp.publish(first)
+    clock = Clock()
+    keys = JwksKeys(idp.url, cache_seconds=300, min_refresh_seconds=30, clock=clock)
+    await keys.start()
+    idp.publish(second)
+    clock.now += 301
+    assert keys.key("one") is not None  # answered from memory at once; the refetch runs behind it
+    for _ in range(200):
+        if keys.key("two") is not None:
+            break
+        await asyncio.sleep(0.01)
+    assert keys.key("two") is not None
+    assert keys.key("one") is None
+    assert idp.fetches == 2
+    await keys.close()
+
+
+async def test_an_unreachable_provider_keeps_the_last_keys(idp: IdentityProvider) -> None:
+    key = rs256("kept")
+    idp.publish(key)
+    clock = Clock()
+    keys = JwksKeys(idp.url, cache_seconds=3600, min_refresh_seconds=0, clock=clock)
+    await keys.start()
+    idp.publish()  # an empty set is not a usable document (PyJWKSetError)
+    assert await keys.key_or_refresh("other") is None
+    assert keys.key("kept") is not None
+    await keys.close()
