@@ -15,6 +15,7 @@ import structlog
 from escalation import auth, config
 from escalation.bus import kafka
 from escalation.observability import logging as obs_logging
+from escalation.observability import tracing
 
 if TYPE_CHECKING:
     from workers.warnings import WarningsConfig
@@ -302,6 +303,9 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     build_info.publish(settings.build_revision)
     try:
+        if args.command in ("serve", "worker"):
+            worker = f"-{args.name}" if args.command == "worker" else ""
+            tracing.configure_from_env(service_name=f"escalation-{args.command}{worker}")
         if args.command == "serve":
             settings.require_jwt()
             settings.require_database_url()
@@ -329,7 +333,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                     max_tickets=args.max,
                 )
             )
-    except config.ConfigError as exc:
+    except (config.ConfigError, tracing.TracingConfigError) as exc:
         _fail_config(str(exc))
     except (MetricsPortInUse, GrpcPortInUse) as exc:
         print(f"escalation: {exc}", file=sys.stderr)

@@ -18,6 +18,7 @@ from typing import TypeVar
 
 from escalation import transport_security
 from escalation.domain.tickets import DEFAULT_SLA
+from escalation.domain.token_bucket import Rate
 from escalation.transport_security import GrpcTls, KafkaSecurity
 
 T = TypeVar("T")
@@ -137,6 +138,43 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("ESCALATION_STREAM_HEARTBEAT_SECONDS", "15", "heartbeat after this long idle", frozenset({"serve"})),
     Variable("ESCALATION_STREAM_WRITE_TIMEOUT_SECONDS", "10", "a blocked write ends the stream", frozenset({"serve"})),
     Variable("ESCALATION_STREAM_MAX_LAG_EVENTS", "10000", "a reader this far behind is cut off", frozenset({"serve"})),
+    Variable(
+        "ESCALATION_CONNECT_STREAMS_PER_IDENTITY",
+        "5",
+        "concurrent Connect streams per merchant agent, per replica; the newest is refused",
+        _SERVE,
+    ),
+    Variable(
+        "ESCALATION_UNAUTHENTICATED_STREAMS",
+        "200",
+        "concurrent Health.Watch and reflection streams, per replica",
+        _SERVE,
+    ),
+    Variable("ESCALATION_GRPC_MAX_CONCURRENT_STREAMS", "100", "streams per HTTP/2 connection", _SERVE),
+    Variable(
+        "ESCALATION_RATE_OPEN_SESSION_PER_AGENT",
+        "5/s,50",
+        "OpenSession per platform agent: RATE/s|m|h,BURST, per replica",
+        _SERVE,
+    ),
+    Variable(
+        "ESCALATION_RATE_OPEN_SESSION_PER_MERCHANT",
+        "1/s,30",
+        "OpenSession per target merchant, per replica",
+        _SERVE,
+    ),
+    Variable(
+        "ESCALATION_RATE_SEND_MESSAGE_PER_SENDER",
+        "5/s,50",
+        "SendMessage per platform agent, per replica",
+        _SERVE,
+    ),
+    Variable(
+        "ESCALATION_RATE_REPLY_PER_SENDER",
+        "2/s,20",
+        "merchant replies (Reply and Connect) per agent, per replica",
+        _SERVE,
+    ),
     Variable("ESCALATION_EVENT_RETENTION_HOURS", "72", "merchant events kept this long", frozenset({"deadlines"})),
     Variable(
         "ESCALATION_WARNING_REPLY_RATE_THRESHOLD", "0.8", "warn below this 3-minute rate", frozenset({"warnings"})
@@ -171,6 +209,35 @@ class JwtSettings:
     jwks_url: str | None = None
     jwks_cache_seconds: float = 300.0
     jwks_min_refresh_seconds: float = 30.0
+
+
+# A platform tool working a queue opens and writes a few sessions a second; a person types far slower.
+_OPEN_SESSION_PER_AGENT = Rate(per_second=5, burst=50)
+# Even a big shop gets an escalation a second only at the peak of a sale; 30 at once is a day's worth.
+_OPEN_SESSION_PER_MERCHANT = Rate(per_second=1, burst=30)
+_SEND_MESSAGE_PER_SENDER = Rate(per_second=5, burst=50)
+# A merchant agent answers by hand or with a few quick replies in a row.
+_REPLY_PER_SENDER = Rate(per_second=2, burst=20)
+
+
+@dataclass(frozen=True)
+class LimitSettings:
+    """Per-identity caps (SPEC §3 "Limits"), each kept in one process: N replicas allow N times as much.
+
+    The defaults sit well above what a person at a keyboard or a platform tool working a queue does;
+    docs/security.md explains each.
+    """
+
+    # Concurrent MerchantService.Connect streams of one (merchant_id, agent id); the newest is refused.
+    connect_streams_per_identity: int = 5
+    # Concurrent streams of the services that need no token (Health.Watch, reflection).
+    unauthenticated_streams: int = 200
+    # HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS: streams one client connection may have open at a time.
+    max_concurrent_streams: int = 100
+    open_session_per_agent: Rate = _OPEN_SESSION_PER_AGENT
+    open_session_per_merchant: Rate = _OPEN_SESSION_PER_MERCHANT
+    send_message_per_sender: Rate = _SEND_MESSAGE_PER_SENDER
+    reply_per_sender: Rate = _REPLY_PER_SENDER
 
 
 @dataclass(frozen=True)
@@ -230,6 +297,7 @@ class Settings:
     warning_average_response_seconds: float = 90.0
     # How often `escalation worker warnings` checks.
     warning_interval_seconds: float = 300.0
+    limits: LimitSettings = field(default_factory=LimitSettings)
 
     def require_jwt(self) -> JwtSettings:
         if self.jwt is None:
@@ -355,6 +423,54 @@ def _bootstrap(raw: str) -> str:
 
 
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+MAX_RATE_PER_SECOND = 1_000_000.0
+MAX_BURST = 1_000_000
+
+
+def _rate(raw: str) -> Rate:
+    """``5/s,50``: 5 tokens a second (``/m`` a minute, ``/h`` an hour), bursts of up to 50."""
+    amount, sep, rest = raw.strip().partition("/")
+    unit, comma, burst = rest.partition(",")
+    unit = unit.strip()
+    if not sep or not comma or unit not in ("s", "m", "h"):
+        raise ValueError("expected RATE/s,BURST (or /m, /h), e.g. 5/s,50")
+    per_second = float(amount) / _DURATION_UNITS[unit]
+    if not 0 < per_second <= MAX_RATE_PER_SECOND:
+        raise ValueError(f"the rate must be above 0 and at most {MAX_RATE_PER_SECOND:g}/s")
+    size = int(burst.strip())
+    if not 1 <= size <= MAX_BURST:
+        raise ValueError(f"the burst must be 1..{MAX_BURST}")
+    return Rate(per_second=per_second, burst=size)
+
+
+def _limits(env: Mapping[str, str]) -> LimitSettings:
+    d = LimitSettings()
+    hint = "RATE/s,BURST (or /m, /h), e.g. 5/s,50"
+    return LimitSettings(
+        connect_streams_per_identity=_get(
+            env,
+            "ESCALATION_CONNECT_STREAMS_PER_IDENTITY",
+            _int_in(1, 1_000_000),
+            d.connect_streams_per_identity,
+            "1..1000000",
+        ),
+        unauthenticated_streams=_get(
+            env, "ESCALATION_UNAUTHENTICATED_STREAMS", _int_in(1, 1_000_000), d.unauthenticated_streams, "1..1000000"
+        ),
+        max_concurrent_streams=_get(
+            env, "ESCALATION_GRPC_MAX_CONCURRENT_STREAMS", _int_in(1, 1_000_000), d.max_concurrent_streams, "1..1000000"
+        ),
+        open_session_per_agent=_get(
+            env, "ESCALATION_RATE_OPEN_SESSION_PER_AGENT", _rate, d.open_session_per_agent, hint
+        ),
+        open_session_per_merchant=_get(
+            env, "ESCALATION_RATE_OPEN_SESSION_PER_MERCHANT", _rate, d.open_session_per_merchant, hint
+        ),
+        send_message_per_sender=_get(
+            env, "ESCALATION_RATE_SEND_MESSAGE_PER_SENDER", _rate, d.send_message_per_sender, hint
+        ),
+        reply_per_sender=_get(env, "ESCALATION_RATE_REPLY_PER_SENDER", _rate, d.reply_per_sender, hint),
+    )
 
 
 def _sla(raw: str) -> dict[str, timedelta]:
@@ -503,6 +619,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         warning_interval_seconds=_get(
             env, "ESCALATION_WARNING_INTERVAL_SECONDS", _float_in(0.05, 86_400), 300.0, "seconds, 0.05..86400"
         ),
+        limits=_limits(env),
     )
     if env.errors:
         count = f"{len(env.errors)} invalid variables: " if len(env.errors) > 1 else ""

@@ -207,6 +207,43 @@ class SlowConsumer(EscalationError):
     reason = "SLOW_CONSUMER"
 
 
+class ResourceExhausted(EscalationError):
+    """This caller is over a limit; retry after the delay given in google.rpc.RetryInfo."""
+
+    reason = "RESOURCE_EXHAUSTED"
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        retry_delay_seconds: float = 1.0,
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message, metadata=metadata)
+        #: When a retry can succeed, in seconds (google.rpc.RetryInfo.retry_delay).
+        self.retry_delay_seconds = retry_delay_seconds
+
+
+class RateLimited(ResourceExhausted):
+    """Too many requests of this kind from this caller; retry after the delay in RetryInfo (docs/security.md).
+
+    ``metadata["limit"]`` names the limit (e.g. ``reply_per_sender``); ``rate_per_second`` and
+    ``burst`` give its configured value, for this server process.
+    """
+
+    reason = "RATE_LIMITED"
+
+
+class TooManyStreams(ResourceExhausted):
+    """Too many streams are open; close one or retry after the delay in RetryInfo (docs/security.md).
+
+    ``metadata["limit"]`` names the cap (``connect_streams_per_identity`` or
+    ``unauthenticated_streams``) and ``max_streams`` its value, for this server process.
+    """
+
+    reason = "TOO_MANY_STREAMS"
+
+
 class Unimplemented(EscalationError):
     """This RPC is not implemented yet; see the README for which RPCs are."""
 

@@ -17,6 +17,18 @@ import pytest
 from escalation.store.migrate import migrate
 
 JWT_SECRET = "test-secret-0123456789abcdef0123456789abcdef"
+# Servers under test are not throttled: the existing tests burst from one identity (concurrent opens,
+# fuzzing, chaos load, many streams of one agent) far beyond the production defaults of SPEC §3
+# "Limits". tests/integration/test_limits.py tests the limits themselves with small configured values.
+UNTHROTTLED_ENV: dict[str, str] = {
+    "ESCALATION_CONNECT_STREAMS_PER_IDENTITY": "1000000",
+    "ESCALATION_UNAUTHENTICATED_STREAMS": "1000000",
+    "ESCALATION_GRPC_MAX_CONCURRENT_STREAMS": "1000000",
+    "ESCALATION_RATE_OPEN_SESSION_PER_AGENT": "1000000/s,1000000",
+    "ESCALATION_RATE_OPEN_SESSION_PER_MERCHANT": "1000000/s,1000000",
+    "ESCALATION_RATE_SEND_MESSAGE_PER_SENDER": "1000000/s,1000000",
+    "ESCALATION_RATE_REPLY_PER_SENDER": "1000000/s,1000000",
+}
 # The URL each test pool was made from, for code that needs its own connection (LISTEN).
 POOL_DSN: dict[int, str] = {}
 

@@ -19,9 +19,10 @@ from dataclasses import dataclass, field
 
 import asyncpg
 import structlog
+from opentelemetry import trace
 
 from escalation.domain.session import CloseReason
-from escalation.observability import metrics
+from escalation.observability import metrics, tracing
 from escalation.realtime import events
 from escalation.services import records, tickets
 from escalation.services.sessions import SessionPolicy
@@ -32,6 +33,8 @@ from workers.loop import Wakeup, run_forever
 log = structlog.get_logger(__name__)
 
 CHANNEL = "escalation_deadline"
+# The span of a round's closes: its traceparent goes with each ticket's outbox row (docs/tracing.md).
+CLOSE_SPAN = "deadlines.end_sessions"
 
 
 @dataclass(frozen=True)
@@ -65,41 +68,53 @@ class DeadlineWorker:
         return result
 
     async def _end_batch(self) -> int:
-        async with self._pool.acquire() as conn, conn.transaction():
-            ended = await conn.fetch(sql("claim_due_sessions"), self.config.batch_size)
-            if not ended:
-                return 0
-            ids = [r["session_id"] for r in ended]
-            transcripts: dict[object, list[asyncpg.Record]] = {sid: [] for sid in ids}
-            for row in await conn.fetch(sql("transcripts"), ids):
-                transcripts[row["session_id"]].append(row)
-            built = [
-                tickets.build(
-                    r, transcripts[r["session_id"]], CloseReason.MERCHANT_TIMEOUT, self.config.policy.ticket_sla
+        """Ends one batch of due sessions; traced from the claim to the commit when it ended any.
+
+        A round that finds nothing due leaves no span: it would be one every poll interval.
+        """
+        started = time.time_ns()
+        span: trace.Span | None = None
+        try:
+            async with self._pool.acquire() as conn, conn.transaction():
+                ended = await conn.fetch(sql("claim_due_sessions"), self.config.batch_size)
+                if not ended:
+                    return 0
+                span = tracing.tracer().start_span(
+                    CLOSE_SPAN, start_time=started, attributes={"escalation.sessions_ended": len(ended)}
                 )
-                for r in ended
-            ]
-            await tickets.insert(conn, built)
-            # Lock order: sessions (claimed above), merchants (events), agents — as everywhere else.
-            handle_by = {t.session_id: t.handle_by for t in built}
-            closed = [records.session(r) for r in await conn.fetch(sql("sessions_by_id"), ids)]
-            await events.append(
-                conn,
-                [
-                    e
-                    for session in closed
-                    for e in events.session_closed(session, handle_by[uuid.UUID(session.session_id)])
-                ],
-            )
-            merchants = [r["merchant_id"] for r in ended]
-            agents = [r["assigned_agent_id"] for r in ended]
-            await conn.execute(sql("lock_agents"), merchants, agents)
-            await conn.execute(sql("release_assignments"), merchants, agents)
+                with trace.use_span(span):
+                    await self._end_claimed(conn, ended)
+        finally:
+            if span is not None:
+                span.end()
         for row in ended:
             metrics.DEADLINE_LATENESS.observe((row["close_time"] - row["reply_deadline"]).total_seconds())
         metrics.SESSIONS_CLOSED.labels(reason=CloseReason.MERCHANT_TIMEOUT.value).inc(len(ended))
         log.info("deadlines.ended", sessions=len(ended))
         return len(ended)
+
+    async def _end_claimed(self, conn: asyncpg.Connection, ended: list[asyncpg.Record]) -> None:
+        """In the claim's transaction: tickets with their outbox rows, events, released capacity (R6, R7)."""
+        ids = [r["session_id"] for r in ended]
+        transcripts: dict[object, list[asyncpg.Record]] = {sid: [] for sid in ids}
+        for row in await conn.fetch(sql("transcripts"), ids):
+            transcripts[row["session_id"]].append(row)
+        built = [
+            tickets.build(r, transcripts[r["session_id"]], CloseReason.MERCHANT_TIMEOUT, self.config.policy.ticket_sla)
+            for r in ended
+        ]
+        await tickets.insert(conn, built)
+        # Lock order: sessions (claimed above), merchants (events), agents — as everywhere else.
+        handle_by = {t.session_id: t.handle_by for t in built}
+        closed = [records.session(r) for r in await conn.fetch(sql("sessions_by_id"), ids)]
+        await events.append(
+            conn,
+            [e for session in closed for e in events.session_closed(session, handle_by[uuid.UUID(session.session_id)])],
+        )
+        merchants = [r["merchant_id"] for r in ended]
+        agents = [r["assigned_agent_id"] for r in ended]
+        await conn.execute(sql("lock_agents"), merchants, agents)
+        await conn.execute(sql("release_assignments"), merchants, agents)
 
     async def _remind_batch(self) -> int:
         async with self._pool.acquire() as conn, conn.transaction():

@@ -19,7 +19,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaTimeoutError
 
 from escalation.bus import kafka
-from escalation.observability import metrics
+from escalation.observability import metrics, tracing
 from escalation.store.queries import sql
 from workers.loop import Wakeup, run_forever
 
@@ -209,19 +209,16 @@ class OutboxRelay:
         for r in rows:
             if loop.time() >= deadline:
                 break
+            headers = [("event_id", r["event_id"].encode()), ("content-type", r["content_type"].encode())]
             try:
-                ack = await asyncio.wait_for(
-                    producer.send(
-                        self._kafka.topic(r["topic"]),
-                        value=r["payload"],
-                        key=r["message_key"],
-                        headers=[
-                            ("event_id", r["event_id"].encode()),
-                            ("content-type", r["content_type"].encode()),
-                        ],
-                    ),
-                    deadline - loop.time(),
-                )
+                # The send continues the trace of the close that wrote the row (docs/tracing.md).
+                with tracing.continuing(r["traceparent"], headers):
+                    ack = await asyncio.wait_for(
+                        producer.send(
+                            self._kafka.topic(r["topic"]), value=r["payload"], key=r["message_key"], headers=headers
+                        ),
+                        deadline - loop.time(),
+                    )
             except Exception as exc:  # e.g. MessageSizeTooLargeError, raised before anything is sent
                 outcomes[r["id"]] = exc
             else:

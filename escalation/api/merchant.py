@@ -8,7 +8,7 @@ from typing import Any
 import asyncpg
 import grpc
 
-from escalation.api import convert
+from escalation.api import convert, limits
 from escalation.api import session_requests as req
 from escalation.api.interceptors import current_identity
 from escalation.domain import paging
@@ -69,7 +69,11 @@ class MerchantServicer(merchant_pb2_grpc.MerchantServiceServicer):
 
 
 async def reply(pool: asyncpg.Pool, policy: SessionPolicy, request: merchant_pb2.ReplyRequest) -> asyncpg.Record:
-    """A merchant reply (unary, or a Connect frame): text, image, emoji, or a quick-reply template."""
+    """A merchant reply (unary, or a Connect frame): text, image, emoji, or a quick-reply template.
+
+    Charged to the sender's reply rate first (api/limits.py): a refused reply writes nothing.
+    """
+    limits.take_reply()
     check = Violations()
     sid = req.session_id(check, request.session_id)
     msg_id = req.client_msg_id(check, request.client_msg_id)

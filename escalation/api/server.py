@@ -1,4 +1,4 @@
-"""Builds and runs the gRPC server: our four services, health, reflection, one interceptor."""
+"""Builds and runs the gRPC server: our four services, health, reflection, their interceptors and limits."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from grpc_reflection.v1alpha import reflection
 from escalation.api.admin import MerchantAdminServicer
 from escalation.api.drain import InFlight
 from escalation.api.interceptors import ServerInterceptor
+from escalation.api.limits import Limits, LimitsInterceptor
 from escalation.api.merchant import MerchantServicer
 from escalation.api.ops import OpsServicer
 from escalation.api.platform import PlatformServicer
@@ -24,7 +25,7 @@ from escalation.api.tls import server_credentials
 from escalation.auth import TokenVerifier
 from escalation.config import ConfigError, Settings
 from escalation.jwks import JwksKeys
-from escalation.observability import gauges
+from escalation.observability import gauges, tracing
 from escalation.realtime.hub import Hub
 from escalation.realtime.streams import StreamConfig
 from escalation.services.sessions import SessionPolicy
@@ -49,17 +50,27 @@ SERVICE_NAMES: Sequence[str] = (
     ops_pb2.DESCRIPTOR.services_by_name["OpsService"].full_name,
 )
 
-_OPTIONS = [
-    ("grpc.max_receive_message_length", MAX_INBOUND_MESSAGE_BYTES),
-    # A second server on a taken port must fail, not silently share it.
-    ("grpc.so_reuseport", 0),
-    # Find dead peers on long-lived streams: ping after 30 s of silence, give up 10 s later.
-    ("grpc.keepalive_time_ms", 30_000),
-    ("grpc.keepalive_timeout_ms", 10_000),
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
-    ("grpc.http2.max_pings_without_data", 0),
-]
+# Find dead peers on long-lived streams: ping after 30 s of silence, give up 10 s later. This is what
+# reaps the Connect streams a vanished client left behind (and their per-identity slots, api/limits.py).
+KEEPALIVE_TIME_MS = 30_000
+KEEPALIVE_TIMEOUT_MS = 10_000
+# A refused stream's RetryInfo: by then keepalive has closed a dead client's streams (docs/security.md).
+STREAM_RETRY_SECONDS = (KEEPALIVE_TIME_MS + KEEPALIVE_TIMEOUT_MS) / 1000
+
+
+def _options(settings: Settings) -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_receive_message_length", MAX_INBOUND_MESSAGE_BYTES),
+        # A second server on a taken port must fail, not silently share it.
+        ("grpc.so_reuseport", 0),
+        ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
+        ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ("grpc.http2.max_pings_without_data", 0),
+        # Streams one client connection may hold at a time (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS).
+        ("grpc.max_concurrent_streams", settings.limits.max_concurrent_streams),
+    ]
 
 
 def _connection_age_options(settings: Settings) -> list[tuple[str, int]]:
@@ -110,9 +121,17 @@ class Server:
             if jwt_settings.jwks_url
             else None
         )
+        self.limits = Limits(settings.limits, stream_retry_seconds=STREAM_RETRY_SECONDS)
         self._server = grpc.aio.server(
-            interceptors=[self._in_flight, ServerInterceptor(TokenVerifier(jwt_settings, self._jwks))],
-            options=_OPTIONS + _connection_age_options(settings),
+            # Tracing (when on) sits outside ours, so its span sees the status ours decides; the limits
+            # come after authentication and decoding (api/limits.py).
+            interceptors=[
+                self._in_flight,
+                *tracing.server_interceptors(),
+                ServerInterceptor(TokenVerifier(jwt_settings, self._jwks)),
+                LimitsInterceptor(self.limits),
+            ],
+            options=_options(settings) + _connection_age_options(settings),
         )
         platform_pb2_grpc.add_PlatformServiceServicer_to_server(
             PlatformServicer(pool, policy, self.hub, streams), self._server

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
+
 import grpc
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -25,6 +27,7 @@ CODES: dict[type[errors.EscalationError], grpc.StatusCode] = {
     errors.ConcurrentUpdate: grpc.StatusCode.ABORTED,
     errors.DatabaseUnavailable: grpc.StatusCode.UNAVAILABLE,
     errors.SlowConsumer: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    errors.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
     errors.Unimplemented: grpc.StatusCode.UNIMPLEMENTED,
     errors.ShuttingDown: grpc.StatusCode.UNAVAILABLE,
 }
@@ -43,10 +46,19 @@ def _pack(message: object) -> any_pb2.Any:
     return packed
 
 
+def _retry_info(seconds: float) -> error_details_pb2.RetryInfo:
+    delay = duration_pb2.Duration()
+    # Rounded up to the millisecond, so a client that waits exactly this long finds its token.
+    delay.FromMilliseconds(max(1, math.ceil(seconds * 1000)))
+    return error_details_pb2.RetryInfo(retry_delay=delay)
+
+
 def to_status_proto(exc: errors.EscalationError) -> status_pb2.Status:
-    """google.rpc.Status with one ErrorInfo and, for invalid fields, a BadRequest."""
+    """google.rpc.Status with one ErrorInfo; for invalid fields a BadRequest, for limits a RetryInfo (AIP-193)."""
     code = code_for(exc)
     details = [_pack(error_details_pb2.ErrorInfo(reason=exc.reason, domain=DOMAIN, metadata=exc.metadata))]
+    if isinstance(exc, errors.ResourceExhausted):
+        details.append(_pack(_retry_info(exc.retry_delay_seconds)))
     if isinstance(exc, errors.InvalidArgument):
         details.append(
             _pack(

@@ -56,6 +56,12 @@ class DecodedFrames:
     def __aiter__(self) -> DecodedFrames:
         return self
 
+    async def aclose(self) -> None:
+        """Closes the frames unread (a handler that refuses the stream before reading it)."""
+        close = getattr(self._raw, "aclose", None)
+        if close is not None:
+            await close()
+
     async def __anext__(self) -> Any:
         raw = await anext(self._raw)
         index, self._index = self._index, self._index + 1

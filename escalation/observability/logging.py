@@ -6,8 +6,22 @@ import logging
 import sys
 
 import structlog
+from opentelemetry import trace
 
 from escalation.domain import display
+
+
+def add_trace_ids(logger: object, method_name: str, event_dict: structlog.types.EventDict) -> structlog.types.EventDict:
+    """Adds ``trace_id`` (32 hex) and ``span_id`` (16 hex) of the current span, W3C spelling, if any.
+
+    Outside a span, and always while tracing is off (docs/tracing.md), the line is left as it is.
+    """
+    span = trace.get_current_span().get_span_context()
+    if span.is_valid:
+        event_dict["trace_id"] = format(span.trace_id, "032x")
+        event_dict["span_id"] = format(span.span_id, "016x")
+    return event_dict
+
 
 # Rendered by the console renderer as a traceback block of their own: multi-line on purpose.
 _TRACEBACK_KEYS = frozenset({"exc_info", "exception", "stack"})
@@ -34,6 +48,7 @@ def configure(*, log_format: str = "console", level: str = "info") -> None:
     timestamper = structlog.processors.TimeStamper(fmt="iso", utc=True)
     shared: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,
+        add_trace_ids,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         timestamper,

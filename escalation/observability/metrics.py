@@ -55,6 +55,21 @@ FIRST_REPLY = Histogram(
     buckets=(5, 10, 20, 30, 45, 60, 90, 120, 150, 180, 240, 300),
 )
 
+# The limits of SPEC §3 "Limits" (api/limits.py); no identity label, so an attacker cannot grow the series.
+LIMIT_NAMES = (
+    "connect_streams_per_identity",
+    "unauthenticated_streams",
+    "open_session_per_agent",
+    "open_session_per_merchant",
+    "send_message_per_sender",
+    "reply_per_sender",
+)
+REQUESTS_REFUSED = Counter(
+    "escalation_requests_refused_total",
+    "Calls and streams refused with RESOURCE_EXHAUSTED because a caller was over a limit, by limit.",
+    ["limit"],
+)
+
 
 def _precreate() -> None:
     """Labelled series exist from the start (at 0), so rate() and increase() see their first event."""
@@ -67,6 +82,8 @@ def _precreate() -> None:
         SESSIONS_CLOSED.labels(reason=reason.value)
     for topic in ("escalation.service-tickets.v1", "escalation.merchant-warnings.v1"):
         OUTBOX_PUBLISHED.labels(topic=topic)
+    for limit in LIMIT_NAMES:
+        REQUESTS_REFUSED.labels(limit=limit)
 
 
 _precreate()

@@ -11,6 +11,7 @@ import asyncpg
 
 from escalation.domain import tickets as rules
 from escalation.domain.session import CloseReason
+from escalation.observability import tracing
 from escalation.services import records
 from escalation.store.queries import sql
 from escalation.v1 import common_pb2, events_pb2
@@ -71,7 +72,12 @@ def build(
 
 
 async def insert(conn: asyncpg.Connection, tickets: Sequence[Ticket]) -> None:
-    """Stores the tickets and their outbox rows (the caller's transaction makes them atomic)."""
+    """Stores the tickets and their outbox rows (the caller's transaction makes them atomic).
+
+    Each outbox row keeps the traceparent of the span ending the session (None when not traced), so
+    the ticket's Kafka record continues that trace (docs/tracing.md).
+    """
+    traceparent = tracing.current_traceparent()
     await conn.executemany(
         sql("insert_ticket"),
         [
@@ -91,7 +97,7 @@ async def insert(conn: asyncpg.Connection, tickets: Sequence[Ticket]) -> None:
     )
     await conn.executemany(
         sql("insert_outbox"),
-        [(TOPIC, t.merchant_id.encode(), str(t.ticket_id), CONTENT_TYPE, t.payload) for t in tickets],
+        [(TOPIC, t.merchant_id.encode(), str(t.ticket_id), CONTENT_TYPE, t.payload, traceparent) for t in tickets],
     )
 
 

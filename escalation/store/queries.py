@@ -33,6 +33,11 @@ def _all() -> dict[str, str]:
     return queries
 
 
+def named() -> dict[str, str]:
+    """Every query by name (a copy): tracing names database spans after them."""
+    return dict(_all())
+
+
 def sql(name: str) -> str:
     """The text of the query called ``name``; KeyError names it when it does not exist."""
     try:

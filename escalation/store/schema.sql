@@ -125,7 +125,8 @@ CREATE TABLE public.outbox (
     last_error text,
     published_time timestamp with time zone,
     parked_time timestamp with time zone,
-    isolated_failures integer DEFAULT 0 NOT NULL
+    isolated_failures integer DEFAULT 0 NOT NULL,
+    traceparent text
 );
 ALTER TABLE public.outbox ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
     SEQUENCE NAME public.outbox_id_seq

@@ -32,6 +32,17 @@ from escalation.store.migrate import migrate
 REPO = Path(__file__).resolve().parents[2]
 # Any 32+ byte secret: the bench mints its own tokens for the `escalation serve` it starts.
 JWT_SECRET = "bench-secret-0123456789abcdef0123456789abcdef"
+# The bench drives one platform agent at hundreds of OpenSession/SendMessage a second, holds ~70 Connect
+# streams per merchant agent and ~500 streams per client connection: far beyond the production limits
+# (SPEC §3 "Limits"), which it does not measure. Raised here, explicitly.
+UNTHROTTLED_ENV = {
+    "ESCALATION_CONNECT_STREAMS_PER_IDENTITY": "1000000",
+    "ESCALATION_GRPC_MAX_CONCURRENT_STREAMS": "1000000",
+    "ESCALATION_RATE_OPEN_SESSION_PER_AGENT": "1000000/s,1000000",
+    "ESCALATION_RATE_OPEN_SESSION_PER_MERCHANT": "1000000/s,1000000",
+    "ESCALATION_RATE_SEND_MESSAGE_PER_SENDER": "1000000/s,1000000",
+    "ESCALATION_RATE_REPLY_PER_SENDER": "1000000/s,1000000",
+}
 READY_TIMEOUT = 30.0
 STOP_TIMEOUT = 15.0
 
@@ -150,6 +161,7 @@ class BenchEnv:
             "ESCALATION_GRPC_ADDR": grpc_addr,
             "ESCALATION_METRICS_ADDR": f"127.0.0.1:{free_port()}",
             "ESCALATION_SHUTDOWN_GRACE_SECONDS": "2",
+            **UNTHROTTLED_ENV,
         }
         child = self.escalation(name, ["serve"], env)
         await wait_serving(child, grpc_addr)

@@ -22,7 +22,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from escalation.devenv.ports import free_port
-from tests.conftest import JWT_SECRET
+from tests.conftest import JWT_SECRET, UNTHROTTLED_ENV
 
 REPO = Path(__file__).resolve().parents[2]
 ESCALATION = (sys.executable, "-m", "escalation")
@@ -109,6 +109,7 @@ def serving(database_url: str, logs: Path, count: int = 2, **extra: str) -> Iter
                     "ESCALATION_GRPC_ADDR": grpc_addr,
                     "ESCALATION_METRICS_ADDR": metrics_addr,
                     "ESCALATION_SHUTDOWN_GRACE_SECONDS": "2",
+                    **UNTHROTTLED_ENV,
                     **extra,  # may override the defaults above
                 }
             )

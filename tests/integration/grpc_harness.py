@@ -13,11 +13,16 @@ from google.rpc import error_details_pb2, status_pb2
 
 from escalation import auth, config
 from escalation.api.server import Server
-from tests.conftest import JWT_SECRET, POOL_DSN
+from tests.conftest import JWT_SECRET, POOL_DSN, UNTHROTTLED_ENV
+
+# Raised far above the defaults (see UNTHROTTLED_ENV); test_limits.py passes its own.
+UNTHROTTLED = config.load(UNTHROTTLED_ENV).limits
 
 
-def settings() -> config.Settings:
-    return config.Settings(jwt=config.JwtSettings(algorithm="HS256", key=JWT_SECRET), shutdown_grace_seconds=1)
+def settings(limits: config.LimitSettings = UNTHROTTLED) -> config.Settings:
+    return config.Settings(
+        jwt=config.JwtSettings(algorithm="HS256", key=JWT_SECRET), shutdown_grace_seconds=1, limits=limits
+    )
 
 
 def token(role: auth.Role | str, sub: str, merchant_id: str | None = None, ttl: int = 600) -> str:

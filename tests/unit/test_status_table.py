@@ -67,3 +67,22 @@ def test_internal_status_reveals_nothing() -> None:
     proto = status.internal_status_proto()
     assert proto.code == grpc.StatusCode.INTERNAL.value[0]
     assert "Traceback" not in proto.message
+
+
+@pytest.mark.parametrize(
+    ("exc", "reason", "millis"),
+    [
+        (errors.RateLimited(retry_delay_seconds=0.2501), "RATE_LIMITED", 251),
+        (errors.RateLimited(retry_delay_seconds=1e-9), "RATE_LIMITED", 1),
+        (errors.TooManyStreams(retry_delay_seconds=40), "TOO_MANY_STREAMS", 40_000),
+    ],
+)
+def test_limits_are_resource_exhausted_with_retry_info(exc: errors.ResourceExhausted, reason: str, millis: int) -> None:
+    proto = status.to_status_proto(exc)
+    assert proto.code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+    info, retry = error_details_pb2.ErrorInfo(), error_details_pb2.RetryInfo()
+    assert proto.details[0].Unpack(info)
+    assert proto.details[1].Unpack(retry)
+    assert info.reason == reason
+    # Rounded up: a client that waits exactly this long finds its token.
+    assert retry.retry_delay.ToMilliseconds() == millis

@@ -5,7 +5,7 @@
 -- until they commit and are picked up then: nothing is skipped, unlike "id > last seen", which
 -- loses rows that commit out of id order.
 -- Parked rows are left out: they wait for `escalation outbox retry`, not for the relay.
-SELECT id, topic, message_key, event_id, content_type, payload, create_time, attempts, isolated_failures
+SELECT id, topic, message_key, event_id, content_type, payload, create_time, attempts, isolated_failures, traceparent
 FROM outbox
 WHERE published_time IS NULL AND parked_time IS NULL
 ORDER BY id

@@ -153,7 +153,7 @@ INSERT INTO tickets (ticket_id, session_id, merchant_id, reason, category, handl
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9);
 
 -- name: insert_outbox
-INSERT INTO outbox (topic, message_key, event_id, content_type, payload) VALUES ($1, $2, $3, $4, $5);
+INSERT INTO outbox (topic, message_key, event_id, content_type, payload, traceparent) VALUES ($1, $2, $3, $4, $5, $6);
 
 -- name: get_template_body
 SELECT body FROM reply_templates WHERE merchant_id = $1 AND template_id = $2;

@@ -1,0 +1,268 @@
+"""Per-identity limits, so one caller cannot starve the others (SPEC §3 "Limits"; docs/security.md).
+
+- Concurrent ``MerchantService.Connect`` streams per (merchant_id, agent id): the newest stream over
+  the cap is refused, so a client's working stream is never cut by its own reconnect; the streams a
+  vanished client left behind are reaped by HTTP/2 keepalive (api/server.py) and free their slots.
+- Concurrent streams of the services that need no token (``Health.Watch``, reflection).
+- Write rates, one token bucket per identity (domain/token_bucket.py): ``OpenSession`` per platform
+  agent and per target merchant, ``SendMessage`` per platform agent, merchant replies per agent —
+  unary ``Reply`` and replies sent inside ``Connect`` alike (``take_reply``, called by api/merchant.py).
+
+Everything is counted in this process: with N replicas a caller gets up to N times each limit. A
+refusal is ``RESOURCE_EXHAUSTED`` with an ErrorInfo (``RATE_LIMITED`` / ``TOO_MANY_STREAMS``, the
+limit's name and value, nothing about other callers) and a ``google.rpc.RetryInfo``; it happens
+before the handler runs, so a refused call writes nothing. Refusals are counted in
+``escalation_requests_refused_total{limit}``.
+
+The interceptor sits inside api/interceptors.py's ``ServerInterceptor``: the caller is verified and
+the request decoded before a limit is looked at, and the refusal is mapped like any domain error.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
+from contextvars import ContextVar
+from typing import Any
+
+import grpc
+
+from escalation import errors
+from escalation.api import wire
+from escalation.api.interceptors import PUBLIC_SERVICES, current_identity
+from escalation.auth import Identity
+from escalation.config import LimitSettings
+from escalation.domain.token_bucket import Rate, TokenBuckets
+from escalation.domain.validation import IDENTIFIER
+from escalation.observability import metrics
+
+_OPEN_SESSION = "/escalation.v1.PlatformService/OpenSession"
+_SEND_MESSAGE = "/escalation.v1.PlatformService/SendMessage"
+_CONNECT = "/escalation.v1.MerchantService/Connect"
+
+_limits: ContextVar[Limits] = ContextVar("escalation_limits")
+
+
+class Limits:
+    """The counters and buckets of one server process, and the checks that refuse a caller over a limit."""
+
+    def __init__(
+        self,
+        settings: LimitSettings,
+        *,
+        stream_retry_seconds: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """``stream_retry_seconds``: the RetryInfo delay of a refused stream — how long keepalive takes at
+        most to reap a dead client's streams (api/server.py). ``clock``: monotonic seconds."""
+        self.settings = settings
+        self._stream_retry_seconds = stream_retry_seconds
+        self._clock = clock
+        self._streams: Counter[tuple[str, str]] = Counter()
+        self._unauthenticated = 0
+        self._buckets = {
+            "open_session_per_agent": TokenBuckets(settings.open_session_per_agent),
+            "open_session_per_merchant": TokenBuckets(settings.open_session_per_merchant),
+            "send_message_per_sender": TokenBuckets(settings.send_message_per_sender),
+            "reply_per_sender": TokenBuckets(settings.reply_per_sender),
+        }
+
+    def open_streams(self, identity: Identity) -> int:
+        """Connect streams ``identity`` holds on this process right now."""
+        return self._streams[_merchant_key(identity)]
+
+    @property
+    def unauthenticated_streams(self) -> int:
+        """Health and reflection streams open on this process right now."""
+        return self._unauthenticated
+
+    # --- write rates ---------------------------------------------------------------------------
+
+    def take(self, *charges: tuple[str, Hashable]) -> None:
+        """Takes one token from each ``(limit, key)`` bucket, or none when any is empty.
+
+        Raises RateLimited naming the first empty limit, with the wait until its next token.
+        """
+        now = self._clock()
+        for limit, key in charges:
+            wait = self._buckets[limit].wait(key, now)
+            if wait > 0:
+                raise self._refusal(limit, self._buckets[limit].rate, wait)
+        for limit, key in charges:
+            self._buckets[limit].take(key, now)
+
+    def _refusal(self, limit: str, rate: Rate, wait: float) -> errors.RateLimited:
+        metrics.REQUESTS_REFUSED.labels(limit=limit).inc()
+        return errors.RateLimited(
+            f"rate limit {limit} ({rate.per_second:g}/s, bursts of {rate.burst}) reached; retry in {wait:.3g} s",
+            retry_delay_seconds=wait,
+            metadata={"limit": limit, "rate_per_second": f"{rate.per_second:g}", "burst": str(rate.burst)},
+        )
+
+    # --- streams -------------------------------------------------------------------------------
+
+    def enter_connect(self, identity: Identity) -> tuple[str, str]:
+        """Counts a new Connect stream of ``identity``; raises TooManyStreams when it is over the cap."""
+        key = _merchant_key(identity)
+        cap = self.settings.connect_streams_per_identity
+        if self._streams[key] >= cap:
+            raise self._too_many("connect_streams_per_identity", cap)
+        self._streams[key] += 1
+        return key
+
+    def leave_connect(self, key: tuple[str, str]) -> None:
+        self._streams[key] -= 1
+        if self._streams[key] <= 0:
+            del self._streams[key]
+
+    def enter_unauthenticated(self) -> None:
+        """Counts a new health or reflection stream; raises TooManyStreams when over the cap."""
+        cap = self.settings.unauthenticated_streams
+        if self._unauthenticated >= cap:
+            raise self._too_many("unauthenticated_streams", cap)
+        self._unauthenticated += 1
+
+    def leave_unauthenticated(self) -> None:
+        self._unauthenticated -= 1
+
+    def _too_many(self, limit: str, cap: int) -> errors.TooManyStreams:
+        metrics.REQUESTS_REFUSED.labels(limit=limit).inc()
+        return errors.TooManyStreams(
+            f"stream limit {limit} ({cap} at a time) reached; close a stream or retry later",
+            retry_delay_seconds=self._stream_retry_seconds,
+            metadata={"limit": limit, "max_streams": str(cap)},
+        )
+
+
+def _merchant_key(identity: Identity) -> tuple[str, str]:
+    return (identity.merchant_id or "", identity.subject)
+
+
+def take_reply() -> None:
+    """Charges the calling merchant agent one reply (unary ``Reply`` or a reply frame inside ``Connect``).
+
+    Raises RateLimited when its ``reply_per_sender`` bucket is empty (SPEC §3 "Limits"); raises
+    LookupError (an internal error, never an unlimited call) outside an RPC that passed ``LimitsInterceptor``.
+    """
+    identity = current_identity()
+    _limits.get().take(("reply_per_sender", _merchant_key(identity)))
+
+
+def _open_session_charges(request: Any) -> tuple[tuple[str, Hashable], ...]:
+    charges: tuple[tuple[str, Hashable], ...] = (("open_session_per_agent", current_identity().subject),)
+    # An id the handler rejects anyway gets no bucket (and cannot fill memory with junk keys).
+    if IDENTIFIER.fullmatch(request.merchant_id):
+        charges += (("open_session_per_merchant", request.merchant_id),)
+    return charges
+
+
+class LimitsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+    """Applies ``limits`` to every call; must come after ``ServerInterceptor`` in the server's list."""
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        method: str = handler_call_details.method
+        service = method.lstrip("/").partition("/")[0]
+        limits = self.limits
+        streaming = handler.request_streaming or handler.response_streaming
+        enter: Callable[[Any], Callable[[], None]]
+        if service in PUBLIC_SERVICES and streaming:
+
+            def enter(request: Any) -> Callable[[], None]:
+                limits.enter_unauthenticated()
+                return limits.leave_unauthenticated
+
+        elif method == _CONNECT:
+
+            def enter(request: Any) -> Callable[[], None]:
+                key = limits.enter_connect(current_identity())
+                return lambda: limits.leave_connect(key)
+
+        elif method == _OPEN_SESSION:
+
+            def enter(request: Any) -> Callable[[], None]:
+                limits.take(*_open_session_charges(request))
+                return _nothing
+
+        elif method == _SEND_MESSAGE:
+
+            def enter(request: Any) -> Callable[[], None]:
+                limits.take(("send_message_per_sender", current_identity().subject))
+                return _nothing
+
+        else:
+
+            def enter(request: Any) -> Callable[[], None]:
+                return _nothing
+
+        return _wrapped(handler, limits, enter)
+
+
+def _nothing() -> None:
+    return None
+
+
+async def _entered(enter: Callable[[Any], Callable[[], None]], request: Any) -> Callable[[], None]:
+    """``enter(request)``; a refused request stream is closed unread, so grpc does not warn about it later."""
+    try:
+        return enter(request)
+    except errors.EscalationError:
+        if isinstance(request, wire.DecodedFrames):
+            await request.aclose()
+        raise
+
+
+def _wrapped(
+    handler: grpc.RpcMethodHandler[Any, Any], limits: Limits, enter: Callable[[Any], Callable[[], None]]
+) -> grpc.RpcMethodHandler[Any, Any]:
+    """The handler, run with ``limits`` bound for ``take_reply`` and between ``enter`` and what it returns."""
+    behavior: Callable[..., Any] | None = (
+        handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream
+    )
+    assert behavior is not None
+    wrapped: Callable[..., Any]
+    if inspect.isasyncgenfunction(behavior):
+
+        async def streaming(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+            _limits.set(limits)
+            leave = await _entered(enter, request)
+            try:
+                async for item in behavior(request, context):
+                    yield item
+            finally:
+                leave()
+
+        wrapped = streaming
+    else:
+
+        async def called(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            _limits.set(limits)
+            leave = await _entered(enter, request)
+            try:
+                return await behavior(request, context)
+            finally:
+                leave()
+
+        wrapped = called
+    factory = {
+        (False, False): grpc.unary_unary_rpc_method_handler,
+        (False, True): grpc.unary_stream_rpc_method_handler,
+        (True, False): grpc.stream_unary_rpc_method_handler,
+        (True, True): grpc.stream_stream_rpc_method_handler,
+    }[(handler.request_streaming, handler.response_streaming)]
+    return factory(
+        wrapped,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )

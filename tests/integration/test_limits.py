@@ -1,0 +1,340 @@
+"""SPEC §3 "Limits": one identity cannot starve the others (docs/security.md).
+
+Each limit refuses the caller over it with RESOURCE_EXHAUSTED, one ErrorInfo naming the limit and a
+google.rpc.RetryInfo; a refused write leaves no row; other identities keep working; a stream slot frees
+when the stream ends. Rates are configured so slow (per hour) that no token comes back during a test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import replace
+from typing import Any, cast
+
+import asyncpg
+import grpc
+import pytest
+from google.rpc import error_details_pb2, status_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from prometheus_client import REGISTRY
+
+from escalation.api.server import STREAM_RETRY_SECONDS, Server
+from escalation.auth import Identity, Role
+from escalation.domain.token_bucket import Rate
+from escalation.v1 import merchant_pb2, merchant_pb2_grpc, platform_pb2, platform_pb2_grpc
+from tests.conftest import POOL_DSN
+from tests.integration.grpc_harness import UNTHROTTLED, bearer, failure, settings
+from tests.integration.sessions_harness import make_shop, open_request, text
+
+pytestmark = pytest.mark.integration
+
+EOF_: object = getattr(grpc.aio, "EOF")  # noqa: B009
+HOUR = 3600.0
+
+
+def per_hour(burst: int) -> Rate:
+    """``burst`` calls, then one more an hour: nothing refills while a test runs."""
+    return Rate(per_second=1 / HOUR, burst=burst)
+
+
+@asynccontextmanager
+async def serving(pool: asyncpg.Pool, **limits: Any) -> AsyncIterator[tuple[Server, grpc.aio.Channel]]:
+    server = Server(settings(replace(UNTHROTTLED, **limits)), pool, address="127.0.0.1:0", dsn=POOL_DSN[id(pool)])
+    await server.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
+    try:
+        yield server, channel
+    finally:
+        await channel.close(grace=None)
+        await server.stop(grace=0.5)
+
+
+def retry_delay(err: grpc.aio.AioRpcError | status_pb2.Status) -> float:
+    """The google.rpc.RetryInfo delay (seconds) of a failed call or an in-band status."""
+    if isinstance(err, grpc.aio.AioRpcError):
+        pairs = cast("tuple[tuple[str, Any], ...]", tuple(err.trailing_metadata() or ()))
+        err = status_pb2.Status.FromString(next(v for k, v in pairs if k == "grpc-status-details-bin"))
+    infos = [d for d in err.details if d.Is(error_details_pb2.RetryInfo.DESCRIPTOR)]
+    assert len(infos) == 1, f"expected one RetryInfo, got {len(infos)}"
+    info = error_details_pb2.RetryInfo()
+    infos[0].Unpack(info)
+    return float(info.retry_delay.ToTimedelta().total_seconds())
+
+
+def refused(limit: str) -> float:
+    return REGISTRY.get_sample_value("escalation_requests_refused_total", {"limit": limit}) or 0.0
+
+
+async def assert_rate_limited(call: Awaitable[Any], limit: str, *, rate: Rate) -> None:
+    before = refused(limit)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call
+    got = failure(caught.value)
+    assert (got.code, got.reason, got.domain) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "RATE_LIMITED", "escalation")
+    assert got.metadata == {"limit": limit, "rate_per_second": f"{rate.per_second:g}", "burst": str(rate.burst)}
+    # The wait is until the next token: up to one token's worth (an hour here), never zero.
+    assert 0 < retry_delay(caught.value) <= HOUR + 1
+    assert refused(limit) == before + 1
+
+
+async def count(pool: asyncpg.Pool, table: str) -> int:
+    return int(await pool.fetchval(f"SELECT count(*) FROM {table}"))
+
+
+async def wait_until(condition: Callable[[], bool], what: str) -> None:
+    """Polls the server's own stream counts (they change in its handlers' tasks) until ``what`` holds."""
+    try:
+        async with asyncio.timeout(10):
+            while not condition():  # noqa: ASYNC110 (state of the server under test, polled)
+                await asyncio.sleep(0.01)
+    except TimeoutError:
+        raise AssertionError(f"never happened: {what}") from None
+
+
+# --- write rates -------------------------------------------------------------------------------
+
+
+async def test_open_session_over_the_per_agent_rate_is_refused_and_writes_nothing(pool: asyncpg.Pool) -> None:
+    rate = per_hour(3)
+    async with serving(pool, open_session_per_agent=rate) as (_, channel):
+        for shop in ("shop-a", "shop-b"):
+            await make_shop(channel, shop)
+        platform = platform_pb2_grpc.PlatformServiceStub(channel)
+        pa1 = bearer("platform", "pa-1")
+        for shop in ("shop-a", "shop-b", "shop-a"):
+            await platform.OpenSession(open_request(shop), metadata=pa1)
+        sessions, events = await count(pool, "sessions"), await count(pool, "merchant_events")
+        # Whatever the target merchant and however often, the agent is over its rate.
+        for shop in ("shop-b", "shop-a", "no-such-shop"):
+            await assert_rate_limited(
+                platform.OpenSession(open_request(shop), metadata=pa1), "open_session_per_agent", rate=rate
+            )
+        assert (await count(pool, "sessions"), await count(pool, "merchant_events")) == (sessions, events)
+        # Other platform agents and the supervisor are not affected.
+        for who in (bearer("platform", "pa-2"), bearer("platform_supervisor", "sup-1")):
+            await platform.OpenSession(open_request("shop-a"), metadata=who)
+        assert await count(pool, "sessions") == sessions + 2
+
+
+async def test_open_session_over_the_per_merchant_rate_is_refused_for_every_agent(pool: asyncpg.Pool) -> None:
+    rate = per_hour(2)
+    async with serving(pool, open_session_per_merchant=rate) as (_, channel):
+        for shop in ("shop-a", "shop-b"):
+            await make_shop(channel, shop)
+        platform = platform_pb2_grpc.PlatformServiceStub(channel)
+        await platform.OpenSession(open_request("shop-a"), metadata=bearer("platform", "pa-1"))
+        await platform.OpenSession(open_request("shop-a"), metadata=bearer("platform", "pa-2"))
+        sessions = await count(pool, "sessions")
+        for agent in ("pa-1", "pa-3", "pa-4"):
+            await assert_rate_limited(
+                platform.OpenSession(open_request("shop-a"), metadata=bearer("platform", agent)),
+                "open_session_per_merchant",
+                rate=rate,
+            )
+        assert await count(pool, "sessions") == sessions
+        # Another merchant still receives sessions, from the same agents.
+        for agent in ("pa-1", "pa-3"):
+            await platform.OpenSession(open_request("shop-b"), metadata=bearer("platform", agent))
+
+
+async def test_send_message_over_the_per_sender_rate_is_refused_and_writes_nothing(pool: asyncpg.Pool) -> None:
+    rate = per_hour(3)
+    async with serving(pool, send_message_per_sender=rate) as (_, channel):
+        await make_shop(channel, "shop-a")
+        platform = platform_pb2_grpc.PlatformServiceStub(channel)
+        pa1, pa2 = bearer("platform", "pa-1"), bearer("platform", "pa-2")
+        mine = (await platform.OpenSession(open_request("shop-a"), metadata=pa1)).session
+        theirs = (await platform.OpenSession(open_request("shop-a"), metadata=pa2)).session
+
+        def send(session_id: str, who: tuple[tuple[str, str]], body: str) -> Awaitable[Any]:
+            request = platform_pb2.SendMessageRequest(session_id=session_id, content=text(body))
+            return platform.SendMessage(request, metadata=who)
+
+        for n in range(3):
+            await send(mine.session_id, pa1, f"m{n}")
+        messages = await count(pool, "messages")
+        for body in ("one more", "and another", "x" * 2000):
+            await assert_rate_limited(send(mine.session_id, pa1, body), "send_message_per_sender", rate=rate)
+        assert await count(pool, "messages") == messages
+        for n in range(3):
+            await send(theirs.session_id, pa2, f"m{n}")
+
+
+async def test_replies_over_the_per_sender_rate_are_refused_unary_and_in_band(pool: asyncpg.Pool) -> None:
+    rate = per_hour(2)
+    async with serving(pool, reply_per_sender=rate) as (_, channel):
+        await make_shop(channel, "shop-a", agents={"shop-a-sub-1": 10})
+        platform = platform_pb2_grpc.PlatformServiceStub(channel)
+        session = (await platform.OpenSession(open_request("shop-a"), metadata=bearer("platform", "pa-1"))).session
+        merchant = merchant_pb2_grpc.MerchantServiceStub(channel)
+        sub1, main = bearer("merchant", "shop-a-sub-1", "shop-a"), bearer("merchant", "shop-a-main", "shop-a")
+
+        def reply(who: tuple[tuple[str, str]], body: str) -> Awaitable[Any]:
+            return merchant.Reply(
+                merchant_pb2.ReplyRequest(session_id=session.session_id, content=text(body)), metadata=who
+            )
+
+        await reply(sub1, "yes")
+        await reply(sub1, "ships today")
+        messages = await count(pool, "messages")
+        await assert_rate_limited(reply(sub1, "and again"), "reply_per_sender", rate=rate)
+
+        # The same sender inside Connect: the reply result carries the refusal, the stream stays up.
+        call: Any = cast(Any, merchant).Connect(metadata=sub1)
+        await call.write(merchant_pb2.ConnectRequest(hello=merchant_pb2.Hello()))
+        before = refused("reply_per_sender")
+        for client_msg_id in ("r-1", "r-2"):
+            frame = merchant_pb2.ReplyRequest(
+                session_id=session.session_id, client_msg_id=client_msg_id, content=text("hi")
+            )
+            await call.write(merchant_pb2.ConnectRequest(reply=frame))
+            result = await _reply_result(call)
+            assert result.client_msg_id == client_msg_id
+            assert result.error.code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+            infos = [d for d in result.error.details if d.Is(error_details_pb2.ErrorInfo.DESCRIPTOR)]
+            assert len(infos) == 1
+            info = error_details_pb2.ErrorInfo()
+            infos[0].Unpack(info)
+            assert (info.reason, info.metadata["limit"]) == ("RATE_LIMITED", "reply_per_sender")
+            assert 0 < retry_delay(result.error) <= HOUR + 1
+        assert refused("reply_per_sender") == before + 2
+        assert await count(pool, "messages") == messages
+        call.cancel()
+
+        # The shop's main account replies in the same session: its own rate.
+        await reply(main, "the main account answers")
+        assert await count(pool, "messages") == messages + 1
+
+
+async def _reply_result(call: Any) -> merchant_pb2.ReplyResult:
+    async with asyncio.timeout(5):
+        while True:
+            frame = await call.read()
+            assert frame is not EOF_, "stream ended"
+            if frame.HasField("reply_result"):
+                result: merchant_pb2.ReplyResult = frame.reply_result
+                return result
+
+
+# --- streams -----------------------------------------------------------------------------------
+
+
+async def test_connect_streams_over_the_per_identity_cap_are_refused_newest_first(pool: asyncpg.Pool) -> None:
+    async with serving(pool, connect_streams_per_identity=2) as (server, channel):
+        await make_shop(channel, "shop-a")
+        await make_shop(channel, "shop-b", agents={"shop-a-sub-1": 10})
+        # Two client connections: the cap is per identity, not per connection.
+        other_connection = grpc.aio.insecure_channel(
+            f"127.0.0.1:{server.port}", options=[("grpc.use_local_subchannel_pool", 1)]
+        )
+        sub1 = Identity("shop-a-sub-1", Role.MERCHANT, "shop-a")
+        who = bearer("merchant", "shop-a-sub-1", "shop-a")
+        try:
+            first = await _connect(channel, who)
+            second = await _connect(other_connection, who)
+            await wait_until(lambda: server.limits.open_streams(sub1) == 2, "two streams counted")
+            for connection in (channel, other_connection, channel):
+                before = refused("connect_streams_per_identity")
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await (await _connect(connection, who)).read()
+                got = failure(caught.value)
+                assert (got.code, got.reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "TOO_MANY_STREAMS")
+                assert got.metadata == {"limit": "connect_streams_per_identity", "max_streams": "2"}
+                assert retry_delay(caught.value) == STREAM_RETRY_SECONDS
+                assert refused("connect_streams_per_identity") == before + 1
+            # The older streams are untouched, and other agents of the shop (and other shops) connect.
+            # (shop-b's agent "shop-a-sub-1" shares the agent id: the identity is the pair.)
+            pairs = (("shop-a-sub-2", "shop-a"), ("shop-a-main", "shop-a"), ("shop-a-sub-1", "shop-b"))
+            others = [await _connect(channel, bearer("merchant", agent, shop)) for agent, shop in pairs]
+            identities = [Identity(agent, Role.MERCHANT, shop) for agent, shop in pairs]
+            await wait_until(
+                lambda: all(server.limits.open_streams(i) == 1 for i in identities), "other identities connected"
+            )
+            assert server.limits.open_streams(sub1) == 2
+            # A stream that ends frees its slot.
+            first.cancel()
+            await wait_until(lambda: server.limits.open_streams(sub1) == 1, "the cancelled stream released")
+            third = await _connect(channel, who)
+            await wait_until(lambda: server.limits.open_streams(sub1) == 2, "the new stream counted")
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await (await _connect(channel, who)).read()
+            assert failure(caught.value).reason == "TOO_MANY_STREAMS"
+            for call in (second, third, *others):
+                call.cancel()
+            await wait_until(lambda: server.limits.open_streams(sub1) == 0, "every slot released")
+        finally:
+            await other_connection.close(grace=None)
+
+
+async def _connect(channel: grpc.aio.Channel, who: tuple[tuple[str, str]]) -> Any:
+    call: Any = cast(Any, merchant_pb2_grpc.MerchantServiceStub(channel)).Connect(metadata=who)
+    await call.write(merchant_pb2.ConnectRequest(hello=merchant_pb2.Hello()))
+    return call
+
+
+async def test_unauthenticated_streams_over_the_cap_are_refused_until_one_ends(pool: asyncpg.Pool) -> None:
+    async with serving(pool, unauthenticated_streams=2) as (_, channel):
+        health = health_pb2_grpc.HealthStub(channel)
+        watches = [health.Watch(health_pb2.HealthCheckRequest()) for _ in range(2)]
+        for watch in watches:
+            assert (await watch.read()).status == health_pb2.HealthCheckResponse.SERVING
+        reflection: Any = cast(Any, reflection_pb2_grpc.ServerReflectionStub(channel)).ServerReflectionInfo()
+        await reflection.write(reflection_pb2.ServerReflectionRequest(list_services=""))
+        for call in (health.Watch(health_pb2.HealthCheckRequest()), reflection):
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await call.read()
+            got = failure(caught.value)
+            assert (got.code, got.reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "TOO_MANY_STREAMS")
+            assert got.metadata == {"limit": "unauthenticated_streams", "max_streams": "2"}
+            assert retry_delay(caught.value) > 0
+        # Unary health checks (what load balancers use) are not streams and still answer.
+        assert (await health.Check(health_pb2.HealthCheckRequest())).status == health_pb2.HealthCheckResponse.SERVING
+        # Authenticated calls are not counted against it.
+        await make_shop(channel, "shop-a")
+        watches[0].cancel()
+        # The slot frees once the server has seen the cancellation; until then the cap still holds.
+        reasons = set()
+        async with asyncio.timeout(10):
+            while True:
+                again = health.Watch(health_pb2.HealthCheckRequest())
+                try:
+                    first = await again.read()
+                    break
+                except grpc.aio.AioRpcError as exc:
+                    reasons.add(failure(exc).reason)
+                    await asyncio.sleep(0.01)
+        assert first.status == health_pb2.HealthCheckResponse.SERVING
+        assert reasons <= {"TOO_MANY_STREAMS"}
+        again.cancel()
+        watches[1].cancel()
+
+
+async def test_one_connection_holds_at_most_max_concurrent_streams_and_others_are_not_held_up(
+    pool: asyncpg.Pool,
+) -> None:
+    async with serving(pool, max_concurrent_streams=2) as (server, channel):
+        health = health_pb2_grpc.HealthStub(channel)
+        held = [health.Watch(health_pb2.HealthCheckRequest()) for _ in range(2)]
+        for watch in held:
+            assert (await watch.read()).status == health_pb2.HealthCheckResponse.SERVING
+        # A third stream on the same connection waits in the client for a free slot...
+        waiting = health.Watch(health_pb2.HealthCheckRequest())
+        first = asyncio.ensure_future(waiting.read())
+        # ...while another connection is served at once; by then the waiting stream has not reached the server.
+        other = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}", options=[("grpc.use_local_subchannel_pool", 1)])
+        try:
+            elsewhere = health_pb2_grpc.HealthStub(other).Watch(health_pb2.HealthCheckRequest())
+            assert (await elsewhere.read()).status == health_pb2.HealthCheckResponse.SERVING
+            assert server.limits.unauthenticated_streams == 3
+            assert not first.done()
+            held[0].cancel()
+            async with asyncio.timeout(10):
+                assert (await first).status == health_pb2.HealthCheckResponse.SERVING
+            elsewhere.cancel()
+        finally:
+            await other.close(grace=None)
+        waiting.cancel()
+        held[1].cancel()
