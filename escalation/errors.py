@@ -93,9 +93,15 @@ class ImPermissionRequired(PermissionDenied):
 
 
 class AgentDisabled(PermissionDenied):
-    """This agent is disabled in the shop's account management; it can no longer use the service."""
+    """This agent is disabled in its shop and cannot talk to the platform."""
 
     reason = "AGENT_DISABLED"
+
+
+class MainAccountChanged(PermissionDenied):
+    """This agent is no longer the shop's main account; reconnect to see only its own sessions."""
+
+    reason = "MAIN_ACCOUNT_CHANGED"
 
 
 # --- what the caller asked for does not exist (or is outside its scope) ---------------------------

@@ -11,6 +11,14 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from urllib.parse import urlsplit, urlunsplit
 
+# Before anything imports grpc: grpcio's Linux builds enable its fork support by default, which runs
+# gRPC's pthread_atfork child handlers in every fork(). The tests fork while in-process grpc.aio servers
+# and channels are busy (Popen with user= cannot use vfork: the embedded PostgreSQL is restarted as the
+# postgres user under load in tests/chaos), and those handlers crashed the child before exec about one
+# run in five (postgres "exited with status -11 during startup"). No test forks a process that goes on
+# using gRPC, so the support is not needed.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
+
 import asyncpg
 import pytest
 

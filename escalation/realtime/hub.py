@@ -1,13 +1,16 @@
 """The stream hub of one server process: LISTEN once, wake the streams a NOTIFY concerns.
 
-The event log in PostgreSQL is the truth; a notification only says "merchant M has news". Each stream
-then reads the log from its own cursor, so a lost notification never loses or reorders anything. Writes
+The event log in PostgreSQL is the truth; a notification only says "merchant M has news", and the log is
+then read from the cursor that was reached, so a lost notification never loses or reorders anything. Writes
 through any replica reach streams on every replica this way.
 
 A lost LISTEN connection is noticed at once when PostgreSQL or the socket says so (termination
 listener) and within seconds when the network drops it silently (a probe with a timeout, and TCP
 keepalives); it is replaced with a short capped backoff, and then every stream re-reads the log, so
 only the reconnect itself delays delivery (issue 9 §8).
+
+Since issue 10 §2 a NOTIFY wakes the merchant's feed (realtime/feed.py), which reads the log once for
+all the merchant's streams here and then wakes them; access-change notifications wake it the same way.
 
 The hub also keeps this process's rows in ``agent_presence`` fresh, so every replica can tell whether
 an agent holds a live Connect stream somewhere (recorded with each assignment).
@@ -18,13 +21,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections import defaultdict
 from dataclasses import dataclass, field
 
 import asyncpg
 import structlog
 
 from escalation.observability import metrics
+from escalation.realtime.feed import MerchantFeed
 from escalation.store.queries import sql
 
 log = structlog.get_logger(__name__)
@@ -34,6 +37,16 @@ AGENTS_CHANNEL = "escalation_agents"
 # Names the listener's backend in pg_stat_activity (operators, and tests that terminate it).
 LISTENER_APPLICATION_NAME = "escalation-hub-listener"
 PROBE_SECONDS = 2.0  # how often an idle listener is checked, and how long a check may take
+# A feed's news is handed to its streams WAKE_BATCH at a time, the next batch once these wrote it or after
+# WAKE_SLICE seconds (a reader that does not read holds up only its batch, briefly). So thousands of one
+# shop's streams never fill the event loop's ready queue at once: another tenant's unary call waits
+# behind at most a batch of stream writes per step, not behind all of them (issue 10 §2).
+WAKE_BATCH = 8
+WAKE_SLICE = 0.05
+# After each batch but the last, the pass pauses for as long as the batch took: one shop's fan-out takes
+# at most about a third of this process's time while it has more streams to wake, the rest stays for other
+# tenants' calls. A shop with WAKE_BATCH streams or fewer on this process is never paused.
+YIELD_PER_BATCH = 2.0
 RECONNECT_BACKOFF = (0.05, 2.0)  # seconds: first retry, cap (doubling) while the database is away
 # Server-side TCP keepalives (seconds, count) so PostgreSQL drops a dead listener's backend too.
 _KEEPALIVES = {"tcp_keepalives_idle": "5", "tcp_keepalives_interval": "2", "tcp_keepalives_count": "3"}
@@ -41,23 +54,60 @@ _KEEPALIVES = {"tcp_keepalives_idle": "5", "tcp_keepalives_interval": "2", "tcp_
 
 @dataclass(eq=False)
 class Subscription:
-    """One stream's interest in a merchant (and, for access changes, in one agent)."""
+    """One stream's interest in a merchant's news; ``agent_id`` is the Connect stream's agent."""
 
     merchant_id: str
     agent_id: str | None
+    feed: MerchantFeed
+    present: bool  # a Connect stream: the agent counts as connected while it is live
     wake: asyncio.Event = field(default_factory=asyncio.Event)
-    access_changed: asyncio.Event = field(default_factory=asyncio.Event)
     stream_id: uuid.UUID = field(default_factory=uuid.uuid4)
+    # The presence row's insert, run as its own task so cancelling the stream cannot interrupt it
+    # half-way: release() waits for it, then deletes the row (issue 10 §3).
+    announced: asyncio.Task[bool] | None = None
+    # The delivery pass batch that woke this stream and waits for it to finish writing (see Hub._pass).
+    batch: _Batch | None = None
+
+    def delivered(self) -> None:
+        """The stream wrote what it was woken for (or has nothing to write) and waits again."""
+        batch, self.batch = self.batch, None
+        if batch is not None:
+            batch.remaining -= 1
+            if batch.remaining <= 0:
+                batch.done.set()
+
+
+@dataclass(eq=False)
+class _Batch:
+    remaining: int
+    done: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class Hub:
-    def __init__(self, dsn: str, pool: asyncpg.Pool, *, presence_refresh_seconds: float = 15.0) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        pool: asyncpg.Pool,
+        *,
+        presence_refresh_seconds: float = 15.0,
+        feed_keep_events: int = 1000,
+        page_size: int = 200,
+    ) -> None:
         self._dsn = dsn
         self._pool = pool
         self._refresh = presence_refresh_seconds
+        self._feed_keep = feed_keep_events
+        self._page_size = page_size
         self.server_id = uuid.uuid4().hex
         self.closing = asyncio.Event()
-        self._by_merchant: dict[str, set[Subscription]] = defaultdict(set)
+        self._by_merchant: dict[str, set[Subscription]] = {}
+        self._feeds: dict[str, MerchantFeed] = {}
+        self._passes: dict[str, asyncio.Task[None]] = {}
+        self._again: set[str] = set()  # merchants whose running pass must start over (newer news)
+        self._cleanups: set[asyncio.Task[None]] = set()
+        # Reads of the log a stream made for itself (resume, or behind its feed), for tests and the bench;
+        # each feed counts its own (MerchantFeed.reads).
+        self.catch_up_reads = 0
         self._conn: asyncpg.Connection | None = None
         self._lost = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -72,10 +122,19 @@ class Hub:
     async def close(self) -> None:
         """Ends every stream (they answer UNAVAILABLE so clients reconnect elsewhere) and stops."""
         self.closing.set()
+        for subs in self._by_merchant.values():
+            for sub in subs:
+                sub.wake.set()  # a waiting stream sees `closing` and ends
         for task in self._tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        for task in list(self._passes.values()):
+            task.cancel()
+        for feed in list(self._feeds.values()):
+            await feed.close()
+        if self._cleanups:
+            await asyncio.wait(set(self._cleanups), timeout=PROBE_SECONDS)
         if self._conn is not None and not self._conn.is_closed():
             with contextlib.suppress(asyncpg.PostgresError, OSError, asyncpg.InterfaceError):
                 await self._conn.close(timeout=PROBE_SECONDS)
@@ -102,20 +161,21 @@ class Hub:
         self._lost.set()
 
     def _on_event(self, _conn: object, _pid: int, _channel: str, merchant_id: str) -> None:
-        for sub in self._by_merchant.get(merchant_id, ()):
-            sub.wake.set()
+        feed = self._feeds.get(merchant_id)
+        if feed is not None:
+            feed.wake()
 
     def _on_agent(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
-        merchant_id, _, agent_id = payload.partition("\t")
-        for sub in self._by_merchant.get(merchant_id, ()):
-            if sub.agent_id is None or sub.agent_id == agent_id:
-                sub.access_changed.set()
+        # "merchant\tagent" (an agent's access changed) or "merchant\t" (the main account moved): the
+        # feed re-reads the access of every agent it serves from the database, never from a cache.
+        merchant_id, _, _agent_id = payload.partition("\t")
+        feed = self._feeds.get(merchant_id)
+        if feed is not None:
+            feed.wake()
 
     def _wake_all(self) -> None:
-        for subs in self._by_merchant.values():
-            for sub in subs:
-                sub.wake.set()
-                sub.access_changed.set()
+        for feed in self._feeds.values():
+            feed.wake()
 
     async def _keep_listening(self) -> None:
         """Replaces a lost LISTEN connection promptly, then wakes every stream to re-read the log."""
@@ -153,30 +213,129 @@ class Hub:
             except Exception:  # any failure of the probe means the listener cannot be trusted
                 return
 
+    def live_stream_ids(self) -> list[uuid.UUID]:
+        """The presence rows this process's live Connect streams hold (or are inserting)."""
+        return [sub.stream_id for subs in self._by_merchant.values() for sub in subs if sub.present]
+
+    def subscription_count(self) -> int:
+        return sum(len(subs) for subs in self._by_merchant.values())
+
+    def feed(self, merchant_id: str) -> MerchantFeed | None:
+        return self._feeds.get(merchant_id)
+
+    async def refresh_presence_once(self) -> None:
+        """Keeps the rows of live streams fresh and deletes this server's other rows (issue 10 §3).
+
+        A row whose release could not reach the database is thus gone within one refresh period and
+        never counts as connected (it would otherwise be refreshed for as long as the process lives).
+        """
+        live = self.live_stream_ids()
+        async with self._pool.acquire() as conn:
+            await conn.execute(sql("presence_refresh"), self.server_id, live)
+            await conn.execute(sql("presence_prune"), self.server_id, live)
+
     async def _refresh_presence(self) -> None:
         while True:
             await asyncio.sleep(self._refresh)
             try:
-                await self._pool.execute(sql("presence_refresh"), self.server_id)
+                await self.refresh_presence_once()
             except Exception as exc:  # keep refreshing whatever one round met (see _keep_listening)
                 log.warning("hub.presence_refresh_failed", error=str(exc))
 
-    async def subscribe(self, merchant_id: str, agent_id: str | None, *, present: bool) -> Subscription:
-        """Registers a stream; ``present`` records the agent as connected (Connect, not WatchSession)."""
-        sub = Subscription(merchant_id, agent_id)
-        self._by_merchant[merchant_id].add(sub)
-        if present and agent_id is not None:
-            await self._pool.execute(sql("presence_add"), sub.stream_id, self.server_id, merchant_id, agent_id)
-            metrics.STREAMS_CONNECTED.inc()
+    def subscribe(self, merchant_id: str, agent_id: str | None, *, present: bool) -> Subscription:
+        """Registers a stream at once (no await, so nothing can interrupt it); pair with ``release``.
+
+        ``present`` (Connect, not WatchSession) also starts inserting the agent's presence row, in a task
+        of its own; ``announce`` waits for it.
+        """
+        feed = self._feeds.get(merchant_id)
+        if feed is None:
+            feed = MerchantFeed(
+                merchant_id,
+                self._pool,
+                agents=lambda: (s.agent_id for s in self._by_merchant.get(merchant_id, ()) if s.agent_id),
+                on_read=lambda: self._wake_streams(merchant_id),
+                keep=self._feed_keep,
+                page_size=self._page_size,
+            )
+            self._feeds[merchant_id] = feed
+        sub = Subscription(merchant_id, agent_id, feed, present and agent_id is not None)
+        self._by_merchant.setdefault(merchant_id, set()).add(sub)
+        if agent_id is not None and not feed.knows(agent_id):
+            feed.wake()  # its next read includes this agent's access
+        if sub.present:
+            sub.announced = asyncio.create_task(self._add_presence(sub), name="hub-presence-add")
         return sub
 
-    async def unsubscribe(self, sub: Subscription, *, present: bool) -> None:
+    def _wake_streams(self, merchant_id: str) -> None:
+        if merchant_id in self._passes:
+            self._again.add(merchant_id)
+            return
+        task = asyncio.create_task(self._pass(merchant_id), name=f"hub-pass-{merchant_id}")
+        self._passes[merchant_id] = task
+        task.add_done_callback(lambda _: self._passes.pop(merchant_id, None))
+
+    async def _pass(self, merchant_id: str) -> None:
+        """Wakes a merchant's streams batch by batch (see WAKE_BATCH), again while news keeps coming."""
+        loop = asyncio.get_running_loop()
+        while True:
+            self._again.discard(merchant_id)
+            subs = list(self._by_merchant.get(merchant_id, ()))
+            for first in range(0, len(subs), WAKE_BATCH):
+                began = loop.time()
+                batch = _Batch(0)
+                for sub in subs[first : first + WAKE_BATCH]:
+                    if sub.batch is None:  # one still busy with an earlier batch is not waited for twice
+                        batch.remaining += 1
+                        sub.batch = batch
+                    sub.wake.set()
+                if first + WAKE_BATCH < len(subs):
+                    if batch.remaining:
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(batch.done.wait(), WAKE_SLICE)
+                    await asyncio.sleep((loop.time() - began) * YIELD_PER_BATCH)
+            if merchant_id not in self._again:
+                return
+
+    async def _add_presence(self, sub: Subscription) -> bool:
+        assert sub.agent_id is not None
+        await self._pool.execute(sql("presence_add"), sub.stream_id, self.server_id, sub.merchant_id, sub.agent_id)
+        metrics.STREAMS_CONNECTED.inc()
+        return True
+
+    async def announce(self, sub: Subscription) -> None:
+        """Waits until the stream's presence row is in (a failure raises, e.g. the database is down)."""
+        if sub.announced is not None:
+            await asyncio.shield(sub.announced)
+
+    async def release(self, sub: Subscription) -> None:
+        """Forgets a stream and deletes its presence row; safe to call at any point after ``subscribe``.
+
+        The in-memory part happens before the first await; the row's removal runs as its own task that a
+        second cancellation of the caller does not interrupt (issue 10 §3: shielded cleanup).
+        """
         subs = self._by_merchant.get(sub.merchant_id)
         if subs is not None:
             subs.discard(sub)
             if not subs:
                 del self._by_merchant[sub.merchant_id]
-        if present and sub.agent_id is not None:
-            metrics.STREAMS_CONNECTED.dec()
-            with contextlib.suppress(asyncpg.PostgresError, OSError, asyncpg.InterfaceError):
-                await self._pool.execute(sql("presence_remove"), sub.stream_id)
+                feed = self._feeds.pop(sub.merchant_id, None)
+                if feed is not None:
+                    feed.stop()
+        if sub.announced is None:
+            return
+        task = asyncio.create_task(self._remove_presence(sub.announced, sub.stream_id), name="hub-presence-remove")
+        self._cleanups.add(task)
+        task.add_done_callback(self._cleanups.discard)
+        await asyncio.shield(task)
+
+    async def _remove_presence(self, announced: asyncio.Task[bool], stream_id: uuid.UUID) -> None:
+        try:
+            await announced  # an insert still in flight would otherwise land after the delete
+        except Exception:
+            return  # never inserted
+        metrics.STREAMS_CONNECTED.dec()
+        try:
+            await self._pool.execute(sql("presence_remove"), stream_id)
+        except Exception as exc:  # the refresher prunes the row (it is no longer live)
+            log.warning("hub.presence_remove_failed", error=str(exc))

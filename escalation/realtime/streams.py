@@ -25,7 +25,8 @@ from google.protobuf import message as pb_message
 from escalation import errors
 from escalation.api import status
 from escalation.auth import Identity
-from escalation.realtime import events
+from escalation.realtime import events, feed
+from escalation.realtime.feed import Access
 from escalation.realtime.hub import Hub, Subscription
 from escalation.services import records, sessions
 from escalation.store import db
@@ -92,25 +93,30 @@ class MerchantStream:
         assert caller.merchant_id is not None
         self._merchant_id = caller.merchant_id
         self._results: asyncio.Queue[merchant_pb2.ConnectResponse] = asyncio.Queue(maxsize=config.queue_size)
-        self._results_ready = asyncio.Event()
         self._overflowed = False
+        self._main: bool | None = None  # main account (whole shop) or not, as last read from the database
 
     async def run(self, frames: AsyncIterator[merchant_pb2.ConnectRequest]) -> None:
         hello = await self._hello(frames)
-        main_account = await self._check_access()
-        cursor = await self._start_cursor(hello)
-        sub = await self._hub.subscribe(self._merchant_id, self._caller.subject, present=True)
-        reader = asyncio.create_task(self._read(frames, sub))
-        # Wakes the pump when the reader ends, so a frame that does not decode ends the stream at once.
-        reader.add_done_callback(lambda _: self._results_ready.set())
-        log.info("stream.connected", merchant_id=self._merchant_id, cursor=cursor, main_account=main_account)
+        position = await self._position()
+        cursor = self._start_cursor(hello, position)
+        # Registered without an await, and released in the finally whatever point a cancellation hits:
+        # no presence row or subscription outlives the stream (issue 10 §3).
+        sub = self._hub.subscribe(self._merchant_id, self._caller.subject, present=True)
+        reader: asyncio.Task[None] | None = None
         try:
-            await self._pump(sub, cursor, main_account, reader)
+            await self._hub.announce(sub)
+            reader = asyncio.create_task(self._read(frames, sub))
+            # Wakes the pump when the reader ends, so a frame that does not decode ends the stream at once.
+            reader.add_done_callback(lambda _: sub.wake.set())
+            log.info("stream.connected", merchant_id=self._merchant_id, cursor=cursor, main_account=self._main)
+            await self._pump(sub, cursor, reader)
         finally:
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await reader
-            await self._hub.unsubscribe(sub, present=True)
+            if reader is not None:
+                reader.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await reader
+            await self._hub.release(sub)
             log.info("stream.disconnected", merchant_id=self._merchant_id)
 
     async def _hello(self, frames: AsyncIterator[merchant_pb2.ConnectRequest]) -> merchant_pb2.Hello:
@@ -137,20 +143,31 @@ class MerchantStream:
             raise errors.ShuttingDown()
         raise bad
 
-    async def _check_access(self) -> bool:
-        """R1: only agents with IM permission (not disabled) may hold a stream; returns main-account-ness."""
-        access = await self._pool.fetchrow(sql("stream_access"), self._merchant_id, self._caller.subject)
-        if access is None or not access["may_connect"]:
-            raise errors.ImPermissionRequired()
-        return bool(access["main_account"])
+    def _authorize(self, access: Access) -> None:
+        """Applies the agent's current access (SPEC R1, R9); raises when the stream must end.
 
-    async def _start_cursor(self, hello: merchant_pb2.Hello) -> int:
-        bounds = await self._pool.fetchrow(sql("event_log_bounds"), self._merchant_id)
-        if bounds is None:
+        Disabled or without IM permission: PERMISSION_DENIED, and a reconnect is refused too. No longer
+        the main account: PERMISSION_DENIED (MAIN_ACCOUNT_CHANGED), because the client holds the whole
+        shop's sessions it may no longer see; a reconnect gets its own sessions only. Becoming the main
+        account widens the stream in place.
+        """
+        access.check()
+        if self._main is True and not access.main_account:
+            raise errors.MainAccountChanged()
+        self._main = access.main_account
+
+    async def _position(self) -> asyncpg.Record:
+        """The log's bounds and the caller's access, from one snapshot; authorizes the caller."""
+        position = await self._pool.fetchrow(sql("stream_position"), self._merchant_id, self._caller.subject)
+        if position is None:
             raise errors.MerchantNotFound()
-        head, oldest = bounds["head"], bounds["oldest"]
+        self._authorize(feed.position_access(position))
+        return position
+
+    def _start_cursor(self, hello: merchant_pb2.Hello, position: asyncpg.Record) -> int:
+        head, oldest = int(position["head"]), position["oldest"]
         if not hello.HasField("last_cursor"):
-            return int(head)
+            return head
         cursor = hello.last_cursor
         if cursor < 0 or cursor > head:
             raise errors.InvalidArgument(
@@ -160,47 +177,62 @@ class MerchantStream:
             raise errors.CursorExpired(metadata={"oldest_cursor": str(oldest or head + 1)})
         return cursor
 
-    async def _pump(self, sub: Subscription, cursor: int, main_account: bool, reader: asyncio.Task[None]) -> None:
-        agent_filter = None if main_account else self._caller.subject
+    def _visible(self, agent_id: str | None) -> bool:
+        return bool(self._main) or agent_id == self._caller.subject
+
+    async def _pump(self, sub: Subscription, cursor: int, reader: asyncio.Task[None]) -> None:
         while True:
             if self._hub.closing.is_set():
                 raise errors.ShuttingDown()
-            if sub.access_changed.is_set():
-                sub.access_changed.clear()
-                main_account = await self._check_access()
-                agent_filter = None if main_account else self._caller.subject
             if self._overflowed:
                 raise errors.SlowConsumer()
             while not self._results.empty():
                 await _write(self._context, self._results.get_nowait(), self._config)
-            self._results_ready.clear()
             sub.wake.clear()
-            bounds = await self._pool.fetchrow(sql("event_log_bounds"), self._merchant_id)
-            head = int(bounds["head"]) if bounds is not None else cursor
-            if head - cursor > self._config.max_lag_events:
-                raise errors.SlowConsumer()
-            rows = await self._pool.fetch(
-                sql("events_after"), self._merchant_id, cursor, agent_filter, head, self._config.page_size
-            )
-            for row in rows:
-                event = events.from_row(row)
-                await _write(self._context, merchant_pb2.ConnectResponse(event=event), self._config)
-            if len(rows) == self._config.page_size:
-                cursor = rows[-1]["cursor"]
-                continue
-            cursor = head
+            shared = sub.feed.snapshot()
+            if shared is not None and shared.has(cursor, self._caller.subject):
+                # The common case: the merchant's feed has read the news once for every stream here.
+                self._authorize(shared.access[self._caller.subject])
+                if shared.head - cursor > self._config.max_lag_events:
+                    raise errors.SlowConsumer()
+                for item in sub.feed.since(cursor):
+                    if item.cursor > shared.head:
+                        break
+                    if self._visible(item.agent_id):
+                        await _write(self._context, item.frame, self._config)
+                cursor = max(cursor, shared.head)
+            else:
+                cursor, more = await self._catch_up(cursor)
+                if more:
+                    continue
             # The reader's error (a frame that does not decode) ends the stream after the results it queued.
             if reader.done() and reader.exception() is not None and self._results.empty():
                 raise reader.exception()  # type: ignore[misc]
-            woke = await _wait_any(
-                sub.wake.wait(),
-                sub.access_changed.wait(),
-                self._hub.closing.wait(),
-                self._results_ready.wait(),
-                within=self._config.heartbeat_seconds,
-            )
-            if not woke:
+            sub.delivered()
+            # One event wakes the stream for everything (news, reply results, the reader's end, shutdown):
+            # no helper tasks per wait, which thousands of streams would pay for at every wake-up.
+            try:
+                async with asyncio.timeout(self._config.heartbeat_seconds):
+                    await sub.wake.wait()
+            except TimeoutError:
                 await _write(self._context, merchant_pb2.ConnectResponse(heartbeat=_heartbeat()), self._config)
+
+    async def _catch_up(self, cursor: int) -> tuple[int, bool]:
+        """One page of this stream's own backlog (a resume, or behind the feed); True when more follow."""
+        self._hub.catch_up_reads += 1
+        position = await self._position()
+        head = int(position["head"])
+        if head - cursor > self._config.max_lag_events:
+            raise errors.SlowConsumer()
+        agent_filter = None if self._main else self._caller.subject
+        rows = await self._pool.fetch(
+            sql("events_after"), self._merchant_id, cursor, agent_filter, head, self._config.page_size
+        )
+        for row in rows:
+            await _write(self._context, merchant_pb2.ConnectResponse(event=events.from_row(row)), self._config)
+        if len(rows) == self._config.page_size:
+            return rows[-1]["cursor"], True
+        return head, False
 
     async def _read(self, frames: AsyncIterator[merchant_pb2.ConnectRequest], sub: Subscription) -> None:
         """Client frames after the hello: replies (answered with a reply result), acks, read receipts."""
@@ -228,7 +260,6 @@ class MerchantStream:
             self._results.put_nowait(frame)
         except asyncio.QueueFull:
             self._overflowed = True
-        self._results_ready.set()
         sub.wake.set()
 
 
@@ -251,7 +282,7 @@ async def watch_session(
 ) -> None:
     """Streams a session's messages after ``after_seq``, the merchant's read receipts, and its end."""
     session = await sessions.get_session(pool, caller, session_id)
-    sub = await hub.subscribe(session["merchant_id"], None, present=False)
+    sub = hub.subscribe(session["merchant_id"], None, present=False)
     seq, read_seq = after_seq, 0
     try:
         while True:
@@ -279,8 +310,9 @@ async def watch_session(
                 )
                 await _write(context, frame, config)
                 return
+            sub.delivered()
             woke = await _wait_any(sub.wake.wait(), hub.closing.wait(), within=config.heartbeat_seconds)
             if not woke:
                 await _write(context, platform_pb2.WatchSessionResponse(heartbeat=_heartbeat()), config)
     finally:
-        await hub.unsubscribe(sub, present=False)
+        await hub.release(sub)

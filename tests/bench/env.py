@@ -152,8 +152,10 @@ class BenchEnv:
         """An ``escalation …`` CLI process (``serve``, ``worker deadlines``, ``worker outbox``)."""
         return self.spawn(name, [sys.executable, "-m", "escalation", *args], env)
 
-    async def serve(self, name: str, database_url: str) -> tuple[Child, str]:
-        """``escalation serve`` with default settings on free ports; returns once it reports SERVING."""
+    async def serve(
+        self, name: str, database_url: str, extra_env: Mapping[str, str] | None = None
+    ) -> tuple[Child, str]:
+        """``escalation serve`` with default settings (but ``extra_env``) on free ports; returns once SERVING."""
         grpc_addr = f"127.0.0.1:{free_port()}"
         env = {
             "ESCALATION_DATABASE_URL": database_url,
@@ -162,6 +164,7 @@ class BenchEnv:
             "ESCALATION_METRICS_ADDR": f"127.0.0.1:{free_port()}",
             "ESCALATION_SHUTDOWN_GRACE_SECONDS": "2",
             **UNTHROTTLED_ENV,
+            **(extra_env or {}),
         }
         child = self.escalation(name, ["serve"], env)
         await wait_serving(child, grpc_addr)

@@ -17,7 +17,9 @@ Measurements, in SPEC §5 order (the table keeps it):
    ticket's close_time to its arrival at a Kafka consumer;
 7. raw aiokafka produce of 50,000 × 1 KB vs an OutboxRelay draining 50,000 such outbox rows → ratio, with
    fresh table statistics and with statistics from before the backlog;
-8. 10,000 idle Connect streams on one fresh ``escalation serve`` → its RSS.
+8. 10,000 idle Connect streams on one fresh ``escalation serve`` → its RSS;
+9. tenant isolation: 2,000 Connect streams of one shop plus bursts of its events on a fresh
+   ``escalation serve`` → another shop's GetSession p99 ÷ its quiet p99 (``--quick``: 500 streams).
 Each throughput line also reports CPU milliseconds per call of every process, and how busy the machine
 was: client, servers, PostgreSQL and the broker share this machine's cores.
 """
@@ -37,7 +39,7 @@ import asyncpg
 import grpc
 
 from escalation.observability import logging as obs_logging
-from tests.bench import api, cpu, deadlines, realtime, tickets_flow
+from tests.bench import api, cpu, deadlines, isolation, realtime, tickets_flow
 from tests.bench.env import REPO, BenchEnv, BenchError, Child, say
 from tests.bench.load import LoadResult, percentile
 from tests.bench.report import Report, code_version
@@ -50,6 +52,7 @@ T = TypeVar("T")
 OPEN_TARGET, SEND_TARGET, RELAY_TARGET = 0.2, 0.3, 0.2
 LATENESS_P99_TARGET, BURST_TARGET, TICKET_P99_TARGET = 1.0, 10.0, 0.5
 FAN_OUT_P99_TARGET, MEMORY_TARGET_MB = 0.020, 500.0
+ISOLATION_TARGET = 2.0  # another tenant's unary p99, loaded ÷ quiet (SPEC §3 Limits)
 BACKGROUND_WARNING = 0.2  # cores busy before the bench starts that make its numbers suspect
 
 
@@ -58,7 +61,8 @@ def _ms(seconds: float) -> str:
 
 
 class Run:
-    def __init__(self, env: BenchEnv, sizes: Sizes, report: Report) -> None:
+    def __init__(self, env: BenchEnv, sizes: Sizes, report: Report, only: str | None = None) -> None:
+        self.only = only
         self.env = env
         self.sizes = sizes
         self.report = report
@@ -126,7 +130,18 @@ class Run:
         try:
             await api.make_merchants(pool, sizes)
             say(f"{sizes.merchants} merchants with {sizes.agents_per_merchant} designated agents each")
-            await self._all(api_url, pool)
+            if self.only == "isolation":
+                await self._isolation(api_url)
+            elif self.only == "fan-out":
+                serve, addr = await self.env.serve("escalation-serve", api_url)
+                fan = await self.step(
+                    "4. event fan-out across two replicas",
+                    lambda: realtime.fan_out(self.env, self.sizes, api_url, addr, self.metadata),
+                )
+                self._report_fan_out(fan)
+                self.env.stop_child(serve)
+            else:
+                await self._all(api_url, pool)
         finally:
             await pool.close()
             others = whole_run.stop()["others"]
@@ -236,6 +251,16 @@ class Run:
             lambda: realtime.stream_memory(self.env, sizes, api_url),
         )
         self._report_memory(memory)
+        await self._isolation(api_url)
+
+    async def _isolation(self, api_url: str) -> None:
+        sizes = self.sizes
+        fewer = "" if sizes.isolation_streams >= 2_000 else f" ({sizes.name} run: fewer than the 2,000 of the target)"
+        result = await self.step(
+            f"9. tenant isolation: {sizes.isolation_streams:,} streams of one shop{fewer}",
+            lambda: isolation.run_isolation(self.env, sizes, api_url, self.metadata),
+        )
+        self._report_isolation(result)
 
     async def _echo(self) -> tuple[LoadResult, dict[str, float]]:
         result, used = await api.run_echo(self.env, self.sizes, self.metadata, self.cpu_groups)
@@ -332,6 +357,32 @@ class Run:
             result.rss_after_mb <= MEMORY_TARGET_MB,
         )
         say(f"  memory: {result.rss_after_mb:,.0f} MB: {verdict}")
+
+    def _report_isolation(self, result: isolation.IsolationResult | None) -> None:
+        sizes = self.sizes
+        measure = (
+            f"Tenant isolation: {sizes.isolation_streams:,} Connect streams of one shop"
+            + ("" if sizes.isolation_streams >= 2_000 else f" ({sizes.name} run; the target names 2,000)")
+            + f" + bursts of {sizes.isolation_burst} of its events every {sizes.isolation_burst_every:.0f} s; "
+            f"another shop's GetSession ({isolation.CALLERS} callers) p99 loaded ÷ quiet"
+        )
+        if result is None:
+            self.report.failed(measure, "see the log above", f"≤ {ISOLATION_TARGET:.0f}×")
+            return
+        quiet, loaded = percentile(result.quiet.latencies, 99), percentile(result.loaded.latencies, 99)
+        complete = result.delivered >= result.expected and not result.errors
+        text = (
+            f"**{result.ratio:.2f}×** (p99 {_ms(loaded)} vs {_ms(quiet)} quiet; p50 "
+            f"{_ms(percentile(result.loaded.latencies, 50))} vs {_ms(percentile(result.quiet.latencies, 50))}); "
+            f"{result.delivered:,} of {result.expected:,} event frames delivered ({result.events_sent} events × "
+            f"{result.streams:,} streams)"
+        )
+        if result.errors:
+            text += f"; stream errors: {result.errors[0]}"
+        verdict = self.report.target(
+            measure, text, f"≤ {ISOLATION_TARGET:.0f}×", complete and result.ratio <= ISOLATION_TARGET
+        )
+        say(f"  isolation: {result.ratio:.2f}× (target ≤ {ISOLATION_TARGET:.0f}×): {verdict}")
 
     def _report_deadlines(self, result: deadlines.DeadlineResult | None) -> None:
         report, sizes = self.report, self.sizes
@@ -430,13 +481,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--output", type=Path, default=RESULTS, help=f"where to write the Markdown table (default {RESULTS})"
     )
+    parser.add_argument(
+        "--only", choices=["isolation", "fan-out"], help="run one measurement only (the merchants are still set up)"
+    )
     args = parser.parse_args(argv)
     sizes = QUICK if args.quick else FULL
     # The in-process clients (asyncpg, aiokafka) log through the project's setup; only problems show.
     obs_logging.configure(log_format="console", level="warning")
     report = Report(mode=f"{sizes.name} run")
     env = BenchEnv()
-    run = Run(env, sizes, report)
+    run = Run(env, sizes, report, only=args.only)
     status = 0
     try:
         asyncio.run(run.main())

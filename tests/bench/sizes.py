@@ -30,6 +30,11 @@ class Sizes:
     produce_messages: int = 50_000  # raw produce and outbox relay drain, ~1 KB each
     value_bytes: int = 1024
     stale_relay_seconds: float = 20.0  # how long the relay may drain with statistics from before the backlog
+    isolation_streams: int = 2_000  # Connect streams of one shop while another shop's GetSession is timed
+    isolation_sessions: int = 5  # the loud shop's sessions its burst messages go to
+    isolation_burst: int = 10  # SendMessage calls per burst (one event each, to every loud stream)
+    isolation_burst_every: float = 1.0  # seconds between bursts
+    isolation_seconds: float = 8.0  # measured seconds, quiet and loaded each
 
 
 FULL = Sizes(name="full")
@@ -50,4 +55,6 @@ QUICK = Sizes(
     close_seconds=3.0,
     produce_messages=5_000,
     stale_relay_seconds=5.0,
+    isolation_streams=500,
+    isolation_seconds=3.0,
 )

@@ -211,15 +211,20 @@ async def test_reply_over_the_stream_is_idempotent_and_a_closed_session_answers_
         )
         late = merchant_pb2.ReplyRequest(session_id=session.session_id, client_msg_id="r-2", content=text("too late"))
         await call.write(merchant_pb2.ConnectRequest(reply=late))
-        seen_kinds = []
+        # The close happened on replica b and the reply is answered by replica a: the close's events and the
+        # reply's result may reach the stream in either order (the feed is paced), but both must arrive.
+        seen_kinds: list[str | None] = []
+        results = []
         async with asyncio.timeout(5):
-            while True:
+            while not results or not {"session_closed", "ticket_created"} <= set(seen_kinds):
                 frame = await call.read()
                 assert frame is not EOF
                 if frame.HasField("reply_result"):
-                    result = frame.reply_result
-                    break
-                seen_kinds.append(frame.event.WhichOneof("kind"))
+                    results.append(frame.reply_result)
+                else:
+                    seen_kinds.append(frame.event.WhichOneof("kind"))
+        assert len(results) == 1
+        result = results[0]
         assert result.error.code == grpc.StatusCode.FAILED_PRECONDITION.value[0]
         assert "SESSION_CLOSED" in str(result.error.details)
         assert {"session_closed", "ticket_created"} <= set(seen_kinds)
