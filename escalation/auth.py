@@ -16,7 +16,7 @@ import jwt
 
 from escalation import errors, jwks
 from escalation.config import JwtSettings
-from escalation.domain.validation import IDENTIFIER
+from escalation.domain.validation import IDENTIFIER, MAX_TIMESTAMP_SECONDS
 
 _ID = IDENTIFIER  # matched whole (fullmatch): no trailing newline (SPEC §3)
 # RFC 6750 §2.1: the scheme in any case, one space, a b64token. Matched whole: no surrounding or inner
@@ -135,7 +135,7 @@ _SIGNATURE_ONLY: jwt.types.Options = {
 }
 # JWT NumericDates we accept: JSON numbers (not strings or booleans), finite, 1970-01-01 through
 # 9999-12-31 (google.protobuf.Timestamp's upper bound), so no later arithmetic can overflow.
-_MAX_NUMERIC_DATE = 253402300799
+_MAX_NUMERIC_DATE = MAX_TIMESTAMP_SECONDS
 _DATE_CLAIMS = ("exp", "iat", "nbf")
 _TEXT_CLAIMS = ("sub", "role", "merchant_id", "iss", "jti")
 
