@@ -6,6 +6,8 @@ Identity comes only from a verified token, never from request fields (SPEC §3).
 from __future__ import annotations
 
 import enum
+import math
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -14,9 +16,12 @@ import jwt
 
 from escalation import errors, jwks
 from escalation.config import JwtSettings
-from escalation.domain.validation import IDENTIFIER
+from escalation.domain.validation import IDENTIFIER, MAX_TIMESTAMP_SECONDS
 
 _ID = IDENTIFIER  # matched whole (fullmatch): no trailing newline (SPEC §3)
+# RFC 6750 §2.1: the scheme in any case, one space, a b64token. Matched whole: no surrounding or inner
+# whitespace, nothing after the token. (Whether the token is a valid JWT is the decoder's verdict.)
+_BEARER = re.compile(r"(?i:bearer) ([A-Za-z0-9._~+/-]+=*)")
 
 
 class Role(enum.StrEnum):
@@ -81,13 +86,18 @@ class TokenVerifier:
     def _verify(self, authorization: str | None) -> tuple[Identity, float]:
         if not authorization:
             raise errors.Unauthenticated("missing authorization metadata (Bearer token)", reason="TOKEN_MISSING")
-        scheme, _, token = authorization.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
+        bearer = _BEARER.fullmatch(authorization)
+        if bearer is None:
             raise errors.Unauthenticated("authorization must be 'Bearer <token>'", reason="TOKEN_MALFORMED")
-        key, algorithm = self._signing_key(token.strip())
+        token = bearer.group(1)
+        key, algorithm = self._signing_key(token)
         try:
+            # The signature first, claim checks skipped: PyJWT's own checks coerce a claim with int()
+            # (exp "4000000000" passes, exp 10**400 overflows later), so the shapes are ours to check.
+            unchecked: dict[str, Any] = jwt.decode(token, key, algorithms=[algorithm], options=_SIGNATURE_ONLY)
+            check_claim_shapes(unchecked)
             claims: dict[str, Any] = jwt.decode(
-                token.strip(),
+                token,
                 key,
                 algorithms=[algorithm],
                 audience=self._settings.audience,
@@ -99,6 +109,9 @@ class TokenVerifier:
             raise errors.Unauthenticated("the token has expired", reason="TOKEN_EXPIRED") from None
         except jwt.InvalidTokenError as exc:
             raise errors.Unauthenticated(f"the token is invalid: {exc}", reason="TOKEN_INVALID") from None
+        except (ValueError, TypeError, OverflowError, RecursionError):
+            # Whatever a malformed token makes the decoder raise, it is the token's fault (SPEC §3).
+            raise errors.Unauthenticated("the token is invalid", reason="TOKEN_INVALID") from None
         return identity_from_claims(claims), float(claims["exp"])
 
     def _signing_key(self, token: str) -> tuple[Any, str]:
@@ -110,6 +123,52 @@ class TokenVerifier:
         if not self._settings.key:
             raise errors.Unauthenticated(f"the token's signing key (kid {kid!r}) is unknown", reason="TOKEN_INVALID")
         return self._settings.key, self._settings.algorithm
+
+
+_SIGNATURE_ONLY: jwt.types.Options = {
+    "verify_signature": True,
+    "verify_exp": False,
+    "verify_nbf": False,
+    "verify_iat": False,
+    "verify_aud": False,
+    "verify_iss": False,
+}
+# JWT NumericDates we accept: JSON numbers (not strings or booleans), finite, 1970-01-01 through
+# 9999-12-31 (google.protobuf.Timestamp's upper bound), so no later arithmetic can overflow.
+_MAX_NUMERIC_DATE = MAX_TIMESTAMP_SECONDS
+_DATE_CLAIMS = ("exp", "iat", "nbf")
+_TEXT_CLAIMS = ("sub", "role", "merchant_id", "iss", "jti")
+
+
+def _numeric_date(value: object) -> bool:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    # The range first: math.isfinite(10**400) itself raises OverflowError; NaN fails every comparison.
+    return 0 <= value <= _MAX_NUMERIC_DATE and math.isfinite(value)
+
+
+def check_claim_shapes(claims: object) -> None:
+    """Refuses a payload whose registered or role claims have the wrong JSON type (SPEC §3, RFC 7519 §4.1).
+
+    ``exp`` (required), ``iat`` and ``nbf`` must be numbers 0..253402300799 (seconds since the epoch);
+    ``sub``, ``role``, ``merchant_id``, ``iss`` and ``jti`` strings when present; ``aud`` a string or a
+    list of strings. Raises errors.Unauthenticated (reason TOKEN_INVALID), never anything else.
+    """
+    if not isinstance(claims, dict):
+        raise errors.Unauthenticated("the token's payload is not a JSON object", reason="TOKEN_INVALID")
+    if "exp" not in claims:
+        raise errors.Unauthenticated("the token has no exp claim", reason="TOKEN_INVALID")
+    for name in _DATE_CLAIMS:
+        if name in claims and not _numeric_date(claims[name]):
+            raise errors.Unauthenticated(f"the token's {name} claim is not a valid time", reason="TOKEN_INVALID")
+    for name in _TEXT_CLAIMS:
+        if name in claims and not isinstance(claims[name], str):
+            raise errors.Unauthenticated(f"the token's {name} claim is not a string", reason="TOKEN_INVALID")
+    audience = claims.get("aud")
+    if audience is not None and not (
+        isinstance(audience, str) or (isinstance(audience, list) and all(isinstance(a, str) for a in audience))
+    ):
+        raise errors.Unauthenticated("the token's aud claim is not a string or list of strings", reason="TOKEN_INVALID")
 
 
 def identity_from_claims(claims: dict[str, Any]) -> Identity:

@@ -18,6 +18,7 @@ from aiokafka import TopicPartition
 from google.protobuf import json_format
 
 from escalation.bus import kafka
+from escalation.domain import display
 from escalation.v1 import common_pb2, events_pb2
 
 
@@ -39,21 +40,24 @@ class SeenEventIds:
 
 
 def readable(ticket: events_pb2.ServiceTicket) -> str:
+    """The ticket for a terminal, one line per transcript message; every value from the ticket is
+    escaped (domain/display.py), so a merchant's newline cannot forge a transcript line (SPEC R7)."""
+    e = display.one_line
     reason = common_pb2.CloseReason.Name(ticket.reason).removeprefix("CLOSE_REASON_")
     category = common_pb2.Category.Name(ticket.category).removeprefix("CATEGORY_")
     lines = [
-        f"ticket {ticket.ticket_id}  {reason}  {category}  merchant {ticket.merchant_id}",
-        f"  session {ticket.session_id}  order {ticket.order_id or '-'}  agent {ticket.assigned_agent_id}"
-        f"  platform agent {ticket.platform_agent_id}",
+        f"ticket {e(ticket.ticket_id)}  {reason}  {category}  merchant {e(ticket.merchant_id)}",
+        f"  session {e(ticket.session_id)}  order {e(ticket.order_id) or '-'}  agent {e(ticket.assigned_agent_id)}"
+        f"  platform agent {e(ticket.platform_agent_id)}",
         f"  opened {ticket.open_time.ToJsonString()}  closed {ticket.close_time.ToJsonString()}"
         f"  handle by {ticket.handle_by.ToJsonString()}",
     ]
     for m in ticket.transcript:
         who = "platform" if m.sender == common_pb2.SENDER_PLATFORM else "merchant"
         kind = m.content.WhichOneof("kind")
-        body = m.content.text.body if kind == "text" else f"[{kind}]"
-        lines.append(f"  #{m.seq} {m.send_time.ToJsonString()} {who} {m.sender_id}: {body}")
-    lines.append(f"  digest {ticket.digest_algorithm} {ticket.transcript_digest}")
+        body = e(m.content.text.body) if kind == "text" else f"[{kind}]"
+        lines.append(f"  #{m.seq} {m.send_time.ToJsonString()} {who} {e(m.sender_id)}: {body}")
+    lines.append(f"  digest {e(ticket.digest_algorithm)} {e(ticket.transcript_digest)}")
     return "\n".join(lines)
 
 

@@ -92,15 +92,19 @@ def _kind(handler: grpc.RpcMethodHandler[Any, Any]) -> str:
     return "unary"
 
 
-def _rebuild(handler: grpc.RpcMethodHandler[Any, Any], behavior: Callable[..., Any]) -> grpc.RpcMethodHandler[Any, Any]:
-    """The handler with ``behavior`` in place of its own, receiving request bytes (decoded by api/wire.py)."""
+def _rebuild(
+    handler: grpc.RpcMethodHandler[Any, Any], behavior: Callable[..., Any], *, serialized: bool
+) -> grpc.RpcMethodHandler[Any, Any]:
+    """The handler with ``behavior`` in place of its own, receiving request bytes (decoded by api/wire.py)
+    and, when ``serialized``, returning response bytes."""
     factory = {
         "unary": grpc.unary_unary_rpc_method_handler,
         "server_stream": grpc.unary_stream_rpc_method_handler,
         "client_stream": grpc.stream_unary_rpc_method_handler,
         "bidi_stream": grpc.stream_stream_rpc_method_handler,
     }[_kind(handler)]
-    return factory(behavior, request_deserializer=None, response_serializer=handler.response_serializer)
+    serializer = None if serialized else handler.response_serializer
+    return factory(behavior, request_deserializer=None, response_serializer=serializer)
 
 
 def _original(handler: grpc.RpcMethodHandler[Any, Any]) -> Callable[..., Any]:
@@ -125,19 +129,40 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             return handler
         method: str = handler_call_details.method
         _, service, name = method.split("/", 2)
-        metadata = {k: v for k, v in (handler_call_details.invocation_metadata or ())}
+        pairs = tuple(handler_call_details.invocation_metadata or ())
+        metadata = {k: v for k, v in pairs}
         request_id = _request_id(metadata)
         identity: Identity | None = None
-        failure: errors.EscalationError | None = None
+        failure: Exception | None = None
         if service not in PUBLIC_SERVICES:
             try:
-                identity = await self._verifier.verify_async(_text(metadata.get("authorization")))
-                allowed = SERVICE_ROLES.get(service, frozenset())
-                if identity.role not in allowed:
-                    raise errors.PermissionDenied(f"role {identity.role.value!r} may not call {method}")
-            except errors.EscalationError as exc:
+                identity = await self._authorize(service, method, pairs)
+            except Exception as exc:
+                # Raised in the handler, never here: a domain error gets its status (api/status.py), a
+                # bug (say a decoder's OverflowError) is logged with its traceback and answered
+                # INTERNAL; escaping intercept_service it would reach the client as UNKNOWN.
                 failure = exc
         return _guarded(handler, service, name, request_id, identity, failure)
+
+    async def _authorize(self, service: str, method: str, pairs: tuple[tuple[str, str | bytes], ...]) -> Identity:
+        """The verified caller, if its role may call ``service`` (SPEC §3); raises Unauthenticated or
+        PermissionDenied."""
+        identity = await self._verifier.verify_async(_credential(pairs))
+        if identity.role not in SERVICE_ROLES.get(service, frozenset()):
+            raise errors.PermissionDenied(f"role {identity.role.value!r} may not call {method}")
+        return identity
+
+
+def _credential(pairs: tuple[tuple[str, str | bytes], ...]) -> str | None:
+    """The one ``authorization`` value; more than one is UNAUTHENTICATED (SPEC §3).
+
+    Which of several credentials would win depends on the proxy and library in between (grpc keeps
+    them all, a dict keeps the last), so none is chosen: [merchant, ops] must not run as ops.
+    """
+    values = [v for k, v in pairs if k == "authorization"]
+    if len(values) > 1:
+        raise errors.Unauthenticated(f"send one authorization entry, not {len(values)}", reason="TOKEN_DUPLICATED")
+    return _text(values[0]) if values else None
 
 
 def _text(value: str | bytes | None) -> str | None:
@@ -208,7 +233,7 @@ def _guarded(
     name: str,
     request_id: str,
     identity: Identity | None,
-    failure: errors.EscalationError | None,
+    failure: Exception | None,
 ) -> grpc.RpcMethodHandler[Any, Any]:
     behavior = _original(handler)
     kind = _kind(handler)
@@ -232,17 +257,24 @@ def _guarded(
             return wire.DecodedFrames(request, handler.request_deserializer, method)
         return wire.decode(handler.request_deserializer, request, method=method)
 
+    # Serialized here, inside the guard: a response that does not serialize (a handler bug) would
+    # otherwise fail in grpc core, after the guard, and reach the client as UNKNOWN. Handlers that
+    # write with context.write keep the serializer; their writes run inside the guard anyway.
+    serialize = handler.response_serializer or (lambda response: response)
+
     if inspect.isasyncgenfunction(behavior):
 
         async def stream_behavior(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
             async with enter(context):
                 async for item in behavior(decoded(request), context):
-                    yield item
+                    yield serialize(item)
 
-        return _rebuild(handler, stream_behavior)
+        return _rebuild(handler, stream_behavior, serialized=True)
 
     async def unary_behavior(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         async with enter(context):
-            return await behavior(decoded(request), context)
+            response = await behavior(decoded(request), context)
+            # A streaming handler in context.write style returns None once it has written everything.
+            return response if handler.response_streaming else serialize(response)
 
-    return _rebuild(handler, unary_behavior)
+    return _rebuild(handler, unary_behavior, serialized=not handler.response_streaming)

@@ -16,7 +16,7 @@ from escalation.api.interceptors import current_identity
 from escalation.domain import messages as message_rules
 from escalation.domain import paging
 from escalation.domain.session import Sender
-from escalation.domain.validation import Violations
+from escalation.domain.validation import IDENTIFIER, Violations
 from escalation.services import records, sessions
 from escalation.services.sessions import NewMessage
 from escalation.v1 import common_pb2, platform_pb2
@@ -85,31 +85,39 @@ _MAX_SEQ = 2**63 - 1
 
 
 def time_and_id_key(check: Violations, key: list[Any] | None) -> tuple[datetime, str] | None:
-    """A (time, id) page key, e.g. a session's (open_time, session_id); a forged one is noted in check."""
+    """A (time, id) page key, e.g. a template's (create_time, template_id); a forged one is noted in check.
+
+    Both parts match as whole strings (SPEC §3): the time exactly as ``isoformat()`` wrote it, with
+    its offset, and the id by the identifier rule.
+    """
     if key is None:
         return None
     at: datetime | None = None
-    if len(key) == 2 and isinstance(key[0], str) and isinstance(key[1], str):
+    if len(key) == 2 and isinstance(key[0], str) and isinstance(key[1], str) and IDENTIFIER.fullmatch(key[1]):
         try:
-            at = datetime.fromisoformat(key[0]).astimezone(UTC)
+            at = datetime.fromisoformat(key[0])
         except (ValueError, OverflowError):
             at = None
-    if at is None or datetime.fromisoformat(key[0]).tzinfo is None:
+    if at is None or at.tzinfo is None or at.isoformat() != key[0]:
         check.add("page_token", paging.NOT_OURS)
         return None
-    return at, key[1]
+    return at.astimezone(UTC), key[1]
 
 
 def time_and_uuid_key(check: Violations, key: list[Any] | None) -> tuple[datetime, uuid.UUID] | None:
-    """A (time, UUID) page key, e.g. a session's (open_time, session_id) or a warning's."""
+    """A (time, UUID) page key, e.g. a session's (open_time, session_id) or a warning's; the UUID in
+    canonical lower-case form only (uuid.UUID also reads braces, "urn:uuid:" and surrounding blanks)."""
     parsed = time_and_id_key(check, key)
     if parsed is None:
         return None
     try:
-        return parsed[0], uuid.UUID(parsed[1])
+        value = uuid.UUID(parsed[1])
     except ValueError:
+        value = None
+    if value is None or str(value) != parsed[1]:
         check.add("page_token", paging.NOT_OURS)
         return None
+    return parsed[0], value
 
 
 def _seq_key(check: Violations, key: list[Any] | None) -> int | None:

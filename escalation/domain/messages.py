@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from urllib.parse import urlsplit
 
+from escalation.domain import urls
 from escalation.domain.session import ALLOWED_KINDS, Kind, Sender
 from escalation.domain.validation import Violations
 from escalation.v1 import common_pb2
@@ -23,8 +23,13 @@ _KIND_BY_FIELD = {"text": Kind.TEXT, "order_card": Kind.ORDER_CARD, "image": Kin
 
 
 def https_url(check: Violations, field: str, value: str, *, required: bool) -> None:
-    """An https URL; whitespace, control and format characters (bidi controls, zero-width) would make
-    it read as another URL than it is, so they are refused (SPEC R4)."""
+    """An https URL that is safe to fetch (SPEC R4, §3; the host rules are in domain/urls.py).
+
+    Whitespace, control and format characters (bidi controls, zero-width) would make it read as
+    another URL than it is, so they are refused. Every URL of a message is checked alike: images and
+    product images are fetched by the ticketing system and merchant clients, and a detail link is
+    opened by people.
+    """
     if not value:
         if required:
             check.add(field, "is required")
@@ -32,13 +37,12 @@ def https_url(check: Violations, field: str, value: str, *, required: bool) -> N
     if len(value) > MAX_URL:
         check.add(field, f"must be at most {MAX_URL} characters")
         return
-    parts = urlsplit(value)
-    if (
-        parts.scheme != "https"
-        or not parts.netloc
-        or any(ch.isspace() or unicodedata.category(ch) in ("Cc", "Cf") for ch in value)
-    ):
-        check.add(field, "must be an https:// URL")
+    if any(ch.isspace() or unicodedata.category(ch) in ("Cc", "Cf") for ch in value):
+        check.add(field, "must be an https:// URL without whitespace, control or format characters")
+        return
+    problem = urls.fetchable_url_problem(value)
+    if problem is not None:
+        check.add(field, problem)
 
 
 def _timestamp(check: Violations, field: str, msg: common_pb2.OrderCard, name: str, *, required: bool) -> None:

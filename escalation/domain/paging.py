@@ -12,6 +12,7 @@ import base64
 import binascii
 import hashlib
 import json
+import re
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -23,6 +24,7 @@ from escalation.domain.validation import Violations
 _VERSION = 1
 _MAX_TOKEN = 2048
 NOT_OURS = "is not a page token this service issued"
+_TOKEN = re.compile(r"[A-Za-z0-9_-]+")  # fullmatch
 
 
 Row = TypeVar("Row")
@@ -84,13 +86,21 @@ def decode(token: str, filters: Any, check: Violations, *, field: str = "page_to
     if len(token) > _MAX_TOKEN:
         check.add(field, NOT_OURS)
         return None
+    # The whole token is unpadded base64url: the decoder would skip a newline or other stray bytes
+    # (SPEC §3, identifiers match as whole strings), so they are refused before it runs.
+    if not _TOKEN.fullmatch(token):
+        check.add(field, NOT_OURS)
+        return None
     try:
         padded = token + "=" * (-len(token) % 4)
-        body = json.loads(base64.urlsafe_b64decode(padded.encode()))
+        body = json.loads(base64.b64decode(padded.encode(), altchars=b"-_", validate=True))
     except (binascii.Error, ValueError, UnicodeDecodeError, RecursionError):
         check.add(field, NOT_OURS)
         return None
-    if not isinstance(body, dict) or body.get("v") != _VERSION or not isinstance(body.get("k"), list):
+    if not isinstance(body, dict) or type(body.get("v")) is not int or body.get("v") != _VERSION:
+        check.add(field, NOT_OURS)
+        return None
+    if not isinstance(body.get("k"), list):
         check.add(field, NOT_OURS)
         return None
     if body.get("f") != _fingerprint(filters):

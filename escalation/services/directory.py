@@ -14,6 +14,7 @@ import asyncpg
 from escalation import errors
 from escalation.auth import Identity, Role
 from escalation.domain.reception import DEFAULT_CAPACITY
+from escalation.services import callers
 from escalation.store.queries import sql
 
 
@@ -41,6 +42,7 @@ def scope(caller: Identity, requested_merchant_id: str) -> MerchantScope:
 
 async def _merchant_for_write(conn: asyncpg.Connection, target: MerchantScope) -> asyncpg.Record:
     """Locks the merchant row; only ops or the shop's main account may change its settings."""
+    await _current_caller(conn, target)
     merchant = await conn.fetchrow(sql("lock_merchant"), target.merchant_id)
     if merchant is None:
         raise errors.MerchantNotFound()
@@ -49,7 +51,14 @@ async def _merchant_for_write(conn: asyncpg.Connection, target: MerchantScope) -
     return merchant
 
 
+async def _current_caller(conn: asyncpg.Connection, target: MerchantScope) -> None:
+    """R1/R9: a merchant caller disabled or gone from the directory is refused at once (services/callers.py)."""
+    if target.caller.role is Role.MERCHANT:
+        await callers.merchant_standing(conn, target.caller)
+
+
 async def _merchant_for_read(conn: asyncpg.Connection, target: MerchantScope) -> asyncpg.Record:
+    await _current_caller(conn, target)
     merchant = await conn.fetchrow(sql("get_merchant"), target.merchant_id)
     if merchant is None:
         raise errors.MerchantNotFound()
@@ -142,6 +151,7 @@ async def _settings(conn: asyncpg.Connection, merchant_id: str) -> asyncpg.Recor
 
 async def get_reception_settings(pool: asyncpg.Pool, target: MerchantScope) -> asyncpg.Record:
     async with pool.acquire() as conn:
+        await _current_caller(conn, target)
         return await _settings(conn, target.merchant_id)
 
 

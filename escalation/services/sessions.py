@@ -22,7 +22,7 @@ from escalation.domain.session import CloseReason, Kind, Sender, State
 from escalation.domain.tickets import DEFAULT_SLA
 from escalation.observability import metrics
 from escalation.realtime import events
-from escalation.services import records, tickets
+from escalation.services import callers, records, tickets
 from escalation.store.queries import sql
 from escalation.v1 import common_pb2
 
@@ -75,17 +75,59 @@ class Opened:
     replayed: bool
 
 
-def visible(caller: Identity, row: asyncpg.Record) -> bool:
-    """R9: sub-accounts see their own sessions, the main account its shop's, platform agents theirs."""
+@dataclass(frozen=True)
+class Scope:
+    """R9: the sessions a caller may see, as the scoped queries' parameters (None = any)."""
+
+    merchant_id: str | None = None
+    assigned_agent_id: str | None = None
+    platform_agent_id: str | None = None
+
+    def params(self) -> tuple[str | None, str | None, str | None]:
+        return self.merchant_id, self.assigned_agent_id, self.platform_agent_id
+
+
+async def caller_scope(conn: asyncpg.Connection, caller: Identity, *, reading: bool) -> Scope:
+    """The caller's scope as the directory says now, re-read on every call (SPEC R1, R9).
+
+    Platform agents see the sessions they opened (``platform_supervisor``: all). A merchant agent is
+    looked up in its shop: the main account sees the shop's sessions, a sub-account those assigned
+    to it — so a main account moved away drops to its own at once. Raises AgentDisabled for a
+    disabled agent (reads and writes alike), ImPermissionRequired for an agent the shop does not
+    know and, when ``reading``, for one without IM permission (its sessions are IM conversations;
+    writes check IM permission after the R4 replay lookup instead). Ops sees no session:
+    SessionNotFound.
+    """
     if caller.role is Role.PLATFORM_SUPERVISOR:
-        return True
+        return Scope()
     if caller.role is Role.PLATFORM:
-        return bool(row["platform_agent_id"] == caller.subject)
-    if caller.role is Role.MERCHANT:
-        return row["merchant_id"] == caller.merchant_id and (
-            bool(row["caller_is_main"]) or row["assigned_agent_id"] == caller.subject
-        )
-    return False
+        return Scope(platform_agent_id=caller.subject)
+    if caller.role is not Role.MERCHANT:
+        raise errors.SessionNotFound()
+    standing = await callers.merchant_standing(conn, caller)
+    if reading and not standing.im_permission:
+        raise errors.ImPermissionRequired()
+    if standing.main_account:
+        return Scope(merchant_id=caller.merchant_id)
+    return Scope(merchant_id=caller.merchant_id, assigned_agent_id=caller.subject)
+
+
+async def _lock_visible(conn: asyncpg.Connection, caller: Identity, session_id: uuid.UUID) -> asyncpg.Record:
+    """Locks the session for a write if it is in the caller's scope; SessionNotFound otherwise, having
+    neither locked nor waited for a session outside it."""
+    scope = await caller_scope(conn, caller, reading=False)
+    s = await conn.fetchrow(sql("lock_session"), session_id, caller.subject, *scope.params())
+    if s is None:
+        raise errors.SessionNotFound()
+    return s
+
+
+async def _get_visible(conn: asyncpg.Connection, caller: Identity, session_id: uuid.UUID) -> asyncpg.Record:
+    scope = await caller_scope(conn, caller, reading=True)
+    row = await conn.fetchrow(sql("get_session_in_scope"), session_id, *scope.params())
+    if row is None:
+        raise errors.SessionNotFound()
+    return row
 
 
 def _closed(row: asyncpg.Record) -> errors.SessionClosed:
@@ -135,7 +177,7 @@ async def _replay(
 ) -> Opened:
     if request_hash != req.request_hash:
         raise errors.RequestIdReused()
-    session = await conn.fetchrow(sql("get_session"), session_id, caller.subject)
+    session = await conn.fetchrow(sql("get_session"), session_id)
     messages = await conn.fetch(sql("list_messages"), session_id, 0, len(req.messages))
     return Opened(session, list(messages), replayed=True)
 
@@ -184,7 +226,7 @@ async def _assign_and_insert(
     messages = [
         await _append(conn, session_id, Sender.PLATFORM, caller.subject, m, reply_timeout, policy) for m in req.messages
     ]
-    session = await conn.fetchrow(sql("get_session"), session_id, caller.subject)
+    session = await conn.fetchrow(sql("get_session"), session_id)
     await events.append(conn, events.session_assigned(records.session(session), [records.message(m) for m in messages]))
     return Opened(session, messages, replayed=False), float(winner.saturation)
 
@@ -255,9 +297,7 @@ async def add_message(
     structlog.contextvars.bind_contextvars(session_id=str(session_id))
     first_reply: float | None = None
     async with pool.acquire() as conn, conn.transaction():
-        s = await conn.fetchrow(sql("lock_session"), session_id, caller.subject)
-        if s is None or not visible(caller, s):
-            raise errors.SessionNotFound()
+        s = await _lock_visible(conn, caller, session_id)
         structlog.contextvars.bind_contextvars(merchant_id=s["merchant_id"])
         # The replay comes before every check of current state (IM permission, template, open
         # session): a retry of a request that succeeded returns the original (AIP-155, issue 9 §7).
@@ -307,9 +347,7 @@ def _same(prior: asyncpg.Record, message: NewMessage) -> bool:
 async def mark_read(pool: asyncpg.Pool, caller: Identity, session_id: uuid.UUID, seq: int) -> None:
     """A merchant read receipt (R8): the read mark only moves forward; the platform sees it live."""
     async with pool.acquire() as conn, conn.transaction():
-        s = await conn.fetchrow(sql("lock_session"), session_id, caller.subject)
-        if s is None or not visible(caller, s):
-            raise errors.SessionNotFound()
+        s = await _lock_visible(conn, caller, session_id)
         marked = await conn.fetchrow(sql("mark_read"), session_id, seq)
         if marked is None:
             return
@@ -342,7 +380,7 @@ async def end_locked(
     if ended is None:
         raise errors.SessionClosed()
     ticket = await tickets.create(conn, ended, reason, policy.ticket_sla) if reason.makes_ticket else None
-    session = await conn.fetchrow(sql("get_session"), session_id, "")
+    session = await conn.fetchrow(sql("get_session"), session_id)
     await events.append(conn, events.session_closed(records.session(session), ticket.handle_by if ticket else None))
     await conn.execute(sql("release_assignment"), ended["merchant_id"], ended["assigned_agent_id"])
     return ticket.ticket_id if ticket else None
@@ -353,14 +391,12 @@ async def close_session(
 ) -> asyncpg.Record:
     async with pool.acquire() as conn:
         async with conn.transaction():
-            s = await conn.fetchrow(sql("lock_session"), session_id, caller.subject)
-            if s is None or not visible(caller, s):
-                raise errors.SessionNotFound()
+            s = await _lock_visible(conn, caller, session_id)
             if s["state"] == State.ENDED:
                 raise _closed(s)
             await end_locked(conn, session_id, reason, policy)
         metrics.SESSIONS_CLOSED.labels(reason=reason.value).inc()
-        session: asyncpg.Record = await conn.fetchrow(sql("get_session"), session_id, caller.subject)
+        session: asyncpg.Record = await conn.fetchrow(sql("get_session"), session_id)
         return session
 
 
@@ -368,10 +404,10 @@ async def close_session(
 
 
 async def get_session(pool: asyncpg.Pool, caller: Identity, session_id: uuid.UUID) -> asyncpg.Record:
-    row = await pool.fetchrow(sql("get_session"), session_id, caller.subject)
-    if row is None or not visible(caller, row):
-        raise errors.SessionNotFound()
-    return row
+    """The session, if the caller may see it now (R9); raises SessionNotFound, AgentDisabled or
+    ImPermissionRequired (see caller_scope)."""
+    async with pool.acquire() as conn:
+        return await _get_visible(conn, caller, session_id)
 
 
 @dataclass(frozen=True)
@@ -390,40 +426,32 @@ async def list_sessions(
     after: tuple[datetime, uuid.UUID] | None,
     limit: int,
 ) -> list[asyncpg.Record]:
-    """Newest first, scoped to what the caller may see (R9)."""
-    merchant_id, assigned, platform_agent = where.merchant_id, None, None
-    if caller.role is Role.PLATFORM:
-        platform_agent = caller.subject
-    elif caller.role is Role.MERCHANT:
-        if merchant_id is not None and merchant_id != caller.merchant_id:
-            return []
-        merchant_id = caller.merchant_id
-        main = await pool.fetchval(sql("get_merchant_main_account"), merchant_id)
-        if main != caller.subject:
-            assigned = caller.subject
-    elif caller.role is not Role.PLATFORM_SUPERVISOR:
+    """Newest first, scoped to what the caller may see now (R9; errors as caller_scope)."""
+    if caller.role is Role.MERCHANT and where.merchant_id not in (None, caller.merchant_id):
         return []
-    rows: list[asyncpg.Record] = await pool.fetch(
-        sql("list_sessions"),
-        merchant_id,
-        assigned,
-        platform_agent,
-        where.state,
-        where.open_time_start,
-        where.open_time_end,
-        after[0] if after else None,
-        after[1] if after else None,
-        limit,
-    )
-    return rows
+    if caller.role not in (Role.MERCHANT, Role.PLATFORM, Role.PLATFORM_SUPERVISOR):
+        return []
+    async with pool.acquire() as conn:
+        scope = await caller_scope(conn, caller, reading=True)
+        rows: list[asyncpg.Record] = await conn.fetch(
+            sql("list_sessions"),
+            scope.merchant_id or where.merchant_id,
+            scope.assigned_agent_id,
+            scope.platform_agent_id,
+            where.state,
+            where.open_time_start,
+            where.open_time_end,
+            after[0] if after else None,
+            after[1] if after else None,
+            limit,
+        )
+        return rows
 
 
 async def list_messages(
     pool: asyncpg.Pool, caller: Identity, session_id: uuid.UUID, *, after_seq: int, limit: int
 ) -> list[asyncpg.Record]:
     async with pool.acquire() as conn:
-        row = await conn.fetchrow(sql("get_session"), session_id, caller.subject)
-        if row is None or not visible(caller, row):
-            raise errors.SessionNotFound()
+        await _get_visible(conn, caller, session_id)
         rows: list[asyncpg.Record] = await conn.fetch(sql("list_messages"), session_id, after_seq, limit)
         return rows

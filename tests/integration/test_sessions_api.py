@@ -465,7 +465,9 @@ async def test_visibility_per_r9(
     platform: platform_pb2_grpc.PlatformServiceAsyncStub,
     merchant: merchant_pb2_grpc.MerchantServiceAsyncStub,
 ) -> None:
-    await make_shop(channel, agents={"shop-a-sub-1": 10})
+    # Both sub-accounts in the directory (an agent it does not know is refused outright); the tie goes
+    # to the lower agent id, so sub-1 is assigned and sub-2 is the sibling that must not see it.
+    await make_shop(channel, agents={"shop-a-sub-1": 10, "shop-a-sub-2": 10})
     await make_shop(channel, "shop-b", agents={"shop-b-sub-1": 10})
     sid = (await _open(platform)).session.session_id
     get = platform_pb2.GetSessionRequest(session_id=sid)

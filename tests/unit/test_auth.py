@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import jwt
@@ -105,3 +106,65 @@ def test_a_remembered_token_still_expires() -> None:
     with pytest.raises(errors.Unauthenticated) as caught:
         verifier.verify(f"Bearer {token}")
     assert caught.value.reason == "TOKEN_EXPIRED"
+
+
+@pytest.mark.parametrize(
+    "odd",
+    [
+        {"exp": 10**400},
+        {"exp": -(10**400)},
+        {"exp": "4000000000"},
+        {"exp": True},
+        {"exp": float("nan")},
+        {"exp": float("inf")},
+        {"exp": None},
+        {"exp": [4e9]},
+        {"iat": 10**400},
+        {"iat": False},
+        {"nbf": "0"},
+        {"nbf": float("-inf")},
+        {"sub": 7},
+        {"sub": ["a"]},
+        {"role": None},
+        {"merchant_id": 5},
+        {"iss": {}},
+        {"jti": 1},
+        {"aud": 5},
+        {"aud": ["a", 5]},
+    ],
+)
+def test_every_malformed_claim_is_unauthenticated_token_invalid(odd: dict[str, object]) -> None:
+    # SPEC §3: a validly signed token whose claims have the wrong type or range is a bad token, never
+    # an OverflowError (exp = 10**400 used to escape as UNKNOWN) nor a claim coerced to fit.
+    claims = {"sub": "a", "role": "merchant", "merchant_id": "m", "exp": int(time.time()) + 60} | odd
+    payload = json.dumps(claims, allow_nan=True)
+    token = jwt.api_jws.encode(payload.encode(), SECRET, algorithm="HS256")
+    with pytest.raises(errors.Unauthenticated) as caught:
+        _verify(token)
+    assert caught.value.reason == "TOKEN_INVALID"
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [
+        "Bearer {t}\n",
+        "Bearer {t} ",
+        "Bearer  {t}",
+        " Bearer {t}",
+        "Bearer\t{t}",
+        "Bearer {t}\r\n",
+        "Bearer {t}\u2028",
+        "Bearer {t} {t}",
+        "Bearer\n{t}",
+        "{t}",
+    ],
+)
+def test_the_authorization_value_matches_as_a_whole(shape: str) -> None:
+    # SPEC §3: credentials parse strictly; "Bearer <jwt>\n" used to pass once stripped.
+    token = auth.mint(key=SECRET, algorithm="HS256", subject="a1", role=auth.Role.OPS)
+    verifier = auth.TokenVerifier(HS)
+    assert verifier.verify(f"Bearer {token}").subject == "a1"
+    assert verifier.verify(f"bearer {token}").subject == "a1"  # the scheme is case-insensitive (RFC 7235)
+    with pytest.raises(errors.Unauthenticated) as caught:
+        verifier.verify(shape.format(t=token))
+    assert caught.value.reason == "TOKEN_MALFORMED"

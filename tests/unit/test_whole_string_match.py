@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import re
 import time
+import uuid
 from pathlib import Path
 
 import jwt
@@ -14,7 +15,7 @@ from google.protobuf import timestamp_pb2
 from escalation import auth, errors
 from escalation.api import session_requests
 from escalation.config import JwtSettings
-from escalation.domain import messages
+from escalation.domain import messages, paging
 from escalation.domain.session import Sender
 from escalation.domain.validation import Violations
 from escalation.v1 import common_pb2
@@ -91,3 +92,53 @@ def test_no_pattern_relies_on_dollar_to_end_a_match() -> None:
     # `$` also matches before a final newline; use `fullmatch` (or `\Z`) instead.
     assert _anchored_patterns() == []
     assert re.match(r"^a$", "a\n") is not None  # the trap itself, so this test keeps its reason
+
+
+@pytest.mark.parametrize("extra", ["\n", "\r\n", " ", "=", "==", "\t", "!", ".", "\u00e9"])
+@pytest.mark.parametrize("where", ["end", "middle"])
+def test_a_page_token_with_anything_added_is_refused(extra: str, where: str) -> None:
+    # base64 decoders skip bytes outside their alphabet: "token\n" used to resume like "token".
+    filters = ["sessions", "shop-a"]
+    token = paging.encode(["2026-01-01T00:00:00+00:00", str(uuid.uuid4())], filters)
+    check = Violations()
+    assert paging.decode(token, filters, check) is not None
+    assert not check
+    edited = token + extra if where == "end" else token[:8] + extra + token[8:]
+    assert paging.decode(edited, filters, check) is None
+    assert check
+
+
+_SID = "0d8f0c43-2f0e-4f8a-9f7e-9a8b7c6d5e4f"
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        ["2026-01-01T00:00:00+00:00", _SID + "\n"],
+        ["2026-01-01T00:00:00+00:00", "{" + _SID + "}"],
+        ["2026-01-01T00:00:00+00:00", "urn:uuid:" + _SID],
+        ["2026-01-01T00:00:00+00:00", _SID.upper()],
+        ["2026-01-01T00:00:00+00:00", _SID.replace("-", "")],
+        ["2026-01-01T00:00:00+00:00\n", _SID],
+        ["2026-01-01 00:00:00+00:00", _SID],
+        ["2026-01-01T00:00:00Z", _SID],
+        ["2026-01-01T00:00:00", _SID],
+        ["2026-01-01", _SID],
+    ],
+)
+def test_a_page_key_matches_as_whole_canonical_strings(key: list[str]) -> None:
+    check = Violations()
+    canonical = ["2026-01-01T00:00:00+00:00", _SID]
+    assert session_requests.time_and_uuid_key(check, canonical) is not None
+    assert not check
+    assert session_requests.time_and_uuid_key(check, key) is None
+    assert check
+
+
+@pytest.mark.parametrize("template_id", ["t-1\n", "t 1", "", "t-1\u2028"])
+def test_a_template_page_key_needs_an_identifier(template_id: str) -> None:
+    check = Violations()
+    assert session_requests.time_and_id_key(check, ["2026-01-01T00:00:00.500000+00:00", "t-1"]) is not None
+    assert not check
+    assert session_requests.time_and_id_key(check, ["2026-01-01T00:00:00.500000+00:00", template_id]) is None
+    assert check

@@ -33,20 +33,29 @@ INSERT INTO sessions (session_id, merchant_id, assigned_agent_id, platform_agent
                       request_id, request_hash, assignment, open_time)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, clock_timestamp());
 
+-- name: merchant_caller
+-- R1/R9: where a merchant agent ($2) stands in its shop ($1) now; no row: not an agent of that shop.
+SELECT a.disabled, a.im_permission, (m.main_account_id = a.agent_id) AS main_account
+FROM agents a JOIN merchants m ON m.merchant_id = a.merchant_id
+WHERE a.merchant_id = $1 AND a.agent_id = $2;
+
 -- name: lock_session
--- $2: the caller's agent id, to tell whether it is the shop's main account and may use IM.
+-- $2: the caller's agent id, to tell whether it may use IM. $3 merchant, $4 assigned agent, $5 platform
+-- agent: the caller's scope (R9, NULL = any). The scope is part of the query so that a session outside
+-- it is neither returned nor locked nor waited for: "exists but not yours" takes the path of "absent".
 SELECT s.session_id, s.merchant_id, s.assigned_agent_id, s.platform_agent_id, s.state, s.last_seq,
        s.content_bytes, s.reply_deadline, rs.reply_timeout_seconds, t.ticket_id, s.open_time,
        NOT EXISTS (SELECT 1 FROM messages mm WHERE mm.session_id = s.session_id AND mm.sender = 'MERCHANT')
            AS awaiting_first_reply,
-       (m.main_account_id = $2) AS caller_is_main,
        coalesce(ca.im_permission AND NOT ca.disabled, false) AS caller_may_im
 FROM sessions s
-JOIN merchants m ON m.merchant_id = s.merchant_id
 JOIN reception_settings rs ON rs.merchant_id = s.merchant_id
 LEFT JOIN tickets t ON t.session_id = s.session_id
 LEFT JOIN agents ca ON ca.merchant_id = s.merchant_id AND ca.agent_id = $2
 WHERE s.session_id = $1
+  AND ($3::text IS NULL OR s.merchant_id = $3)
+  AND ($4::text IS NULL OR s.assigned_agent_id = $4)
+  AND ($5::text IS NULL OR s.platform_agent_id = $5)
 FOR UPDATE OF s;
 
 -- name: find_message_by_client_id
@@ -97,12 +106,21 @@ UPDATE agents SET open_sessions = open_sessions - 1 WHERE merchant_id = $1 AND a
 
 -- name: get_session
 SELECT s.session_id, s.merchant_id, s.assigned_agent_id, s.platform_agent_id, s.order_id, s.category, s.state,
-       s.close_reason, s.open_time, s.close_time, s.reply_deadline, s.last_seq, s.assignment, t.ticket_id,
-       (m.main_account_id = $2) AS caller_is_main
+       s.close_reason, s.open_time, s.close_time, s.reply_deadline, s.last_seq, s.assignment, t.ticket_id
 FROM sessions s
-JOIN merchants m ON m.merchant_id = s.merchant_id
 LEFT JOIN tickets t ON t.session_id = s.session_id
 WHERE s.session_id = $1;
+
+-- name: get_session_in_scope
+-- get_session within the caller's scope (R9): $2 merchant, $3 assigned agent, $4 platform agent, NULL = any.
+SELECT s.session_id, s.merchant_id, s.assigned_agent_id, s.platform_agent_id, s.order_id, s.category, s.state,
+       s.close_reason, s.open_time, s.close_time, s.reply_deadline, s.last_seq, s.assignment, t.ticket_id
+FROM sessions s
+LEFT JOIN tickets t ON t.session_id = s.session_id
+WHERE s.session_id = $1
+  AND ($2::text IS NULL OR s.merchant_id = $2)
+  AND ($3::text IS NULL OR s.assigned_agent_id = $3)
+  AND ($4::text IS NULL OR s.platform_agent_id = $4);
 
 -- name: list_sessions
 -- Newest first; keyset paging on (open_time, session_id). NULL parameters mean "no filter".
@@ -139,9 +157,6 @@ INSERT INTO outbox (topic, message_key, event_id, content_type, payload, tracepa
 
 -- name: get_template_body
 SELECT body FROM reply_templates WHERE merchant_id = $1 AND template_id = $2;
-
--- name: get_merchant_main_account
-SELECT main_account_id FROM merchants WHERE merchant_id = $1;
 
 -- name: mark_read
 -- R8 read receipts: the merchant has read up to $2 (never moves backwards, never past the last message).
