@@ -16,7 +16,7 @@ from escalation.api.interceptors import current_identity
 from escalation.domain import messages as message_rules
 from escalation.domain import paging
 from escalation.domain.session import Sender
-from escalation.domain.validation import IDENTIFIER, Violations
+from escalation.domain.validation import IDENTIFIER, Violations, canonical_uuid
 from escalation.services import records, sessions
 from escalation.services.sessions import NewMessage
 from escalation.v1 import common_pb2, platform_pb2
@@ -30,11 +30,8 @@ def session_id(check: Violations, value: str, field: str = "session_id") -> uuid
     if not value:
         check.add(field, "is required")
         return uuid.UUID(int=0)
-    try:
-        parsed = uuid.UUID(value)
-    except ValueError:
-        parsed = None
-    if parsed is None or str(parsed) != value:
+    parsed = canonical_uuid(value)
+    if parsed is None:
         check.add(field, "must be a session id (a UUID in canonical lower-case form)")
         return uuid.UUID(int=0)
     return parsed

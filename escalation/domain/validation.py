@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Self
 
@@ -16,6 +17,18 @@ IDENTIFIER = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 IDENTIFIER_RULE = "must be 1–64 characters of A–Z, a–z, 0–9, '.', '_', ':' or '-'"
 MAX_PAGE_SIZE = 1000
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def canonical_uuid(value: str) -> uuid.UUID | None:
+    """``value`` as a UUID when it is written in canonical lower-case hyphenated form, else None.
+
+    uuid.UUID alone also reads ``{…}``, ``urn:uuid:…``, upper case and unhyphenated forms: look-alike ids
+    for one session (SPEC §3: identifiers match as whole strings)."""
+    try:
+        parsed = uuid.UUID(value)
+    except ValueError:
+        return None
+    return parsed if str(parsed) == value else None
 
 
 class Violations:

@@ -25,6 +25,7 @@ from google.protobuf import message as pb_message
 from escalation import errors
 from escalation.api import status
 from escalation.auth import Identity
+from escalation.domain.validation import canonical_uuid
 from escalation.realtime import events, feed
 from escalation.realtime.feed import Access
 from escalation.realtime.hub import Hub, Subscription
@@ -248,10 +249,13 @@ class MerchantStream:
                     result.error.CopyFrom(_status_of(exc))
                 self._queue(merchant_pb2.ConnectResponse(reply_result=result), sub)
             elif kind == "read_receipt":
+                sid = canonical_uuid(frame.read_receipt.session_id)
+                if sid is None:
+                    log.info("stream.read_receipt_ignored", error="session_id is not a session id in canonical form")
+                    continue
                 try:
-                    sid = uuid.UUID(frame.read_receipt.session_id)
                     await sessions.mark_read(self._pool, self._caller, sid, frame.read_receipt.seq)
-                except (ValueError, errors.EscalationError) as exc:
+                except errors.EscalationError as exc:
                     log.info("stream.read_receipt_ignored", error=str(exc))
             # Acks are informational: resumption uses Hello.last_cursor, which the client keeps.
 

@@ -415,3 +415,33 @@ async def test_first_frame_must_be_a_hello(pool: asyncpg.Pool) -> None:
             await call.read()
         got = failure(caught.value)
         assert (got.code, list(got.field_violations)) == (grpc.StatusCode.INVALID_ARGUMENT, ["hello"])
+
+
+async def test_a_read_receipt_naming_the_session_in_a_look_alike_form_is_ignored(pool: asyncpg.Pool) -> None:
+    """SPEC §3: identifiers match as whole strings. uuid.UUID also reads {…}, urn:uuid:…, upper-case and
+    unhyphenated forms; a receipt written so must not move the read mark."""
+    async with two_servers(pool) as (a, b):
+        await make_shop(b, agents={"shop-a-sub-1": 10})
+        session = await open_session(b)
+        await merchant_pb2_grpc.MerchantServiceStub(b).Reply(
+            merchant_pb2.ReplyRequest(session_id=session.session_id, content=text("yes")), metadata=SUB1
+        )
+        stream = await connect(a, SUB1)
+        sid = uuid.UUID(session.session_id)
+        for look_alike in (f"{{{sid}}}", sid.urn, str(sid).upper(), sid.hex, f" {sid}", f"{sid}\n"):
+            await stream.write(
+                merchant_pb2.ConnectRequest(read_receipt=merchant_pb2.ReadReceiptRequest(session_id=look_alike, seq=2))
+            )
+        # Frames are handled in order: once the canonical receipt has moved the mark to 1, every look-alike
+        # before it was handled, and none moved it to 2.
+        await stream.write(
+            merchant_pb2.ConnectRequest(
+                read_receipt=merchant_pb2.ReadReceiptRequest(session_id=session.session_id, seq=1)
+            )
+        )
+        for _ in range(250):
+            if await pool.fetchval("SELECT merchant_read_seq FROM sessions WHERE session_id = $1", sid):
+                break
+            await asyncio.sleep(0.02)
+        assert await pool.fetchval("SELECT merchant_read_seq FROM sessions WHERE session_id = $1", sid) == 1
+        stream.cancel()
