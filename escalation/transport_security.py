@@ -8,6 +8,7 @@ explains every variable.
 
 from __future__ import annotations
 
+import datetime
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -49,17 +50,29 @@ class GrpcTls:
 
 @dataclass(frozen=True)
 class PemIdentity:
-    """A certificate chain and its private key, as PEM bytes, known to belong together."""
+    """A certificate chain and its private key, as PEM bytes, known to belong together; ``leaf`` is the first."""
 
     certificate_chain: bytes
     private_key: bytes
+    leaf: x509.Certificate
 
 
-def read_identity(cert_file: Path, key_file: Path) -> PemIdentity:
-    """Reads and checks a PEM certificate chain and its private key.
+class CertificateNotYetValid(ValueError):
+    """The certificate's notBefore is in the future (``not_before``, UTC): usable later, not now."""
+
+    def __init__(self, message: str, not_before: datetime.datetime) -> None:
+        super().__init__(message)
+        self.not_before = not_before
+
+
+def read_identity(cert_file: Path, key_file: Path, now: datetime.datetime | None = None) -> PemIdentity:
+    """Reads and checks a PEM certificate chain and its private key, valid at ``now`` (UTC; default: the clock).
 
     Raises ValueError (one line: which file, what is wrong) when a file is unreadable, does not hold a
-    PEM certificate/key, or the key is not the first certificate's.
+    PEM certificate/key, the key is not the first certificate's, or that certificate has expired
+    (notAfter passed); CertificateNotYetValid (a ValueError) when its notBefore is still ahead. A peer
+    refuses such a certificate anyway (RFC 5280 §4.1.2.5), so serving it only moves the error to every
+    client's handshake (CERTIFICATE_VERIFY_FAILED) where the operator does not see it.
     """
     chain, key = _read(cert_file), _read(key_file)
     try:
@@ -75,7 +88,33 @@ def read_identity(cert_file: Path, key_file: Path) -> PemIdentity:
         serialization.Encoding.PEM, public
     ):
         raise ValueError(f"the key in {key_file} does not belong to the certificate in {cert_file}")
-    return PemIdentity(certificate_chain=chain, private_key=key)
+    now = now or datetime.datetime.now(datetime.UTC)
+    if now > leaf.not_valid_after_utc:
+        raise ValueError(f"the certificate in {cert_file} expired at {leaf.not_valid_after_utc.isoformat()} (notAfter)")
+    if now < leaf.not_valid_before_utc:
+        raise CertificateNotYetValid(
+            f"the certificate in {cert_file} is not valid before {leaf.not_valid_before_utc.isoformat()} (notBefore)",
+            leaf.not_valid_before_utc,
+        )
+    return PemIdentity(certificate_chain=chain, private_key=key, leaf=leaf)
+
+
+def describe(certificate: x509.Certificate) -> dict[str, object]:
+    """What an operator needs to tell certificates apart in a log line: subject (RFC 4514), DNS/IP SANs,
+    notAfter (ISO 8601, UTC) and serial (hex)."""
+    try:
+        names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        sans: list[str] = []
+    else:
+        sans = [str(n) for n in names.get_values_for_type(x509.DNSName)]
+        sans += [str(ip) for ip in names.get_values_for_type(x509.IPAddress)]
+    return {
+        "subject": certificate.subject.rfc4514_string(),
+        "sans": sans,
+        "not_after": certificate.not_valid_after_utc.isoformat(),
+        "serial": format(certificate.serial_number, "x"),
+    }
 
 
 def read_ca(ca_file: Path) -> bytes:

@@ -58,7 +58,15 @@ class CertificateAuthority:
         path.write_bytes(self.cert_pem)
         return path
 
-    def issue(self, common_name: str, *, server: bool) -> Issued:
+    def issue(
+        self,
+        common_name: str,
+        *,
+        server: bool,
+        valid_from: datetime.timedelta = -datetime.timedelta(minutes=5),
+        valid_until: datetime.timedelta = datetime.timedelta(days=1),
+    ) -> Issued:
+        """A certificate valid from now+``valid_from`` to now+``valid_until`` (negative: in the past)."""
         key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.UTC)
         builder = (
@@ -67,8 +75,8 @@ class CertificateAuthority:
             .issuer_name(self._name)
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
+            .not_valid_before(now + valid_from)
+            .not_valid_after(now + valid_until)
             .add_extension(
                 x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH]),
                 critical=False,

@@ -54,6 +54,10 @@ FIRST_REPLY = Histogram(
     "From a session's opening to the merchant's first reply.",
     buckets=(5, 10, 20, 30, 45, 60, 90, 120, 150, 180, 240, 300),
 )
+TLS_CERTIFICATE_EXPIRY = Gauge(
+    "escalation_tls_certificate_expiry_timestamp_seconds",
+    "notAfter (Unix time) of the certificate the gRPC server presents; 0 without TLS (issue 11).",
+)
 
 # The limits of SPEC §3 "Limits" (api/limits.py); no identity label, so an attacker cannot grow the series.
 LIMIT_NAMES = (

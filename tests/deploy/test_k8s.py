@@ -14,7 +14,10 @@ from escalation.config import VARIABLES
 from tests.deploy.harness import BIN, DEPLOY, KUBERNETES_VERSION, load, load_all, run
 
 K8S = DEPLOY / "k8s"
-MANIFESTS = [K8S / "escalation.yaml", K8S / "migrate-job.yaml"]
+MANIFESTS = [K8S / "escalation.yaml", K8S / "migrate" / "job.yaml"]
+# What an operator applies: `kubectl apply -k` of each (deploy/README.md).
+KUSTOMIZATIONS = [K8S, K8S / "migrate"]
+UID = 10001
 
 
 def _resources() -> list[dict[str, Any]]:
@@ -105,13 +108,100 @@ def test_the_migration_job_runs_migrate_once_and_is_cleaned_up() -> None:
     assert job["spec"]["ttlSecondsAfterFinished"] > 0  # re-appliable once the old one is gone
 
 
-def test_the_kustomization_sets_one_image_for_every_container() -> None:
-    kustomization = load(K8S / "kustomization.yaml")
-    assert kustomization["resources"] == ["escalation.yaml"]
-    names = {i["name"] for i in kustomization["images"]}
-    for _, pod in _pod_specs():
-        for container in pod["containers"] + pod.get("initContainers", []):
-            assert container["image"] in names
+def _kustomization(directory: Path) -> tuple[list[Path], dict[str, dict[str, Any]]]:
+    """The manifest files ``directory``'s kustomization applies, and the image overrides (by name) they get
+    from it and its components. Only what deploy/k8s uses (resources: files; components; images)."""
+    kustomization = load(directory / "kustomization.yaml")
+    files = [directory / r for r in kustomization.get("resources", [])]
+    images = {i["name"]: i for i in kustomization.get("images", [])}
+    for component in kustomization.get("components", []):
+        nested_files, nested_images = _kustomization((directory / component).resolve())
+        files += nested_files
+        images |= nested_images
+    return files, images
+
+
+def _unset_images(directory: Path) -> list[str]:
+    """Containers of ``directory``'s kustomization whose image no override replaces (kubelet would pull
+    docker.io/library/<name>), or whose override names no registry image."""
+    files, images = _kustomization(directory)
+    found = []
+    for path in files:
+        for resource in load_all(path):
+            if resource["kind"] not in ("Deployment", "Job"):
+                continue
+            pod = resource["spec"]["template"]["spec"]
+            for container in pod["containers"] + pod.get("initContainers", []):
+                override = images.get(container["image"])
+                if override is None or "/" not in override.get("newName", ""):
+                    found.append(f"{path.name}: {resource['metadata']['name']}/{container['name']}")
+    return found
+
+
+@pytest.mark.parametrize("directory", KUSTOMIZATIONS, ids=lambda p: str(Path(p).relative_to(K8S)) or ".")
+def test_every_container_of_each_kustomization_gets_the_release_image(directory: Path) -> None:
+    assert _unset_images(directory) == []
+
+
+def test_every_manifest_is_applied_through_a_kustomization_with_one_image_source() -> None:
+    """A manifest applied with -f (as the migration Job once was) would run the placeholder image."""
+    applied = [path.resolve() for directory in KUSTOMIZATIONS for path in _kustomization(directory)[0]]
+    assert sorted(applied) == sorted(path.resolve() for path in MANIFESTS)
+    # One images block, in the shared component: the Job and the Deployments cannot drift apart.
+    overrides = [_kustomization(directory)[1] for directory in KUSTOMIZATIONS]
+    assert all(o == overrides[0] for o in overrides)
+    for directory in KUSTOMIZATIONS:
+        assert "images" not in load(directory / "kustomization.yaml"), directory
+
+
+def test_a_job_without_the_image_override_is_caught(tmp_path: Path) -> None:
+    """The check can fail: the Job as it was (a kustomization without the image component) is reported."""
+    (tmp_path / "job.yaml").write_text((K8S / "migrate" / "job.yaml").read_text())
+    (tmp_path / "kustomization.yaml").write_text("resources: [job.yaml]\n")
+    assert _unset_images(tmp_path) == ["job.yaml: escalation-migrate/migrate"]
+    (tmp_path / "kustomization.yaml").write_text(
+        "resources: [job.yaml]\nimages: [{ name: escalation, newTag: '0.2.0' }]\n"  # a tag, but no registry
+    )
+    assert len(_unset_images(tmp_path)) == 1
+
+
+def _secret_volumes(pod: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {v["name"]: v["secret"] for v in pod["volumes"] if "secret" in v}
+
+
+def test_the_certificate_and_kafka_secrets_are_mounted_readable_by_the_process() -> None:
+    pods = dict(_pod_specs())
+    assert _secret_volumes(pods["escalation-serve"])["grpc-tls"]["secretName"] == "escalation-grpc-tls"
+    assert _secret_volumes(pods["escalation-worker-outbox"])["kafka"]["secretName"] == "escalation-kafka"
+
+
+@pytest.mark.parametrize(("name", "pod"), _pod_specs(), ids=[n for n, _ in _pod_specs()])
+def test_secret_volumes_are_readable_by_uid_10001_and_never_mounted_by_subpath(name: str, pod: dict[str, Any]) -> None:
+    secrets = _secret_volumes(pod)
+    if secrets:
+        # Secret files are root-owned; with fsGroup they belong to the process's group instead.
+        assert pod["securityContext"]["runAsUser"] == UID
+        assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsGroup"] == UID
+    for volume, secret in secrets.items():
+        mode = secret.get("defaultMode", 0o644)
+        assert mode & 0o040, f"{name}/{volume}: defaultMode {mode:o} is not group-readable"
+        assert not mode & 0o007, f"{name}/{volume}: defaultMode {mode:o} lets every user read the key"
+        assert secret.get("optional") is True, f"{name}/{volume}: the pod must start while the feature is off"
+    for container in pod["containers"] + pod.get("initContainers", []):
+        for mount in container.get("volumeMounts", []):
+            # The kubelet never updates a subPath mount: a renewed certificate would never be seen.
+            assert not {"subPath", "subPathExpr"} & mount.keys(), f"{name}/{container['name']}"
+
+
+def test_the_service_does_not_announce_cleartext_http2_when_serve_speaks_tls() -> None:
+    (service,) = _of("Service")
+    (port,) = service["spec"]["ports"]
+    (container,) = _deployments()["escalation-serve"]["spec"]["template"]["spec"]["containers"]
+    variables = {e["name"] for e in container.get("env", [])} | set(_config())
+    if "ESCALATION_GRPC_TLS_CERT_FILE" in variables:
+        assert port.get("appProtocol") != "kubernetes.io/h2c"
+    else:
+        assert port.get("appProtocol") == "kubernetes.io/h2c"
 
 
 def test_serve_has_a_pdb_and_an_hpa_and_a_service() -> None:

@@ -8,6 +8,7 @@ let in; replacing the certificate files is picked up by the next connection, wit
 from __future__ import annotations
 
 import asyncio
+import datetime
 import os
 import signal
 import subprocess
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from cryptography import x509
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from escalation.auth import Role, mint
@@ -101,6 +103,39 @@ async def test_replaced_certificate_files_are_served_to_new_connections(database
         assert replica.proc.poll() is None
 
 
+def _metric(replica: Replica, name: str) -> float:
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(f"http://{replica.metrics_addr}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    (line,) = (line for line in text.splitlines() if line.startswith(name + " "))
+    return float(line.split()[1])
+
+
+async def test_an_expired_replacement_is_refused_once_and_the_old_pair_keeps_serving(
+    database_url: str, tmp_path: Path
+) -> None:
+    old_ca, new_ca = CertificateAuthority("old-ca"), CertificateAuthority("new-ca")
+    good = old_ca.issue("localhost", server=True)
+    cert, key = good.write(tmp_path, "server")
+    good_until = x509.load_pem_x509_certificate(good.cert_pem).not_valid_after_utc
+    env = {"ESCALATION_GRPC_TLS_CERT_FILE": str(cert), "ESCALATION_GRPC_TLS_KEY_FILE": str(key)}
+    expiry = "escalation_tls_certificate_expiry_timestamp_seconds"
+    with serving(database_url, tmp_path / "logs", count=1, **env) as (replica,):
+        await wait_serving(replica, credentials=_trusting(old_ca))
+        assert "grpc.tls_loaded" in replica.output()
+        assert await asyncio.to_thread(_metric, replica, expiry) == good_until.timestamp()
+
+        day = datetime.timedelta(days=1)
+        _replace(new_ca.issue("localhost", server=True, valid_from=-2 * day, valid_until=-day), cert, key)
+        for _ in range(8):  # each a new connection, so a new handshake
+            assert await _health(replica, _trusting(old_ca)) == health_pb2.HealthCheckResponse.SERVING
+        await _refused(replica, _trusting(new_ca))
+        assert replica.output().count("grpc.tls_reload_failed") == 1
+        assert "expired at" in replica.output()
+        assert "grpc.tls_reloaded" not in replica.output()
+        assert await asyncio.to_thread(_metric, replica, expiry) == good_until.timestamp()
+
+
 async def test_mtls_admits_only_clients_with_a_certificate_from_the_client_ca(
     database_url: str, tmp_path: Path
 ) -> None:
@@ -125,6 +160,11 @@ def test_unusable_certificate_files_stop_serve_with_one_line(tmp_path: Path) -> 
     cert, key = ca.issue("localhost", server=True).write(tmp_path, "server")
     _, foreign_key = ca.issue("localhost", server=True).write(tmp_path, "other")
     (tmp_path / "garbage.pem").write_text("not a certificate\n")
+    day = datetime.timedelta(days=1)
+    expired_cert, expired_key = ca.issue("localhost", server=True, valid_from=-2 * day, valid_until=-day).write(
+        tmp_path, "expired"
+    )
+    future_cert, future_key = ca.issue("localhost", server=True, valid_from=day).write(tmp_path, "future")
     cases = [
         (
             {"ESCALATION_GRPC_TLS_CERT_FILE": str(tmp_path / "missing.crt"), "ESCALATION_GRPC_TLS_KEY_FILE": str(key)},
@@ -139,6 +179,14 @@ def test_unusable_certificate_files_stop_serve_with_one_line(tmp_path: Path) -> 
             "no PEM certificate",
         ),
         ({"ESCALATION_GRPC_TLS_CERT_FILE": str(cert)}, "must be set together"),
+        (
+            {"ESCALATION_GRPC_TLS_CERT_FILE": str(expired_cert), "ESCALATION_GRPC_TLS_KEY_FILE": str(expired_key)},
+            "expired at",
+        ),
+        (
+            {"ESCALATION_GRPC_TLS_CERT_FILE": str(future_cert), "ESCALATION_GRPC_TLS_KEY_FILE": str(future_key)},
+            "is not valid before",
+        ),
     ]
     base = {k: v for k, v in os.environ.items() if not k.startswith("ESCALATION_")}
     base |= {"ESCALATION_DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none", "ESCALATION_JWT_SECRET": JWT_SECRET}

@@ -56,7 +56,7 @@ FAST = {
     "ESCALATION_DEV_OVERRIDE_REPLY_TIMEOUT_SECONDS": REPLY_TIMEOUT,
 }
 # The issue's five alerts, the two that watch for a missing worker (without which two of them are mute),
-# and parked outbox rows (issue 9 §5).
+# parked outbox rows (issue 9 §5) and the gRPC certificate's expiry (issue 11).
 ALERT_NAMES = {
     "EscalationOutboxParked",
     "EscalationOutboxBacklogAge",
@@ -66,6 +66,7 @@ ALERT_NAMES = {
     "EscalationNoMerchantStreams",
     "EscalationOutboxRelayAbsent",
     "EscalationDeadlineWorkerAbsent",
+    "EscalationTlsCertificateExpiresSoon",
 }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 from pathlib import Path
 
 import pytest
@@ -25,9 +26,31 @@ def files(tmp_path: Path) -> dict[str, Path]:
             serialization.BestAvailableEncryption(b"passphrase"),
         )
     )
+    day = datetime.timedelta(days=1)
+    expired_cert, expired_key = ca.issue("localhost", server=True, valid_from=-2 * day, valid_until=-day).write(
+        tmp_path, "expired"
+    )
+    just_expired_cert, just_expired_key = ca.issue(
+        "localhost", server=True, valid_from=-day, valid_until=-datetime.timedelta(seconds=5)
+    ).write(tmp_path, "just-expired")
+    future_cert, future_key = ca.issue("localhost", server=True, valid_from=datetime.timedelta(hours=1)).write(
+        tmp_path, "future"
+    )
     garbage = tmp_path / "garbage.pem"
     garbage.write_text("-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n")
-    return {"cert": cert, "key": key, "ca": ca.write(tmp_path, "ca"), "encrypted": encrypted, "garbage": garbage}
+    return {
+        "cert": cert,
+        "key": key,
+        "ca": ca.write(tmp_path, "ca"),
+        "encrypted": encrypted,
+        "garbage": garbage,
+        "expired": expired_cert,
+        "expired_key": expired_key,
+        "just_expired": just_expired_cert,
+        "just_expired_key": just_expired_key,
+        "future": future_cert,
+        "future_key": future_key,
+    }
 
 
 def test_a_valid_pair_with_a_client_ca_is_mtls(files: dict[str, Path]) -> None:
@@ -52,6 +75,10 @@ def test_a_valid_pair_with_a_client_ca_is_mtls(files: dict[str, Path]) -> None:
         ("key", "key", None, "no PEM certificate"),
         (None, None, "ca", "must be set together"),
         (None, "key", None, "must be set together"),
+        # Clients refuse these at every handshake (CERTIFICATE_VERIFY_FAILED); say so once, at start.
+        ("expired", "expired_key", None, "expired at"),
+        ("just_expired", "just_expired_key", "ca", "expired at"),
+        ("future", "future_key", None, "is not valid before"),
     ],
 )
 def test_unusable_files_are_one_line(

@@ -7,6 +7,7 @@ client is inspected. No broker is contacted: constructing a client does not conn
 
 from __future__ import annotations
 
+import datetime
 import ssl
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -151,6 +152,48 @@ def test_inconsistent_settings_are_one_line_at_start(env: dict[str, str], says: 
     message = str(caught.value)
     assert "\n" not in message
     assert says in message
+
+
+@pytest.mark.parametrize(
+    ("valid_from", "valid_until", "says"),
+    [
+        (datetime.timedelta(days=-30), datetime.timedelta(days=-1), "expired at"),
+        (datetime.timedelta(hours=-2), datetime.timedelta(seconds=-5), "expired at"),
+        (datetime.timedelta(hours=1), datetime.timedelta(days=30), "is not valid before"),
+    ],
+)
+@pytest.mark.parametrize("protocol", ["SSL", "SASL_SSL"])
+def test_a_client_certificate_outside_its_validity_is_one_line_at_start(
+    tmp_path: Path,
+    ca_file: Path,
+    protocol: str,
+    valid_from: datetime.timedelta,
+    valid_until: datetime.timedelta,
+    says: str,
+) -> None:
+    issued = CertificateAuthority("clients").issue(
+        "escalation", server=False, valid_from=valid_from, valid_until=valid_until
+    )
+    cert, key = issued.write(tmp_path, "client")
+    env = {
+        "ESCALATION_KAFKA_SECURITY_PROTOCOL": protocol,
+        "ESCALATION_KAFKA_SSL_CA_FILE": str(ca_file),
+        "ESCALATION_KAFKA_SSL_CERT_FILE": str(cert),
+        "ESCALATION_KAFKA_SSL_KEY_FILE": str(key),
+    }
+    if protocol == "SASL_SSL":
+        env |= {
+            "ESCALATION_KAFKA_SASL_MECHANISM": "PLAIN",
+            "ESCALATION_KAFKA_SASL_USERNAME": "u",
+            "ESCALATION_KAFKA_SASL_PASSWORD": "p",
+        }
+    with pytest.raises(config.ConfigError) as caught:
+        config.load(BOOTSTRAP | env)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert "ESCALATION_KAFKA_SSL_" in message
+    assert says in message
+    assert str(cert) in message
 
 
 def test_the_password_is_never_in_the_settings_repr() -> None:
