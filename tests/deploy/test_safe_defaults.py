@@ -35,12 +35,12 @@ _PRIVATE_KEY = re.compile(r"-----BEGIN (?:[A-Z]+ )?PRIVATE KEY-----")
 
 def _placeholder(value: str, python: bool) -> bool:
     """Not a usable secret: empty, an interpolation (`${X}`, `$X`, `{x}`), an ellipsis or `<…>`; in
-    Python source also a name (a variable, attribute or call holds the value, not the text) or a
-    number (a size such as paging's _MAX_TOKEN)."""
+    Python source also a name or a call (a variable, attribute or call's result holds the value, not the
+    text: `_TOKEN = re.compile(…)`) or a number (a size such as paging's _MAX_TOKEN)."""
     return (
         len(value) < 4
         or value.startswith(("$", "{", "<", ".", "%"))
-        or (python and re.fullmatch(r"[a-z_][a-z0-9_.]*(\(\))?|[0-9_]+", value) is not None)
+        or (python and re.fullmatch(r"[a-z_][a-z0-9_.]*(\(.*)?|[0-9_]+", value) is not None)
     )
 
 
@@ -122,7 +122,13 @@ def test_the_scan_leaves_placeholders_digests_and_names_alone(text: str) -> None
 
 @pytest.mark.parametrize(
     "text",
-    ['f"export ESCALATION_JWT_SECRET={secret}\\n"', '{"ESCALATION_JWT_SECRET": secret, "X": 1}', "token = mint()"],
+    [
+        'f"export ESCALATION_JWT_SECRET={secret}\\n"',
+        '{"ESCALATION_JWT_SECRET": secret, "X": 1}',
+        "token = mint()",
+        '_TOKEN = re.compile(r"[A-Za-z0-9_-]+")',
+        "SECRET_FIELDS = frozenset(('password',))",
+    ],
 )
 def test_in_python_a_name_holding_the_secret_is_not_one(text: str) -> None:
     assert findings(text, python=True) == [], text
