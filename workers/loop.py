@@ -67,15 +67,19 @@ class Wakeup:
             self._conn = await asyncpg.connect(
                 self._dsn, server_settings={"application_name": f"escalation-wakeup-{self._channel}"}
             )
-            await self._conn.add_listener(self._channel, self._listener)
+            # Before LISTEN: a connection lost between the two must still wake the worker.
             self._conn.add_termination_listener(self._lost)
+            await self._conn.add_listener(self._channel, self._listener)
         except Exception as exc:
             # Only a hint (the worker polls anyway), so no failure to listen may stop the worker: not
-            # a refused connect, nor asyncpg's TargetServerAttributeNotMatched during a failover.
+            # a refused connect, nor asyncpg's TargetServerAttributeNotMatched during a failover. Not
+            # listening, a notification may be missed: run a round now (it reads the table), and try to
+            # listen again as soon as the database retry allows.
             if self._conn is not None:
                 self._conn.terminate()
             self._conn = None
-            self._next_connect = time.monotonic() + 5.0
+            self._next_connect = time.monotonic() + DATABASE_RETRY
+            self._wake_at = time.monotonic()
             log.warning("wakeup.listen_failed", channel=self._channel, error=str(exc))
 
     async def sleep(self, seconds: float, stop: asyncio.Event) -> None:
