@@ -63,8 +63,20 @@ class JwksKeys:
         self.generation = 0
 
     async def start(self) -> None:
-        """First fetch, before serving; never raises: on failure JWKS tokens are refused until a fetch succeeds."""
+        """First fetch, before serving; never raises: on failure JWKS tokens are refused until a fetch succeeds.
+
+        Until one does, a background task retries every ``min_refresh_seconds`` (at least 1 s): a replica
+        that is not ready gets no traffic, so no token's unknown ``kid`` would trigger the refetch.
+        """
         await self.refresh()
+        if not self._keys:
+            self._background = asyncio.get_running_loop().create_task(self._until_loaded(), name="jwks-retry")
+            self._background.add_done_callback(_retrieve)
+
+    async def _until_loaded(self) -> None:
+        while not self._keys:
+            await asyncio.sleep(max(self._min_refresh_seconds, 1.0))
+            await self.refresh()
 
     @property
     def loaded(self) -> bool:
