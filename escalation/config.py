@@ -8,8 +8,10 @@ operator fixes them all in one round. The CLI prints it and exits with status 2.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
+import urllib.parse
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -489,11 +491,22 @@ def _sla(raw: str) -> dict[str, timedelta]:
 
 
 def _jwks_url(raw: str) -> str:
-    scheme, _, rest = raw.partition("://")
-    host = rest.split("/", 1)[0].rsplit(":", 1)[0] if rest else ""
-    if (scheme == "https" and host) or (scheme == "http" and host in ("localhost", "127.0.0.1", "[::1]")):
+    """An https URL, or http on a loopback host (``localhost``, 127.0.0.0/8, ``[::1]``); ValueError otherwise."""
+    parts = urllib.parse.urlsplit(raw)
+    host = parts.hostname or ""
+    _ = parts.port  # ValueError on a malformed port
+    if (parts.scheme == "https" and host) or (parts.scheme == "http" and _is_loopback(host)):
         return raw
     raise ValueError("keys must come over https")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 _REVISION = re.compile(r"[A-Za-z0-9._+-]{1,64}")
@@ -538,7 +551,12 @@ def _jwt(env: Mapping[str, str]) -> JwtSettings | None:
         jwks_url=jwks_url,
         jwks_cache_seconds=_get(env, "ESCALATION_JWT_JWKS_CACHE_SECONDS", _float_in(1, 86_400), 300.0, "1..86400"),
         jwks_min_refresh_seconds=_get(
-            env, "ESCALATION_JWT_JWKS_MIN_REFRESH_SECONDS", _float_in(0, 3600), 30.0, "seconds, 0..3600"
+            # 0 would remove the rate limit: every made-up kid would cost the provider a request.
+            env,
+            "ESCALATION_JWT_JWKS_MIN_REFRESH_SECONDS",
+            _float_in(1, 3600),
+            30.0,
+            "seconds, 1..3600",
         ),
     )
 
