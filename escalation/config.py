@@ -203,12 +203,12 @@ class ConfigError(Exception):
 class JwtSettings:
     algorithm: str = "HS256"
     # HS256: the shared secret. RS256: the PEM public key (verification only). Empty: JWKS only.
-    key: str = ""
+    key: str = field(default="", repr=False)  # never in a repr (tracebacks, logs)
     audience: str | None = None
     issuer: str | None = None
     leeway_seconds: int = 30
     # Keys by ``kid`` from the identity provider (escalation/jwks.py), besides or instead of ``key``.
-    jwks_url: str | None = None
+    jwks_url: str | None = field(default=None, repr=False)  # may carry credentials
     jwks_cache_seconds: float = 300.0
     jwks_min_refresh_seconds: float = 30.0
 
@@ -244,7 +244,8 @@ class LimitSettings:
 
 @dataclass(frozen=True)
 class Settings:
-    database_url: str | None = None
+    # Holds the database password: never in a repr (tracebacks, logs); docs/production.md "Secrets".
+    database_url: str | None = field(default=None, repr=False)
     db_pool_min: int = 2
     db_pool_max: int = 20
     db_command_timeout_seconds: float = 10.0
@@ -345,11 +346,38 @@ def _get(env: Mapping[str, str], name: str, parse: Callable[[str], T], default: 
     try:
         return parse(raw)
     except (ValueError, OSError) as exc:
-        message = f"{name}={raw!r} is invalid: {hint} ({exc})"
+        shown = shown_value(name, raw)
+        message = f"{name}={shown!r} is invalid: {hint} ({str(exc).replace(raw, shown)})"
     if isinstance(env, _Env):
         env.errors.append(message)
         return default
     raise ConfigError(message)
+
+
+# Variables whose whole value is a secret (ESCALATION_JWT_SECRET, ESCALATION_KAFKA_SASL_PASSWORD, …);
+# their *_FILE companions hold paths, which are shown.
+_SECRET_NAME = re.compile(r"(PASSWORD|SECRET|TOKEN|PRIVATE_KEY)\Z")
+# The user-info of a URL (or anything with an '@'): what precedes the last '@', after any scheme.
+_USERINFO = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)?(?P<userinfo>.*)@", re.DOTALL)
+_QUERY_PASSWORD = re.compile(r"(?P<key>password=)[^&\s]*", re.IGNORECASE)
+HIDDEN = "<hidden>"
+
+
+def shown_value(name: str, raw: str) -> str:
+    """``raw`` as a configuration error may print it: no secret, ever (docs/production.md "Secrets").
+
+    A secret variable's value is replaced whole by ``<hidden>``; in any other value the password of a
+    URL's user-info (``postgresql://app:***@db/x``, also when the URL is malformed) and a
+    ``password=`` query parameter are replaced by ``***``.
+    """
+    if _SECRET_NAME.search(name):
+        return HIDDEN
+
+    def userinfo(match: re.Match[str]) -> str:
+        user, colon, _ = match["userinfo"].partition(":")
+        return f"{match['scheme'] or ''}{user + ':***' if colon else '***'}@"
+
+    return _QUERY_PASSWORD.sub(r"\g<key>***", _USERINFO.sub(userinfo, raw))
 
 
 N = TypeVar("N", int, float)
