@@ -356,10 +356,10 @@ def _get(env: Mapping[str, str], name: str, parse: Callable[[str], T], default: 
 
 # Variables whose whole value is a secret (ESCALATION_JWT_SECRET, ESCALATION_KAFKA_SASL_PASSWORD, …);
 # their *_FILE companions hold paths, which are shown.
-_SECRET_NAME = re.compile(r"(PASSWORD|SECRET|TOKEN|PRIVATE_KEY)\Z")
+_HIDDEN_VARIABLE = re.compile(r"(PASSWORD|SECRET|TOKEN|PRIVATE_KEY)\Z")
 # The user-info of a URL (or anything with an '@'): what precedes the last '@', after any scheme.
 _USERINFO = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)?(?P<userinfo>.*)@", re.DOTALL)
-_QUERY_PASSWORD = re.compile(r"(?P<key>password=)[^&\s]*", re.IGNORECASE)
+_QUERY_CREDENTIAL = re.compile(r"(?P<key>password=)[^&\s]*", re.IGNORECASE)
 HIDDEN = "<hidden>"
 
 
@@ -370,14 +370,14 @@ def shown_value(name: str, raw: str) -> str:
     URL's user-info (``postgresql://app:***@db/x``, also when the URL is malformed) and a
     ``password=`` query parameter are replaced by ``***``.
     """
-    if _SECRET_NAME.search(name):
+    if _HIDDEN_VARIABLE.search(name):
         return HIDDEN
 
     def userinfo(match: re.Match[str]) -> str:
         user, colon, _ = match["userinfo"].partition(":")
         return f"{match['scheme'] or ''}{user + ':***' if colon else '***'}@"
 
-    return _QUERY_PASSWORD.sub(r"\g<key>***", _USERINFO.sub(userinfo, raw))
+    return _QUERY_CREDENTIAL.sub(r"\g<key>***", _USERINFO.sub(userinfo, raw))
 
 
 N = TypeVar("N", int, float)
