@@ -70,6 +70,7 @@ async def _serve(settings: config.Settings) -> None:
         start_metrics_server(settings.metrics_addr)
         server = Server(settings, pool)
         HEALTH.add_readiness("grpc", lambda: None if server.serving else "gRPC health is not SERVING")
+        HEALTH.add_readiness("jwks", server.jwks_readiness)
         await serve_until_signalled(server)
     finally:
         ticker.cancel()

@@ -8,8 +8,10 @@ operator fixes them all in one round. The CLI prints it and exits with status 2.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
+import urllib.parse
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -201,12 +203,12 @@ class ConfigError(Exception):
 class JwtSettings:
     algorithm: str = "HS256"
     # HS256: the shared secret. RS256: the PEM public key (verification only). Empty: JWKS only.
-    key: str = ""
+    key: str = field(default="", repr=False)  # never in a repr (tracebacks, logs)
     audience: str | None = None
     issuer: str | None = None
     leeway_seconds: int = 30
     # Keys by ``kid`` from the identity provider (escalation/jwks.py), besides or instead of ``key``.
-    jwks_url: str | None = None
+    jwks_url: str | None = field(default=None, repr=False)  # may carry credentials
     jwks_cache_seconds: float = 300.0
     jwks_min_refresh_seconds: float = 30.0
 
@@ -242,7 +244,8 @@ class LimitSettings:
 
 @dataclass(frozen=True)
 class Settings:
-    database_url: str | None = None
+    # Holds the database password: never in a repr (tracebacks, logs); docs/production.md "Secrets".
+    database_url: str | None = field(default=None, repr=False)
     db_pool_min: int = 2
     db_pool_max: int = 20
     db_command_timeout_seconds: float = 10.0
@@ -343,11 +346,38 @@ def _get(env: Mapping[str, str], name: str, parse: Callable[[str], T], default: 
     try:
         return parse(raw)
     except (ValueError, OSError) as exc:
-        message = f"{name}={raw!r} is invalid: {hint} ({exc})"
+        shown = shown_value(name, raw)
+        message = f"{name}={shown!r} is invalid: {hint} ({str(exc).replace(raw, shown)})"
     if isinstance(env, _Env):
         env.errors.append(message)
         return default
     raise ConfigError(message)
+
+
+# Variables whose whole value is a secret (ESCALATION_JWT_SECRET, ESCALATION_KAFKA_SASL_PASSWORD, …);
+# their *_FILE companions hold paths, which are shown.
+_HIDDEN_VARIABLE = re.compile(r"(PASSWORD|SECRET|TOKEN|PRIVATE_KEY)\Z")
+# The user-info of a URL (or anything with an '@'): what precedes the last '@', after any scheme.
+_USERINFO = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)?(?P<userinfo>.*)@", re.DOTALL)
+_QUERY_CREDENTIAL = re.compile(r"(?P<key>password=)[^&\s]*", re.IGNORECASE)
+HIDDEN = "<hidden>"
+
+
+def shown_value(name: str, raw: str) -> str:
+    """``raw`` as a configuration error may print it: no secret, ever (docs/production.md "Secrets").
+
+    A secret variable's value is replaced whole by ``<hidden>``; in any other value the password of a
+    URL's user-info (``postgresql://app:***@db/x``, also when the URL is malformed) and a
+    ``password=`` query parameter are replaced by ``***``.
+    """
+    if _HIDDEN_VARIABLE.search(name):
+        return HIDDEN
+
+    def userinfo(match: re.Match[str]) -> str:
+        user, colon, _ = match["userinfo"].partition(":")
+        return f"{match['scheme'] or ''}{user + ':***' if colon else '***'}@"
+
+    return _QUERY_CREDENTIAL.sub(r"\g<key>***", _USERINFO.sub(userinfo, raw))
 
 
 N = TypeVar("N", int, float)
@@ -489,11 +519,22 @@ def _sla(raw: str) -> dict[str, timedelta]:
 
 
 def _jwks_url(raw: str) -> str:
-    scheme, _, rest = raw.partition("://")
-    host = rest.split("/", 1)[0].rsplit(":", 1)[0] if rest else ""
-    if (scheme == "https" and host) or (scheme == "http" and host in ("localhost", "127.0.0.1", "[::1]")):
+    """An https URL, or http on a loopback host (``localhost``, 127.0.0.0/8, ``[::1]``); ValueError otherwise."""
+    parts = urllib.parse.urlsplit(raw)
+    host = parts.hostname or ""
+    _ = parts.port  # ValueError on a malformed port
+    if (parts.scheme == "https" and host) or (parts.scheme == "http" and _is_loopback(host)):
         return raw
     raise ValueError("keys must come over https")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 _REVISION = re.compile(r"[A-Za-z0-9._+-]{1,64}")
@@ -538,7 +579,12 @@ def _jwt(env: Mapping[str, str]) -> JwtSettings | None:
         jwks_url=jwks_url,
         jwks_cache_seconds=_get(env, "ESCALATION_JWT_JWKS_CACHE_SECONDS", _float_in(1, 86_400), 300.0, "1..86400"),
         jwks_min_refresh_seconds=_get(
-            env, "ESCALATION_JWT_JWKS_MIN_REFRESH_SECONDS", _float_in(0, 3600), 30.0, "seconds, 0..3600"
+            # 0 would remove the rate limit: every made-up kid would cost the provider a request.
+            env,
+            "ESCALATION_JWT_JWKS_MIN_REFRESH_SECONDS",
+            _float_in(1, 3600),
+            30.0,
+            "seconds, 1..3600",
         ),
     )
 

@@ -6,7 +6,13 @@ from ``kid`` to key. The map is filled before serve starts (``start``), refetche
 once older than ``cache_seconds`` (tokens keep verifying against the current map meanwhile), and
 refetched on a token whose ``kid`` is unknown — that call waits for the fetch, at most once per
 ``min_refresh_seconds`` for the whole process (a flood of made-up kids cannot turn into a flood of
-requests to the identity provider). A failed fetch keeps the last good keys. docs/production.md.
+requests to the identity provider). A failed fetch — unreachable, an HTTP error, a body that is not
+JSON (a maintenance page), JSON that is not a JWKS object — keeps the last good keys, is logged once
+(``jwks.fetch_failed``) and counted (``escalation_jwks_fetch_failures_total``); it never raises, so
+neither serve's start nor a background refresh can fail on it. docs/production.md.
+
+PyJWKClient reads the whole response (``json.load``) and has no size cap; the fetch is bounded in time
+(``FETCH_TIMEOUT_SECONDS``) only, and the URL is the operator's own identity provider.
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ from typing import Any
 
 import jwt
 import structlog
+
+from escalation.observability.metrics import JWKS_FETCH_FAILURES
 
 log = structlog.get_logger(__name__)
 
@@ -55,8 +63,25 @@ class JwksKeys:
         self.generation = 0
 
     async def start(self) -> None:
-        """First fetch, before serving; a failure is logged (tokens are refused until a fetch succeeds)."""
+        """First fetch, before serving; never raises: on failure JWKS tokens are refused until a fetch succeeds.
+
+        Until one does, a background task retries every ``min_refresh_seconds`` (at least 1 s): a replica
+        that is not ready gets no traffic, so no token's unknown ``kid`` would trigger the refetch.
+        """
         await self.refresh()
+        if not self._keys:
+            self._background = asyncio.get_running_loop().create_task(self._until_loaded(), name="jwks-retry")
+            self._background.add_done_callback(_retrieve)
+
+    async def _until_loaded(self) -> None:
+        while not self._keys:
+            await asyncio.sleep(max(self._min_refresh_seconds, 1.0))
+            await self.refresh()
+
+    @property
+    def loaded(self) -> bool:
+        """True once a fetch has brought at least one usable key (what /readyz checks for JWKS-only serve)."""
+        return bool(self._keys)
 
     async def close(self) -> None:
         if self._background is not None:
@@ -73,6 +98,7 @@ class JwksKeys:
             and (self._background is None or self._background.done())
         ):
             self._background = asyncio.get_running_loop().create_task(self.refresh(), name="jwks-refresh")
+            self._background.add_done_callback(_retrieve)
         return self._keys.get(kid)
 
     async def key_or_refresh(self, kid: str) -> jwt.PyJWK | None:
@@ -94,14 +120,35 @@ class JwksKeys:
             self.fetches += 1
             try:
                 document: Any = await asyncio.to_thread(self._client.fetch_data)
-                keys = _signing_keys(jwt.PyJWKSet.from_dict(document))
-            except (jwt.PyJWKClientError, jwt.PyJWKSetError, jwt.InvalidKeyError) as exc:
-                log.warning("jwks.fetch_failed", url=self._url, error=str(exc), keys_kept=len(self._keys))
+                keys = _signing_keys(_key_set(document))
+            except jwt.PyJWKClientConnectionError as exc:
+                self._failed("unreachable", exc)
+                return
+            except (ValueError, TypeError, KeyError, OSError, jwt.PyJWTError) as exc:
+                # ValueError: a body that is not JSON (json.JSONDecodeError); TypeError: JSON that is not a JWK Set.
+                self._failed("invalid_document", exc)
                 return
             if {k: v.key for k, v in keys.items()} != {k: v.key for k, v in self._keys.items()}:
                 self.generation += 1
             self._keys, self._fetched_at = keys, self._clock()
             log.info("jwks.fetched", url=self._url, kids=sorted(keys))
+
+    def _failed(self, reason: str, exc: BaseException) -> None:
+        JWKS_FETCH_FAILURES.labels(reason=reason).inc()
+        log.warning("jwks.fetch_failed", url=self._url, reason=reason, error=str(exc)[:200], keys_kept=len(self._keys))
+
+
+def _retrieve(task: asyncio.Task[None]) -> None:
+    """Done callback of the background refresh: an exception refresh did not foresee is logged, not left unretrieved."""
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.error("jwks.refresh_crashed", error=repr(exc)[:200])
+
+
+def _key_set(document: Any) -> jwt.PyJWKSet:
+    """The JWK Set in a parsed document; TypeError unless it is an object with a ``keys`` array (RFC 7517 §5)."""
+    if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
+        raise TypeError(f"not a JWK Set: expected an object with a 'keys' array, got {type(document).__name__}")
+    return jwt.PyJWKSet.from_dict(document)
 
 
 def _signing_keys(key_set: jwt.PyJWKSet) -> dict[str, jwt.PyJWK]:

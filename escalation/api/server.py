@@ -163,6 +163,12 @@ class Server:
         if self.port == 0:
             raise GrpcPortInUse(f"cannot listen on gRPC address {bind} (in use?); set ESCALATION_GRPC_ADDR")
 
+    def jwks_readiness(self) -> str | None:
+        """/readyz check: a reason while no token can be verified (JWKS only, no key fetched yet), else None."""
+        if self._jwks is None or self._settings.require_jwt().key or self._jwks.loaded:
+            return None
+        return "no signing keys fetched from ESCALATION_JWT_JWKS_URL yet"
+
     async def start(self) -> None:
         if self._jwks is not None:
             await self._jwks.start()

@@ -45,6 +45,12 @@ TICKETS_PUBLISHED = Counter(
 OUTBOX_PUBLISHED = Counter(
     "escalation_outbox_published_total", "Outbox rows acknowledged by Kafka, by topic.", ["topic"]
 )
+# reason: "unreachable" (connection, timeout, HTTP error status) or "invalid_document" (not a JWK Set).
+JWKS_FETCH_FAILURES = Counter(
+    "escalation_jwks_fetch_failures_total",
+    "JWKS fetches that failed (the last good keys are kept), by reason.",
+    ["reason"],
+)
 STREAMS_CONNECTED = Gauge(
     "escalation_merchant_streams_connected", "Merchant Connect streams open on this server process."
 )

@@ -8,89 +8,26 @@ they move for the rate limit.
 from __future__ import annotations
 
 import asyncio
-import json
-import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
 
 import asyncpg
 import grpc
 import jwt
 import pytest
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from prometheus_client import REGISTRY
 
 from escalation import config
 from escalation.jwks import JwksKeys
 from escalation.v1 import ops_pb2, ops_pb2_grpc
 from tests.conftest import JWT_SECRET
 from tests.integration.grpc_harness import failure, running_server, token
-
-
-@dataclass
-class SigningKey:
-    kid: str
-    algorithm: str
-    private: Any
-
-    def jwk(self) -> dict[str, Any]:
-        algorithm = jwt.algorithms.RSAAlgorithm if self.algorithm == "RS256" else jwt.algorithms.ECAlgorithm
-        public: dict[str, Any] = algorithm.to_jwk(self.private.public_key(), as_dict=True)
-        return public | {"kid": self.kid, "use": "sig", "alg": self.algorithm}
-
-    def token(self, sub: str = "ops-1", *, kid: str | None = None) -> str:
-        claims = {"sub": sub, "role": "ops", "exp": 4_000_000_000}
-        return jwt.encode(claims, self.private, algorithm=self.algorithm, headers={"kid": kid or self.kid})
-
-
-def rs256(kid: str) -> SigningKey:
-    return SigningKey(kid, "RS256", rsa.generate_private_key(public_exponent=65537, key_size=2048))
-
-
-def es256(kid: str) -> SigningKey:
-    return SigningKey(kid, "ES256", ec.generate_private_key(ec.SECP256R1()))
-
-
-@dataclass
-class IdentityProvider:
-    """The JWKS endpoint: ``publish`` replaces the document; ``fetches`` counts GETs."""
-
-    url: str = ""
-    keys: list[SigningKey] = field(default_factory=list)
-    fetches: int = 0
-
-    def publish(self, *keys: SigningKey) -> None:
-        self.keys = list(keys)
+from tests.integration.jwks_harness import IdentityProvider, es256, identity_provider, rs256
 
 
 @pytest.fixture
 def idp() -> Iterator[IdentityProvider]:
-    provider = IdentityProvider()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            provider.fetches += 1
-            body = json.dumps({"keys": [k.jwk() for k in provider.keys]}).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    provider.url = f"http://127.0.0.1:{server.server_address[1]}/.well-known/jwks.json"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with identity_provider() as provider:
         yield provider
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
 
 
 async def _list_warnings(channel: grpc.aio.Channel, bearer: str) -> grpc.StatusCode:
@@ -199,3 +136,89 @@ async def test_an_unreachable_provider_keeps_the_last_keys(idp: IdentityProvider
     assert await keys.key_or_refresh("other") is None
     assert keys.key("kept") is not None
     await keys.close()
+
+
+# What identity providers answer when something is wrong in front of them, besides being down.
+BROKEN_ANSWERS = {
+    "html maintenance page": (200, b"<html><body><h1>Down for maintenance</h1></body></html>"),
+    "truncated json": (200, b'{"keys": [{"kty": "RSA", "kid": "a", "n": "'),
+    "json array": (200, b"[]"),
+    "json string": (200, b'"keys"'),
+    "keys not an array": (200, b'{"keys": {"kid": "a"}}'),
+    "keys of junk": (200, b'{"keys": [1, "two", null]}'),
+    "server error": (500, b"internal error"),
+}
+
+
+def _failures() -> float:
+    return sum(
+        REGISTRY.get_sample_value("escalation_jwks_fetch_failures_total", {"reason": reason}) or 0.0
+        for reason in ("unreachable", "invalid_document")
+    )
+
+
+@pytest.mark.parametrize("answer", BROKEN_ANSWERS.values(), ids=BROKEN_ANSWERS.keys())
+async def test_a_broken_answer_is_a_failed_fetch_at_start_and_after_rotation(
+    idp: IdentityProvider, answer: tuple[int, bytes]
+) -> None:
+    first, rotated = rs256("first"), es256("rotated")
+    clock = Clock()
+    keys = JwksKeys(idp.url, cache_seconds=3600, min_refresh_seconds=30, clock=clock)
+    idp.broken = answer
+    failures = _failures()
+    await keys.start()  # must not raise: serve starts anyway (docs/production.md)
+    assert not keys.loaded
+    assert _failures() == failures + 1
+
+    idp.publish(first)
+    clock.now += 30
+    assert await keys.key_or_refresh("first") is not None
+    assert keys.loaded
+
+    idp.publish(first, rotated)
+    idp.broken = answer  # the provider breaks while a token names the new key
+    clock.now += 30
+    assert await keys.key_or_refresh("rotated") is None  # refused, not an exception
+    assert keys.key("first") is not None  # the last good keys are kept
+    assert _failures() == failures + 2
+    assert idp.fetches == 3
+    await keys.close()
+
+
+async def test_a_stale_set_refetched_from_a_broken_provider_keeps_its_keys(idp: IdentityProvider) -> None:
+    kept = es256("kept")
+    idp.publish(kept)
+    clock = Clock()
+    keys = JwksKeys(idp.url, cache_seconds=300, min_refresh_seconds=30, clock=clock)
+    await keys.start()
+    for status, body in BROKEN_ANSWERS.values():
+        idp.broken = (status, body)
+        clock.now += 301
+        before = idp.fetches
+        assert keys.key("kept") is not None  # starts the background refetch
+        for _ in range(200):
+            if idp.fetches > before:
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)  # let the task finish: an exception left in it would be an error here
+        assert keys.key("kept") is not None
+    await keys.close()
+
+
+async def test_serve_starts_and_refuses_when_the_provider_is_broken(pool: asyncpg.Pool, idp: IdentityProvider) -> None:
+    key = rs256("later")
+    idp.broken = BROKEN_ANSWERS["html maintenance page"]
+    settings = config.Settings(
+        jwt=config.JwtSettings(
+            algorithm="HS256", key=JWT_SECRET, jwks_url=idp.url, jwks_min_refresh_seconds=0, jwks_cache_seconds=3600
+        ),
+        shutdown_grace_seconds=1,
+    )
+    async with running_server(pool, config=settings) as channel:
+        assert idp.fetches == 1
+        assert await _list_warnings(channel, key.token()) is grpc.StatusCode.UNAUTHENTICATED  # not UNKNOWN
+        assert await _list_warnings(channel, token("ops", "ops-2")) is grpc.StatusCode.OK
+        idp.broken = BROKEN_ANSWERS["truncated json"]
+        assert await _list_warnings(channel, key.token()) is grpc.StatusCode.UNAUTHENTICATED
+        idp.publish(key)
+        assert await _list_warnings(channel, key.token()) is grpc.StatusCode.OK
