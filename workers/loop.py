@@ -84,14 +84,19 @@ class Wakeup:
 
     async def sleep(self, seconds: float, stop: asyncio.Event) -> None:
         """Sleeps ``seconds``, less if a notification asks for an earlier wake-up or ``stop`` is set."""
-        await self._ensure_listening()
         until = time.monotonic() + seconds
         while not stop.is_set():
+            await self._ensure_listening()
             if self._wake_at is not None:
                 until = min(until, self._wake_at)
-            remaining = until - time.monotonic()
+            now = time.monotonic()
+            remaining = until - now
             if remaining <= 0:
                 break
+            if self._conn is None:
+                # Not listening (the last attempt failed): try again as soon as the retry allows rather
+                # than sleeping the whole interval deaf.
+                remaining = min(remaining, max(self._next_connect - now, 0.01))
             self._event.clear()
             stopped = asyncio.ensure_future(stop.wait())
             notified = asyncio.ensure_future(self._event.wait())
