@@ -138,6 +138,7 @@ class MerchantStream:
         # Registered without an await, and released in the finally whatever point a cancellation hits:
         # no presence row or subscription outlives the stream (issue 10 §3).
         sub = self._hub.subscribe(self._merchant_id, self._caller.subject, present=True)
+        sub.at(cursor)
         reader: asyncio.Task[None] | None = None
         try:
             await self._hub.announce(sub)
@@ -236,8 +237,10 @@ class MerchantStream:
                     if self._visible(item.agent_id):
                         await _write(self._context, item.frame, self._config)
                 cursor = max(cursor, shared.head)
+                sub.at(cursor)  # the feed may now drop what this stream (and every other) delivered
             else:
                 cursor, more = await self._catch_up(cursor)
+                sub.at(cursor)
                 if more:
                     continue
             # The reader's error (a frame that does not decode) ends the stream after the results it queued.
