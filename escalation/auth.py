@@ -9,7 +9,7 @@ import enum
 import math
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import jwt
@@ -38,6 +38,10 @@ class Identity:
     subject: str
     role: Role
     merchant_id: str | None = None
+    # Seconds since the epoch after which the token no longer authenticates: its exp plus the configured
+    # leeway (ESCALATION_JWT_LEEWAY_SECONDS). Streams end then (SPEC §3); None for an identity not
+    # made from a token. Not part of who the caller is, so not compared.
+    valid_until: float | None = field(default=None, compare=False)
 
     @property
     def is_platform(self) -> bool:
@@ -112,7 +116,9 @@ class TokenVerifier:
         except (ValueError, TypeError, OverflowError, RecursionError):
             # Whatever a malformed token makes the decoder raise, it is the token's fault (SPEC §3).
             raise errors.Unauthenticated("the token is invalid", reason="TOKEN_INVALID") from None
-        return identity_from_claims(claims), float(claims["exp"])
+        expires = float(claims["exp"])
+        identity = replace(identity_from_claims(claims), valid_until=expires + self._settings.leeway_seconds)
+        return identity, expires
 
     def _signing_key(self, token: str) -> tuple[Any, str]:
         """The JWKS key the token's ``kid`` names, else the static key; Unauthenticated when there is neither."""

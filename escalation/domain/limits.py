@@ -20,3 +20,8 @@ MAX_TICKET_BYTES = 1_000_000
 KAFKA_MAX_REQUEST_BYTES = 1_048_576
 KAFKA_TOPIC_MAX_MESSAGE_BYTES = 1_048_588
 PAGE_BYTE_BUDGET = 1024 * 1024
+# The most one merchant's shared stream feed (realtime/feed.py) holds of events some of its streams have
+# not delivered yet: a few pages, so a burst of large messages is still read once for all the shop's
+# streams, while every shop with a stream open costs at most this much (issue 10 §2). Streams further
+# behind read their own pages, one page at a time.
+FEED_BYTE_BUDGET = 4 * PAGE_BYTE_BUDGET

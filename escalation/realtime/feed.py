@@ -12,12 +12,20 @@ shows an event under access older than the event (SPEC R9: a narrowed scope appl
 
 A stream whose cursor lies before what the feed holds (a resume, or a reader that fell behind) reads
 its own pages until it catches up, as at connect; its cost is its own backlog, not every wake-up.
+
+What the feed holds: only events some live stream of it has not delivered yet. Each stream reports its
+cursor (``track``); events at or below the lowest cursor are dropped at once, so a shop whose streams
+are all caught up costs no event memory. A stream that is behind keeps what it still needs, within
+``keep`` events and ``limits.FEED_BYTE_BUDGET`` bytes; beyond that the oldest go and that stream reads
+its own pages. When the last stream leaves, the feed drops everything.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
@@ -25,6 +33,7 @@ import asyncpg
 import structlog
 
 from escalation import errors
+from escalation.domain import limits
 from escalation.realtime import events
 from escalation.store.queries import sql
 from escalation.v1 import merchant_pb2
@@ -63,6 +72,7 @@ class Buffered:
     cursor: int
     agent_id: str | None  # the session's assigned agent when the event was written
     frame: merchant_pb2.ConnectResponse
+    size: int  # the frame's serialized bytes, for the feed's byte budget
 
 
 @dataclass(frozen=True)
@@ -89,6 +99,7 @@ class MerchantFeed:
         on_read: Callable[[], None],
         keep: int = 1000,
         page_size: int = 200,
+        max_bytes: int = limits.FEED_BYTE_BUDGET,
     ) -> None:
         self.merchant_id = merchant_id
         self._pool = pool
@@ -96,7 +107,10 @@ class MerchantFeed:
         self._on_read = on_read  # wakes the streams
         self._keep = keep  # events held in memory (streams further behind read their own pages)
         self._page = page_size
+        self._max_bytes = max_bytes
         self._events: list[Buffered] = []
+        self._bytes = 0  # sum of the held events' sizes
+        self._positions: Counter[int] = Counter()  # live streams' cursors: how many streams at each
         self._snapshot: Snapshot | None = None
         self.failed = False
         self.reads = 0  # completed reads, for tests and the bench
@@ -112,6 +126,27 @@ class MerchantFeed:
 
     def stop(self) -> None:
         self._task.cancel()
+        self._events, self._bytes = [], 0  # the last stream left: nothing is needed any more
+
+    def held(self) -> tuple[int, int]:
+        """(events, bytes) held in memory now, for tests and the bench."""
+        return len(self._events), self._bytes
+
+    def track(self, old: int | None, new: int | None) -> None:
+        """A stream of this feed moved from cursor ``old`` to ``new`` (None: not there; joined or left).
+
+        Events at or below the lowest live cursor are dropped once no stream is left at the old lowest one:
+        one trim per fan-out pass, not one per stream.
+        """
+        if old == new:
+            return
+        if new is not None:
+            self._positions[new] += 1
+        if old is not None:
+            self._positions[old] -= 1
+            if self._positions[old] <= 0:
+                del self._positions[old]
+                self._trim()
 
     def snapshot(self) -> Snapshot | None:
         """The newest published read; None before the first one, or while reads fail."""
@@ -167,12 +202,33 @@ class MerchantFeed:
     def _publish(self, fresh: Sequence[Buffered], head: int, access: dict[str, Access], *, keep_held: bool) -> None:
         """Events, head and access change together, with no await between (see the module docstring)."""
         if not keep_held:
-            self._events = []
+            self._events, self._bytes = [], 0
         self._events += fresh
-        if len(self._events) > 2 * self._keep:
-            del self._events[: len(self._events) - self._keep]
-        start = self._events[0].cursor - 1 if self._events else head
-        self._snapshot = Snapshot(start=start, head=head, access=access)
+        self._bytes += sum(b.size for b in fresh)
+        self._snapshot = Snapshot(start=head, head=head, access=access)
+        self._trim()
+
+    def _trim(self) -> None:
+        """Drops what every live stream delivered, then the oldest beyond ``keep`` or the byte budget.
+
+        The snapshot's start follows, so a stream whose cursor lies before what is held reads its own pages.
+        """
+        floor = min(self._positions, default=None)
+        drop = 0
+        if self._events:
+            first = self._events[0].cursor
+            # No live stream: nothing is needed. Cursors are consecutive, so the index is arithmetic.
+            drop = len(self._events) if floor is None else max(0, min(len(self._events), floor + 1 - first))
+        dropped = sum(b.size for b in self._events[:drop])
+        while len(self._events) - drop > self._keep or self._bytes - dropped > self._max_bytes:
+            dropped += self._events[drop].size
+            drop += 1
+        if drop:
+            del self._events[:drop]
+            self._bytes -= dropped
+        if self._snapshot is not None:
+            start = self._events[0].cursor - 1 if self._events else self._snapshot.head
+            self._snapshot = dataclasses.replace(self._snapshot, start=start)
 
     async def close(self) -> None:
         self._task.cancel()
@@ -181,7 +237,8 @@ class MerchantFeed:
 
 
 def _buffered(row: asyncpg.Record) -> Buffered:
-    return Buffered(row["cursor"], row["agent_id"], merchant_pb2.ConnectResponse(event=events.from_row(row)))
+    frame = merchant_pb2.ConnectResponse(event=events.from_row(row))
+    return Buffered(row["cursor"], row["agent_id"], frame, frame.ByteSize())
 
 
 def _access(position: asyncpg.Record, agents: Sequence[str]) -> dict[str, Access]:

@@ -67,6 +67,14 @@ class Subscription:
     announced: asyncio.Task[bool] | None = None
     # The delivery pass batch that woke this stream and waits for it to finish writing (see Hub._pass).
     batch: _Batch | None = None
+    # The Connect stream's cursor as the feed knows it: the feed keeps only events after its streams'
+    # lowest cursor (issue 10 §2). None for a stream that does not read the merchant log (WatchSession).
+    cursor: int | None = None
+
+    def at(self, cursor: int) -> None:
+        """The stream delivered everything up to ``cursor`` (a merchant log cursor)."""
+        self.feed.track(self.cursor, cursor)
+        self.cursor = cursor
 
     def delivered(self) -> None:
         """The stream wrote what it was woken for (or has nothing to write) and waits again."""
@@ -314,6 +322,8 @@ class Hub:
         The in-memory part happens before the first await; the row's removal runs as its own task that a
         second cancellation of the caller does not interrupt (issue 10 §3: shielded cleanup).
         """
+        sub.feed.track(sub.cursor, None)
+        sub.cursor = None
         subs = self._by_merchant.get(sub.merchant_id)
         if subs is not None:
             subs.discard(sub)

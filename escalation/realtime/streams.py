@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
@@ -67,6 +68,34 @@ async def _wait_any(*waits: Awaitable[Any], within: float) -> bool:
     return bool(done)
 
 
+@contextlib.asynccontextmanager
+async def until_token_expires(caller: Identity) -> AsyncIterator[None]:
+    """Ends the stream inside when the caller's token expires (SPEC §3, issue 10 §1).
+
+    At ``caller.valid_until`` (the token's exp plus ESCALATION_JWT_LEEWAY_SECONDS, in wall-clock seconds)
+    the body is cancelled and ``errors.Unauthenticated`` (reason TOKEN_EXPIRED, so UNAUTHENTICATED) is
+    raised instead: a stream never outlives its token, and so not an identity provider's revocation
+    either. The client reconnects with a fresh token and resumes from its cursor (or seq); nothing is lost.
+    An identity without an expiry (not made from a token) is not limited.
+    """
+    if caller.valid_until is None:
+        yield
+        return
+    loop = asyncio.get_running_loop()
+    # The loop's monotonic clock, so a wall-clock step while the stream is open does not move the cut.
+    deadline = asyncio.timeout_at(loop.time() + (caller.valid_until - time.time()))
+    try:
+        async with deadline:
+            yield
+    except TimeoutError:
+        if not deadline.expired():
+            raise  # not ours
+        raise errors.Unauthenticated(
+            "the token has expired: reconnect with a fresh token and resume from the last cursor",
+            reason="TOKEN_EXPIRED",
+        ) from None
+
+
 def _heartbeat() -> platform_pb2.Heartbeat:
     beat = platform_pb2.Heartbeat()
     beat.server_time.GetCurrentTime()
@@ -98,12 +127,18 @@ class MerchantStream:
         self._main: bool | None = None  # main account (whole shop) or not, as last read from the database
 
     async def run(self, frames: AsyncIterator[merchant_pb2.ConnectRequest]) -> None:
+        """Serves the stream until the client leaves, an error ends it, or the token expires."""
+        async with until_token_expires(self._caller):
+            await self._run(frames)
+
+    async def _run(self, frames: AsyncIterator[merchant_pb2.ConnectRequest]) -> None:
         hello = await self._hello(frames)
         position = await self._position()
         cursor = self._start_cursor(hello, position)
         # Registered without an await, and released in the finally whatever point a cancellation hits:
         # no presence row or subscription outlives the stream (issue 10 §3).
         sub = self._hub.subscribe(self._merchant_id, self._caller.subject, present=True)
+        sub.at(cursor)
         reader: asyncio.Task[None] | None = None
         try:
             await self._hub.announce(sub)
@@ -202,8 +237,10 @@ class MerchantStream:
                     if self._visible(item.agent_id):
                         await _write(self._context, item.frame, self._config)
                 cursor = max(cursor, shared.head)
+                sub.at(cursor)  # the feed may now drop what this stream (and every other) delivered
             else:
                 cursor, more = await self._catch_up(cursor)
+                sub.at(cursor)
                 if more:
                     continue
             # The reader's error (a frame that does not decode) ends the stream after the results it queued.
@@ -284,7 +321,23 @@ async def watch_session(
     after_seq: int,
     context: Context,
 ) -> None:
-    """Streams a session's messages after ``after_seq``, the merchant's read receipts, and its end."""
+    """Streams a session's messages after ``after_seq``, the merchant's read receipts, and its end.
+
+    Ends with UNAUTHENTICATED (TOKEN_EXPIRED) when the caller's token expires (see until_token_expires).
+    """
+    async with until_token_expires(caller):
+        await _watch_session(pool, hub, config, caller, session_id, after_seq, context)
+
+
+async def _watch_session(
+    pool: asyncpg.Pool,
+    hub: Hub,
+    config: StreamConfig,
+    caller: Identity,
+    session_id: uuid.UUID,
+    after_seq: int,
+    context: Context,
+) -> None:
     session = await sessions.get_session(pool, caller, session_id)
     sub = hub.subscribe(session["merchant_id"], None, present=False)
     seq, read_seq = after_seq, 0
