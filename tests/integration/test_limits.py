@@ -338,3 +338,100 @@ async def test_one_connection_holds_at_most_max_concurrent_streams_and_others_ar
             await other.close(grace=None)
         waiting.cancel()
         held[1].cancel()
+
+
+# --- replays (SPEC R4: the replay lookup comes before every check of current state; AIP-155) --------
+
+
+async def test_a_retried_open_session_is_answered_not_refused_when_the_buckets_are_empty(pool: asyncpg.Pool) -> None:
+    agent_rate, merchant_rate = per_hour(2), per_hour(3)
+    async with serving(pool, open_session_per_agent=agent_rate, open_session_per_merchant=merchant_rate) as (
+        _,
+        channel,
+    ):
+        await make_shop(channel, "shop-a")
+        platform = platform_pb2_grpc.PlatformServiceStub(channel)
+        pa1, pa2 = bearer("platform", "pa-1"), bearer("platform", "pa-2")
+        first = {rid: await platform.OpenSession(open_request("shop-a", rid), metadata=pa1) for rid in ("r-1", "r-2")}
+        await platform.OpenSession(open_request("shop-a", "r-1"), metadata=pa2)
+        sessions = await count(pool, "sessions")
+        # pa-1's bucket and shop-a's are empty; each retry is answered with the original session.
+        for rid in ("r-2", "r-1", "r-2"):
+            again = await platform.OpenSession(open_request("shop-a", rid), metadata=pa1)
+            assert again.session.session_id == first[rid].session.session_id
+        # A new request id is refused; a request id is the agent's own: pa-2 retries its r-1, not pa-1's r-2.
+        await assert_rate_limited(
+            platform.OpenSession(open_request("shop-a", "r-3"), metadata=pa1), "open_session_per_agent", rate=agent_rate
+        )
+        await platform.OpenSession(open_request("shop-a", "r-1"), metadata=pa2)
+        await assert_rate_limited(
+            platform.OpenSession(open_request("shop-a", "r-2"), metadata=pa2),
+            "open_session_per_merchant",
+            rate=merchant_rate,
+        )
+        assert await count(pool, "sessions") == sessions == 3
+
+
+async def test_a_retried_message_is_answered_not_refused_when_the_bucket_is_empty(pool: asyncpg.Pool) -> None:
+    rate = per_hour(2)
+    async with serving(pool, send_message_per_sender=rate) as (_, channel):
+        await make_shop(channel, "shop-a")
+        platform = platform_pb2_grpc.PlatformServiceStub(channel)
+        pa1, pa2 = bearer("platform", "pa-1"), bearer("platform", "pa-2")
+        mine = (await platform.OpenSession(open_request("shop-a"), metadata=pa1)).session
+        theirs = (await platform.OpenSession(open_request("shop-a"), metadata=pa2)).session
+
+        def send(session_id: str, who: tuple[tuple[str, str]], client_msg_id: str, body: str) -> Awaitable[Any]:
+            request = platform_pb2.SendMessageRequest(
+                session_id=session_id, client_msg_id=client_msg_id, content=text(body)
+            )
+            return platform.SendMessage(request, metadata=who)
+
+        sent = {cid: await send(mine.session_id, pa1, cid, cid) for cid in ("c-1", "c-2")}
+        messages = await count(pool, "messages")
+        for cid in ("c-1", "c-2", "c-1"):
+            again = await send(mine.session_id, pa1, cid, cid)
+            assert (again.seq, again.client_msg_id) == (sent[cid].seq, cid)
+        # A new key, no key at all, or the key in another session is a new write: refused.
+        for session_id, cid in ((mine.session_id, "c-3"), (mine.session_id, ""), (theirs.session_id, "c-1")):
+            await assert_rate_limited(send(session_id, pa1, cid, "more"), "send_message_per_sender", rate=rate)
+        assert await count(pool, "messages") == messages
+
+
+async def test_a_retried_reply_is_answered_not_refused_unary_and_in_band(pool: asyncpg.Pool) -> None:
+    rate = per_hour(1)
+    async with serving(pool, reply_per_sender=rate) as (_, channel):
+        await make_shop(channel, "shop-a", agents={"shop-a-sub-1": 10})
+        await make_shop(channel, "shop-b", agents={"shop-a-sub-1": 10})
+        platform = platform_pb2_grpc.PlatformServiceStub(channel)
+        session = (await platform.OpenSession(open_request("shop-a"), metadata=bearer("platform", "pa-1"))).session
+        merchant = merchant_pb2_grpc.MerchantServiceStub(channel)
+        sub1 = bearer("merchant", "shop-a-sub-1", "shop-a")
+
+        def reply(who: tuple[tuple[str, str]], client_msg_id: str) -> Awaitable[Any]:
+            request = merchant_pb2.ReplyRequest(
+                session_id=session.session_id, client_msg_id=client_msg_id, content=text("ships today")
+            )
+            return merchant.Reply(request, metadata=who)
+
+        original = await reply(sub1, "c-1")
+        messages = await count(pool, "messages")
+        assert (await reply(sub1, "c-1")).seq == original.seq
+        await assert_rate_limited(reply(sub1, "c-2"), "reply_per_sender", rate=rate)
+        await assert_rate_limited(reply(sub1, ""), "reply_per_sender", rate=rate)
+
+        # Inside Connect: the retry gets its message back, a new reply the refusal.
+        call: Any = cast(Any, merchant).Connect(metadata=sub1)
+        await call.write(merchant_pb2.ConnectRequest(hello=merchant_pb2.Hello()))
+        for cid, replayed in (("c-1", True), ("c-3", False), ("c-1", True)):
+            frame = merchant_pb2.ReplyRequest(
+                session_id=session.session_id, client_msg_id=cid, content=text("ships today")
+            )
+            await call.write(merchant_pb2.ConnectRequest(reply=frame))
+            result = await _reply_result(call)
+            if replayed:
+                assert result.message.seq == original.seq
+            else:
+                assert result.error.code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+        call.cancel()
+        assert await count(pool, "messages") == messages
