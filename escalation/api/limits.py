@@ -5,8 +5,9 @@
   vanished client left behind are reaped by HTTP/2 keepalive (api/server.py) and free their slots.
 - Concurrent streams of the services that need no token (``Health.Watch``, reflection).
 - Write rates, one token bucket per identity (domain/token_bucket.py): ``OpenSession`` per platform
-  agent and per target merchant, ``SendMessage`` per platform agent, merchant replies per agent —
-  unary ``Reply`` and replies sent inside ``Connect`` alike (``take_reply``, called by api/merchant.py).
+  agent and per target merchant (the merchant's charged only for a session created, by
+  ``charge_opened_session``), ``SendMessage`` per platform agent, merchant replies per agent — unary
+  ``Reply`` and replies sent inside ``Connect`` alike (``take_reply``, called by api/merchant.py).
 
 Everything is counted in this process: with N replicas a caller gets up to N times each limit. A
 refusal is ``RESOURCE_EXHAUSTED`` with an ErrorInfo (``RATE_LIMITED`` / ``TOO_MANY_STREAMS``, the
@@ -98,8 +99,16 @@ class Limits:
 
     # --- write rates ---------------------------------------------------------------------------
 
-    async def take(self, *charges: tuple[str, Hashable], replay: Replay | None = None) -> None:
+    async def take(
+        self,
+        *charges: tuple[str, Hashable],
+        ensure: tuple[tuple[str, Hashable], ...] = (),
+        replay: Replay | None = None,
+    ) -> None:
         """Takes one token from each ``(limit, key)`` bucket, or none when any is empty.
+
+        The ``ensure`` buckets must hold a token too, but none is taken from them here: the caller
+        charges them (``charge``) once it knows the call did what they count.
 
         When one is empty and ``replay`` finds the call is a retry of a write that succeeded, takes
         none and returns: the handler answers it from the store (SPEC R4, AIP-155). Otherwise raises
@@ -107,7 +116,7 @@ class Limits:
         the lookup propagates (the interceptors translate it, store/db.py).
         """
         now = self._clock()
-        for limit, key in charges:
+        for limit, key in charges + ensure:
             wait = self._buckets[limit].wait(key, now)
             if wait > 0:
                 if replay is not None and await replay(self._pool):
@@ -115,6 +124,11 @@ class Limits:
                 raise self._refusal(limit, self._buckets[limit].rate, wait)
         for limit, key in charges:
             self._buckets[limit].take(key, now)
+
+    def charge(self, limit: str, key: Hashable) -> None:
+        """Takes one token from the ``(limit, key)`` bucket if it has one (``take``'s ``ensure`` checked it
+        before the call; concurrent calls may have taken it since, so the bucket never goes below empty)."""
+        self._buckets[limit].take(key, self._clock())
 
     def _refusal(self, limit: str, rate: Rate, wait: float) -> errors.RateLimited:
         metrics.REQUESTS_REFUSED.labels(limit=limit).inc()
@@ -205,12 +219,22 @@ def _message_replay(caller: Identity, session_id: str, client_msg_id: str) -> Re
     return replayed
 
 
-def _open_session_charges(request: Any) -> tuple[tuple[str, Hashable], ...]:
-    charges: tuple[tuple[str, Hashable], ...] = (("open_session_per_agent", current_identity().subject),)
+def charge_opened_session(merchant_id: str) -> None:
+    """Charges ``merchant_id``'s ``open_session_per_merchant`` bucket for a session just created.
+
+    Called by the OpenSession handler for a new session only — not a replay, not a failed call — so
+    invalid or refused requests cannot use up a merchant's budget for everyone (SPEC §3 "Limits").
+    The interceptor checked the bucket had a token before the handler ran: N concurrent calls may
+    overshoot the burst by at most N - 1. Raises LookupError outside a call that passed ``LimitsInterceptor``.
+    """
+    _limits.get().charge("open_session_per_merchant", merchant_id)
+
+
+def _open_session_merchant(request: Any) -> tuple[tuple[str, Hashable], ...]:
     # An id the handler rejects anyway gets no bucket (and cannot fill memory with junk keys).
     if IDENTIFIER.fullmatch(request.merchant_id):
-        charges += (("open_session_per_merchant", request.merchant_id),)
-    return charges
+        return (("open_session_per_merchant", request.merchant_id),)
+    return ()
 
 
 class LimitsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
@@ -247,8 +271,14 @@ class LimitsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         elif method == _OPEN_SESSION:
 
             async def enter(request: Any) -> Callable[[], None]:
-                replay = _session_replay(current_identity(), request.request_id)
-                await limits.take(*_open_session_charges(request), replay=replay)
+                # The caller's own bucket pays for each of its calls, valid or not; the merchant's is
+                # only checked here and charged by the handler for a session it created.
+                caller = current_identity()
+                await limits.take(
+                    ("open_session_per_agent", caller.subject),
+                    ensure=_open_session_merchant(request),
+                    replay=_session_replay(caller, request.request_id),
+                )
                 return _nothing
 
         elif method == _SEND_MESSAGE:

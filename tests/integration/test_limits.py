@@ -24,7 +24,7 @@ from prometheus_client import REGISTRY
 from escalation.api.server import STREAM_RETRY_SECONDS, Server
 from escalation.auth import Identity, Role
 from escalation.domain.token_bucket import Rate
-from escalation.v1 import merchant_pb2, merchant_pb2_grpc, platform_pb2, platform_pb2_grpc
+from escalation.v1 import common_pb2, merchant_pb2, merchant_pb2_grpc, platform_pb2, platform_pb2_grpc
 from tests.conftest import POOL_DSN
 from tests.integration.grpc_harness import UNTHROTTLED, bearer, failure, settings
 from tests.integration.sessions_harness import make_shop, open_request, text
@@ -435,3 +435,42 @@ async def test_a_retried_reply_is_answered_not_refused_unary_and_in_band(pool: a
                 assert result.error.code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
         call.cancel()
         assert await count(pool, "messages") == messages
+
+
+# --- the merchant's budget pays only for sessions created ----------------------------------------
+
+
+async def test_failed_and_replayed_open_sessions_do_not_use_up_the_merchants_budget(pool: asyncpg.Pool) -> None:
+    rate = per_hour(2)
+    async with serving(pool, open_session_per_merchant=rate) as (_, channel):
+        await make_shop(channel, "shop-a")
+        platform = platform_pb2_grpc.PlatformServiceStub(channel)
+        attacker, honest = bearer("platform", "pa-x"), bearer("platform", "pa-1")
+        no_messages = open_request("shop-a")
+        del no_messages.messages[:]
+        no_category = open_request("shop-a")
+        no_category.category = common_pb2.CATEGORY_UNSPECIFIED
+        bad_order = open_request("shop-a")
+        bad_order.order_id = "not an id!"
+        bad_request_id = open_request("shop-a", "bad id!")
+        # Each invalid request, many times over: INVALID_ARGUMENT, nothing created, nothing charged.
+        for _ in range(3):
+            for invalid in (no_messages, no_category, bad_order, bad_request_id):
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await platform.OpenSession(invalid, metadata=attacker)
+                assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        # A request id reused with another body fails too (AIP-155), and is charged once, for its session.
+        await platform.OpenSession(open_request("shop-a", "r-1"), metadata=attacker)
+        for _ in range(3):
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await platform.OpenSession(open_request("shop-a", "r-1", body="other"), metadata=attacker)
+            assert failure(caught.value).reason == "REQUEST_ID_REUSED"
+            # Replays of it are answered and not charged either.
+            await platform.OpenSession(open_request("shop-a", "r-1"), metadata=attacker)
+        assert await count(pool, "sessions") == 1
+        # The shop's second token is still there for another agent; the next session is refused.
+        await platform.OpenSession(open_request("shop-a"), metadata=honest)
+        await assert_rate_limited(
+            platform.OpenSession(open_request("shop-a"), metadata=honest), "open_session_per_merchant", rate=rate
+        )
+        assert await count(pool, "sessions") == 2
