@@ -3,6 +3,7 @@
 - Concurrent ``MerchantService.Connect`` streams per (merchant_id, agent id): the newest stream over
   the cap is refused, so a client's working stream is never cut by its own reconnect; the streams a
   vanished client left behind are reaped by HTTP/2 keepalive (api/server.py) and free their slots.
+- Concurrent ``PlatformService.WatchSession`` streams per platform agent (``sub``), counted the same way.
 - Concurrent streams of the services that need no token (``Health.Watch``, reflection).
 - Write rates, one token bucket per identity (domain/token_bucket.py): ``OpenSession`` per platform
   agent and per target merchant (the merchant's charged only for a session created, by
@@ -52,6 +53,7 @@ from escalation.store.queries import sql
 _OPEN_SESSION = "/escalation.v1.PlatformService/OpenSession"
 _SEND_MESSAGE = "/escalation.v1.PlatformService/SendMessage"
 _CONNECT = "/escalation.v1.MerchantService/Connect"
+_WATCH_SESSION = "/escalation.v1.PlatformService/WatchSession"
 
 _limits: ContextVar[Limits] = ContextVar("escalation_limits")
 
@@ -80,6 +82,7 @@ class Limits:
         self._stream_retry_seconds = stream_retry_seconds
         self._clock = clock
         self._streams: Counter[tuple[str, str]] = Counter()
+        self._watches: Counter[str] = Counter()
         self._unauthenticated = 0
         self._buckets = {
             "open_session_per_agent": TokenBuckets(settings.open_session_per_agent),
@@ -91,6 +94,10 @@ class Limits:
     def open_streams(self, identity: Identity) -> int:
         """Connect streams ``identity`` holds on this process right now."""
         return self._streams[_merchant_key(identity)]
+
+    def watch_streams(self, identity: Identity) -> int:
+        """WatchSession streams ``identity`` (a platform agent) holds on this process right now."""
+        return self._watches[identity.subject]
 
     @property
     def unauthenticated_streams(self) -> int:
@@ -153,6 +160,20 @@ class Limits:
         self._streams[key] -= 1
         if self._streams[key] <= 0:
             del self._streams[key]
+
+    def enter_watch(self, identity: Identity) -> str:
+        """Counts a new WatchSession stream of ``identity``; raises TooManyStreams when it is over the cap."""
+        key = identity.subject
+        cap = self.settings.watch_streams_per_identity
+        if self._watches[key] >= cap:
+            raise self._too_many("watch_streams_per_identity", cap)
+        self._watches[key] += 1
+        return key
+
+    def leave_watch(self, key: str) -> None:
+        self._watches[key] -= 1
+        if self._watches[key] <= 0:
+            del self._watches[key]
 
     def enter_unauthenticated(self) -> None:
         """Counts a new health or reflection stream; raises TooManyStreams when over the cap."""
@@ -267,6 +288,12 @@ class LimitsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             async def enter(request: Any) -> Callable[[], None]:
                 key = limits.enter_connect(current_identity())
                 return lambda: limits.leave_connect(key)
+
+        elif method == _WATCH_SESSION:
+
+            async def enter(request: Any) -> Callable[[], None]:
+                key = limits.enter_watch(current_identity())
+                return lambda: limits.leave_watch(key)
 
         elif method == _OPEN_SESSION:
 

@@ -474,3 +474,68 @@ async def test_failed_and_replayed_open_sessions_do_not_use_up_the_merchants_bud
             platform.OpenSession(open_request("shop-a"), metadata=honest), "open_session_per_merchant", rate=rate
         )
         assert await count(pool, "sessions") == 2
+
+
+# --- WatchSession streams per platform agent -------------------------------------------------------
+
+
+async def test_watch_streams_over_the_per_agent_cap_are_refused_newest_first(pool: asyncpg.Pool) -> None:
+    async with serving(pool, watch_streams_per_identity=2) as (server, channel):
+        await make_shop(channel, "shop-a")
+        platform = platform_pb2_grpc.PlatformServiceStub(channel)
+        pa1, pa2 = bearer("platform", "pa-1"), bearer("platform", "pa-2")
+        agent1, agent2 = Identity("pa-1", Role.PLATFORM), Identity("pa-2", Role.PLATFORM)
+        mine = [(await platform.OpenSession(open_request("shop-a"), metadata=pa1)).session for _ in range(3)]
+        theirs = (await platform.OpenSession(open_request("shop-a"), metadata=pa2)).session
+        other_connection = grpc.aio.insecure_channel(
+            f"127.0.0.1:{server.port}", options=[("grpc.use_local_subchannel_pool", 1)]
+        )
+
+        def watch(connection: grpc.aio.Channel, session_id: str, who: tuple[tuple[str, str]]) -> Any:
+            request = platform_pb2.WatchSessionRequest(session_id=session_id)
+            return platform_pb2_grpc.PlatformServiceStub(connection).WatchSession(request, metadata=who)
+
+        try:
+            # Two sessions, two connections: the cap is per agent.
+            held = [watch(channel, mine[0].session_id, pa1), watch(other_connection, mine[1].session_id, pa1)]
+            await wait_until(lambda: server.limits.watch_streams(agent1) == 2, "two watches counted")
+            for connection, session in ((channel, mine[2]), (other_connection, mine[0]), (channel, mine[1])):
+                before = refused("watch_streams_per_identity")
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await watch(connection, session.session_id, pa1).read()
+                got = failure(caught.value)
+                assert (got.code, got.reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "TOO_MANY_STREAMS")
+                assert got.metadata == {"limit": "watch_streams_per_identity", "max_streams": "2"}
+                assert retry_delay(caught.value) == STREAM_RETRY_SECONDS
+                assert refused("watch_streams_per_identity") == before + 1
+            # Another agent is not affected.
+            others = [watch(channel, theirs.session_id, pa2) for _ in range(2)]
+            await wait_until(lambda: server.limits.watch_streams(agent2) == 2, "the other agent's watches")
+            assert server.limits.watch_streams(agent1) == 2
+            # A cancelled stream frees its slot; so does one that fails (a session that is not visible).
+            held[0].cancel()
+            await wait_until(lambda: server.limits.watch_streams(agent1) == 1, "the cancelled watch released")
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await watch(channel, theirs.session_id, pa1).read()
+            assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+            await wait_until(lambda: server.limits.watch_streams(agent1) == 1, "the failed watch released")
+            held.append(watch(channel, mine[2].session_id, pa1))
+            await wait_until(lambda: server.limits.watch_streams(agent1) == 2, "the new watch counted")
+            for call in (*held, *others):
+                call.cancel()
+            await wait_until(
+                lambda: server.limits.watch_streams(agent1) == server.limits.watch_streams(agent2) == 0,
+                "every slot released",
+            )
+            # Churn: streams cancelled at any point (before or after the server saw them) leak no slot.
+            for n in range(20):
+                churn = watch((channel, other_connection)[n % 2], mine[n % 3].session_id, pa1)
+                for _ in range(n % 4):
+                    await asyncio.sleep(0)
+                churn.cancel()
+            await wait_until(lambda: server.limits.watch_streams(agent1) == 0, "every churned slot released")
+            last = watch(channel, mine[0].session_id, pa1)
+            await wait_until(lambda: server.limits.watch_streams(agent1) == 1, "a watch after the churn")
+            last.cancel()
+        finally:
+            await other_connection.close(grace=None)
