@@ -147,6 +147,12 @@ VARIABLES: tuple[Variable, ...] = (
         _SERVE,
     ),
     Variable(
+        "ESCALATION_WATCH_STREAMS_PER_IDENTITY",
+        "20",
+        "concurrent WatchSession streams per platform agent, per replica; the newest is refused",
+        _SERVE,
+    ),
+    Variable(
         "ESCALATION_UNAUTHENTICATED_STREAMS",
         "200",
         "concurrent Health.Watch and reflection streams, per replica",
@@ -232,6 +238,9 @@ class LimitSettings:
 
     # Concurrent MerchantService.Connect streams of one (merchant_id, agent id); the newest is refused.
     connect_streams_per_identity: int = 5
+    # Concurrent PlatformService.WatchSession streams of one platform agent (sub); the newest is refused.
+    # A platform tool may watch a few sessions at once.
+    watch_streams_per_identity: int = 20
     # Concurrent streams of the services that need no token (Health.Watch, reflection).
     unauthenticated_streams: int = 200
     # HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS: streams one client connection may have open at a time.
@@ -482,6 +491,13 @@ def _limits(env: Mapping[str, str]) -> LimitSettings:
             "ESCALATION_CONNECT_STREAMS_PER_IDENTITY",
             _int_in(1, 1_000_000),
             d.connect_streams_per_identity,
+            "1..1000000",
+        ),
+        watch_streams_per_identity=_get(
+            env,
+            "ESCALATION_WATCH_STREAMS_PER_IDENTITY",
+            _int_in(1, 1_000_000),
+            d.watch_streams_per_identity,
             "1..1000000",
         ),
         unauthenticated_streams=_get(

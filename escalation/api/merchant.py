@@ -73,7 +73,7 @@ async def reply(pool: asyncpg.Pool, policy: SessionPolicy, request: merchant_pb2
 
     Charged to the sender's reply rate first (api/limits.py): a refused reply writes nothing.
     """
-    limits.take_reply()
+    await limits.take_reply(request.session_id, request.client_msg_id)
     check = Violations()
     sid = req.session_id(check, request.session_id)
     msg_id = req.client_msg_id(check, request.client_msg_id)

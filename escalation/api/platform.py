@@ -7,6 +7,7 @@ from typing import Any
 import asyncpg
 import grpc
 
+from escalation.api import limits
 from escalation.api import session_requests as req
 from escalation.api.interceptors import current_identity
 from escalation.domain.session import CloseReason, Sender
@@ -57,6 +58,8 @@ class PlatformServicer(platform_pb2_grpc.PlatformServiceServicer):
             ),
             self._policy,
         )
+        if not opened.replayed:
+            limits.charge_opened_session(request.merchant_id)
         return platform_pb2.OpenSessionResponse(
             session=records.session(opened.session), messages=[records.message(m) for m in opened.messages]
         )

@@ -121,7 +121,7 @@ class Server:
             if jwt_settings.jwks_url
             else None
         )
-        self.limits = Limits(settings.limits, stream_retry_seconds=STREAM_RETRY_SECONDS)
+        self.limits = Limits(settings.limits, pool=pool, stream_retry_seconds=STREAM_RETRY_SECONDS)
         self._server = grpc.aio.server(
             # Tracing (when on) sits outside ours, so its span sees the status ours decides; the limits
             # come after authentication and decoding (api/limits.py).

@@ -24,7 +24,7 @@ from prometheus_client import REGISTRY
 from escalation.api.server import STREAM_RETRY_SECONDS, Server
 from escalation.auth import Identity, Role
 from escalation.domain.token_bucket import Rate
-from escalation.v1 import merchant_pb2, merchant_pb2_grpc, platform_pb2, platform_pb2_grpc
+from escalation.v1 import common_pb2, merchant_pb2, merchant_pb2_grpc, platform_pb2, platform_pb2_grpc
 from tests.conftest import POOL_DSN
 from tests.integration.grpc_harness import UNTHROTTLED, bearer, failure, settings
 from tests.integration.sessions_harness import make_shop, open_request, text
@@ -338,3 +338,204 @@ async def test_one_connection_holds_at_most_max_concurrent_streams_and_others_ar
             await other.close(grace=None)
         waiting.cancel()
         held[1].cancel()
+
+
+# --- replays (SPEC R4: the replay lookup comes before every check of current state; AIP-155) --------
+
+
+async def test_a_retried_open_session_is_answered_not_refused_when_the_buckets_are_empty(pool: asyncpg.Pool) -> None:
+    agent_rate, merchant_rate = per_hour(2), per_hour(3)
+    async with serving(pool, open_session_per_agent=agent_rate, open_session_per_merchant=merchant_rate) as (
+        _,
+        channel,
+    ):
+        await make_shop(channel, "shop-a")
+        platform = platform_pb2_grpc.PlatformServiceStub(channel)
+        pa1, pa2 = bearer("platform", "pa-1"), bearer("platform", "pa-2")
+        first = {rid: await platform.OpenSession(open_request("shop-a", rid), metadata=pa1) for rid in ("r-1", "r-2")}
+        await platform.OpenSession(open_request("shop-a", "r-1"), metadata=pa2)
+        sessions = await count(pool, "sessions")
+        # pa-1's bucket and shop-a's are empty; each retry is answered with the original session.
+        for rid in ("r-2", "r-1", "r-2"):
+            again = await platform.OpenSession(open_request("shop-a", rid), metadata=pa1)
+            assert again.session.session_id == first[rid].session.session_id
+        # A new request id is refused; a request id is the agent's own: pa-2 retries its r-1, not pa-1's r-2.
+        await assert_rate_limited(
+            platform.OpenSession(open_request("shop-a", "r-3"), metadata=pa1), "open_session_per_agent", rate=agent_rate
+        )
+        await platform.OpenSession(open_request("shop-a", "r-1"), metadata=pa2)
+        await assert_rate_limited(
+            platform.OpenSession(open_request("shop-a", "r-2"), metadata=pa2),
+            "open_session_per_merchant",
+            rate=merchant_rate,
+        )
+        assert await count(pool, "sessions") == sessions == 3
+
+
+async def test_a_retried_message_is_answered_not_refused_when_the_bucket_is_empty(pool: asyncpg.Pool) -> None:
+    rate = per_hour(2)
+    async with serving(pool, send_message_per_sender=rate) as (_, channel):
+        await make_shop(channel, "shop-a")
+        platform = platform_pb2_grpc.PlatformServiceStub(channel)
+        pa1, pa2 = bearer("platform", "pa-1"), bearer("platform", "pa-2")
+        mine = (await platform.OpenSession(open_request("shop-a"), metadata=pa1)).session
+        theirs = (await platform.OpenSession(open_request("shop-a"), metadata=pa2)).session
+
+        def send(session_id: str, who: tuple[tuple[str, str]], client_msg_id: str, body: str) -> Awaitable[Any]:
+            request = platform_pb2.SendMessageRequest(
+                session_id=session_id, client_msg_id=client_msg_id, content=text(body)
+            )
+            return platform.SendMessage(request, metadata=who)
+
+        sent = {cid: await send(mine.session_id, pa1, cid, cid) for cid in ("c-1", "c-2")}
+        messages = await count(pool, "messages")
+        for cid in ("c-1", "c-2", "c-1"):
+            again = await send(mine.session_id, pa1, cid, cid)
+            assert (again.seq, again.client_msg_id) == (sent[cid].seq, cid)
+        # A new key, no key at all, or the key in another session is a new write: refused.
+        for session_id, cid in ((mine.session_id, "c-3"), (mine.session_id, ""), (theirs.session_id, "c-1")):
+            await assert_rate_limited(send(session_id, pa1, cid, "more"), "send_message_per_sender", rate=rate)
+        assert await count(pool, "messages") == messages
+
+
+async def test_a_retried_reply_is_answered_not_refused_unary_and_in_band(pool: asyncpg.Pool) -> None:
+    rate = per_hour(1)
+    async with serving(pool, reply_per_sender=rate) as (_, channel):
+        await make_shop(channel, "shop-a", agents={"shop-a-sub-1": 10})
+        await make_shop(channel, "shop-b", agents={"shop-a-sub-1": 10})
+        platform = platform_pb2_grpc.PlatformServiceStub(channel)
+        session = (await platform.OpenSession(open_request("shop-a"), metadata=bearer("platform", "pa-1"))).session
+        merchant = merchant_pb2_grpc.MerchantServiceStub(channel)
+        sub1 = bearer("merchant", "shop-a-sub-1", "shop-a")
+
+        def reply(who: tuple[tuple[str, str]], client_msg_id: str) -> Awaitable[Any]:
+            request = merchant_pb2.ReplyRequest(
+                session_id=session.session_id, client_msg_id=client_msg_id, content=text("ships today")
+            )
+            return merchant.Reply(request, metadata=who)
+
+        original = await reply(sub1, "c-1")
+        messages = await count(pool, "messages")
+        assert (await reply(sub1, "c-1")).seq == original.seq
+        await assert_rate_limited(reply(sub1, "c-2"), "reply_per_sender", rate=rate)
+        await assert_rate_limited(reply(sub1, ""), "reply_per_sender", rate=rate)
+
+        # Inside Connect: the retry gets its message back, a new reply the refusal.
+        call: Any = cast(Any, merchant).Connect(metadata=sub1)
+        await call.write(merchant_pb2.ConnectRequest(hello=merchant_pb2.Hello()))
+        for cid, replayed in (("c-1", True), ("c-3", False), ("c-1", True)):
+            frame = merchant_pb2.ReplyRequest(
+                session_id=session.session_id, client_msg_id=cid, content=text("ships today")
+            )
+            await call.write(merchant_pb2.ConnectRequest(reply=frame))
+            result = await _reply_result(call)
+            if replayed:
+                assert result.message.seq == original.seq
+            else:
+                assert result.error.code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+        call.cancel()
+        assert await count(pool, "messages") == messages
+
+
+# --- the merchant's budget pays only for sessions created ----------------------------------------
+
+
+async def test_failed_and_replayed_open_sessions_do_not_use_up_the_merchants_budget(pool: asyncpg.Pool) -> None:
+    rate = per_hour(2)
+    async with serving(pool, open_session_per_merchant=rate) as (_, channel):
+        await make_shop(channel, "shop-a")
+        platform = platform_pb2_grpc.PlatformServiceStub(channel)
+        attacker, honest = bearer("platform", "pa-x"), bearer("platform", "pa-1")
+        no_messages = open_request("shop-a")
+        del no_messages.messages[:]
+        no_category = open_request("shop-a")
+        no_category.category = common_pb2.CATEGORY_UNSPECIFIED
+        bad_order = open_request("shop-a")
+        bad_order.order_id = "not an id!"
+        bad_request_id = open_request("shop-a", "bad id!")
+        # Each invalid request, many times over: INVALID_ARGUMENT, nothing created, nothing charged.
+        for _ in range(3):
+            for invalid in (no_messages, no_category, bad_order, bad_request_id):
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await platform.OpenSession(invalid, metadata=attacker)
+                assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        # A request id reused with another body fails too (AIP-155), and is charged once, for its session.
+        await platform.OpenSession(open_request("shop-a", "r-1"), metadata=attacker)
+        for _ in range(3):
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await platform.OpenSession(open_request("shop-a", "r-1", body="other"), metadata=attacker)
+            assert failure(caught.value).reason == "REQUEST_ID_REUSED"
+            # Replays of it are answered and not charged either.
+            await platform.OpenSession(open_request("shop-a", "r-1"), metadata=attacker)
+        assert await count(pool, "sessions") == 1
+        # The shop's second token is still there for another agent; the next session is refused.
+        await platform.OpenSession(open_request("shop-a"), metadata=honest)
+        await assert_rate_limited(
+            platform.OpenSession(open_request("shop-a"), metadata=honest), "open_session_per_merchant", rate=rate
+        )
+        assert await count(pool, "sessions") == 2
+
+
+# --- WatchSession streams per platform agent -------------------------------------------------------
+
+
+async def test_watch_streams_over_the_per_agent_cap_are_refused_newest_first(pool: asyncpg.Pool) -> None:
+    async with serving(pool, watch_streams_per_identity=2) as (server, channel):
+        await make_shop(channel, "shop-a")
+        platform = platform_pb2_grpc.PlatformServiceStub(channel)
+        pa1, pa2 = bearer("platform", "pa-1"), bearer("platform", "pa-2")
+        agent1, agent2 = Identity("pa-1", Role.PLATFORM), Identity("pa-2", Role.PLATFORM)
+        mine = [(await platform.OpenSession(open_request("shop-a"), metadata=pa1)).session for _ in range(3)]
+        theirs = (await platform.OpenSession(open_request("shop-a"), metadata=pa2)).session
+        other_connection = grpc.aio.insecure_channel(
+            f"127.0.0.1:{server.port}", options=[("grpc.use_local_subchannel_pool", 1)]
+        )
+
+        def watch(connection: grpc.aio.Channel, session_id: str, who: tuple[tuple[str, str]]) -> Any:
+            request = platform_pb2.WatchSessionRequest(session_id=session_id)
+            return platform_pb2_grpc.PlatformServiceStub(connection).WatchSession(request, metadata=who)
+
+        try:
+            # Two sessions, two connections: the cap is per agent.
+            held = [watch(channel, mine[0].session_id, pa1), watch(other_connection, mine[1].session_id, pa1)]
+            await wait_until(lambda: server.limits.watch_streams(agent1) == 2, "two watches counted")
+            for connection, session in ((channel, mine[2]), (other_connection, mine[0]), (channel, mine[1])):
+                before = refused("watch_streams_per_identity")
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await watch(connection, session.session_id, pa1).read()
+                got = failure(caught.value)
+                assert (got.code, got.reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "TOO_MANY_STREAMS")
+                assert got.metadata == {"limit": "watch_streams_per_identity", "max_streams": "2"}
+                assert retry_delay(caught.value) == STREAM_RETRY_SECONDS
+                assert refused("watch_streams_per_identity") == before + 1
+            # Another agent is not affected.
+            others = [watch(channel, theirs.session_id, pa2) for _ in range(2)]
+            await wait_until(lambda: server.limits.watch_streams(agent2) == 2, "the other agent's watches")
+            assert server.limits.watch_streams(agent1) == 2
+            # A cancelled stream frees its slot; so does one that fails (a session that is not visible).
+            held[0].cancel()
+            await wait_until(lambda: server.limits.watch_streams(agent1) == 1, "the cancelled watch released")
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await watch(channel, theirs.session_id, pa1).read()
+            assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+            await wait_until(lambda: server.limits.watch_streams(agent1) == 1, "the failed watch released")
+            held.append(watch(channel, mine[2].session_id, pa1))
+            await wait_until(lambda: server.limits.watch_streams(agent1) == 2, "the new watch counted")
+            for call in (*held, *others):
+                call.cancel()
+            await wait_until(
+                lambda: server.limits.watch_streams(agent1) == server.limits.watch_streams(agent2) == 0,
+                "every slot released",
+            )
+            # Churn: streams cancelled at any point (before or after the server saw them) leak no slot.
+            for n in range(20):
+                churn = watch((channel, other_connection)[n % 2], mine[n % 3].session_id, pa1)
+                for _ in range(n % 4):
+                    await asyncio.sleep(0)
+                churn.cancel()
+            await wait_until(lambda: server.limits.watch_streams(agent1) == 0, "every churned slot released")
+            last = watch(channel, mine[0].session_id, pa1)
+            await wait_until(lambda: server.limits.watch_streams(agent1) == 1, "a watch after the churn")
+            last.cancel()
+        finally:
+            await other_connection.close(grace=None)
