@@ -41,7 +41,7 @@ PROBE_SECONDS = 2.0  # how often an idle listener is checked, and how long a che
 # WAKE_SLICE seconds (a reader that does not read holds up only its batch, briefly). So thousands of one
 # shop's streams never fill the event loop's ready queue at once: another tenant's unary call waits
 # behind at most a batch of stream writes per step, not behind all of them (issue 10 §2).
-WAKE_BATCH = 8
+WAKE_BATCH = 4
 WAKE_SLICE = 0.05
 # After each batch but the last, the pass pauses for as long as the batch took: one shop's fan-out takes
 # at most about a third of this process's time while it has more streams to wake, the rest stays for other
