@@ -16,6 +16,8 @@ from typing import Any
 
 import grpc
 
+from escalation.api.handlers import behavior_of, rebuilt
+
 # A call accepted just before shutdown reaches its handler a few loop turns later; zero handlers for
 # this long (seconds) means none is on the way.
 SETTLE_SECONDS = 0.05
@@ -64,10 +66,7 @@ class InFlight(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             self._idle.set()
 
     def _counted(self, handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
-        behavior: Callable[..., Any] | None = (
-            handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream
-        )
-        assert behavior is not None
+        behavior = behavior_of(handler)
         wrapped: Callable[..., Any]
         if inspect.isasyncgenfunction(behavior):
 
@@ -90,14 +89,4 @@ class InFlight(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                     self._leave()
 
             wrapped = called
-        factory = {
-            (False, False): grpc.unary_unary_rpc_method_handler,
-            (False, True): grpc.unary_stream_rpc_method_handler,
-            (True, False): grpc.stream_unary_rpc_method_handler,
-            (True, True): grpc.stream_stream_rpc_method_handler,
-        }[(handler.request_streaming, handler.response_streaming)]
-        return factory(
-            wrapped,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+        return rebuilt(handler, wrapped)

@@ -22,6 +22,7 @@ import structlog
 
 from escalation import errors
 from escalation.api import status, wire
+from escalation.api.handlers import behavior_of, rebuilt
 from escalation.auth import Identity, Role, TokenVerifier
 from escalation.observability import metrics
 from escalation.store import db
@@ -97,20 +98,7 @@ def _rebuild(
 ) -> grpc.RpcMethodHandler[Any, Any]:
     """The handler with ``behavior`` in place of its own, receiving request bytes (decoded by api/wire.py)
     and, when ``serialized``, returning response bytes."""
-    factory = {
-        "unary": grpc.unary_unary_rpc_method_handler,
-        "server_stream": grpc.unary_stream_rpc_method_handler,
-        "client_stream": grpc.stream_unary_rpc_method_handler,
-        "bidi_stream": grpc.stream_stream_rpc_method_handler,
-    }[_kind(handler)]
-    serializer = None if serialized else handler.response_serializer
-    return factory(behavior, request_deserializer=None, response_serializer=serializer)
-
-
-def _original(handler: grpc.RpcMethodHandler[Any, Any]) -> Callable[..., Any]:
-    behavior = handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream
-    assert behavior is not None
-    return behavior
+    return rebuilt(handler, behavior, raw_request=True, raw_response=serialized)
 
 
 class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
@@ -235,7 +223,7 @@ def _guarded(
     identity: Identity | None,
     failure: Exception | None,
 ) -> grpc.RpcMethodHandler[Any, Any]:
-    behavior = _original(handler)
+    behavior = behavior_of(handler)
     kind = _kind(handler)
     labels = {"grpc_service": service, "grpc_method": name, "grpc_type": kind}
     method = f"/{service}/{name}"

@@ -41,6 +41,7 @@ import grpc
 from escalation import errors
 from escalation.api import session_requests as req
 from escalation.api import wire
+from escalation.api.handlers import behavior_of, rebuilt
 from escalation.api.interceptors import PUBLIC_SERVICES, current_identity
 from escalation.auth import Identity, Role
 from escalation.config import LimitSettings
@@ -342,10 +343,7 @@ def _wrapped(
     handler: grpc.RpcMethodHandler[Any, Any], limits: Limits, enter: _Enter
 ) -> grpc.RpcMethodHandler[Any, Any]:
     """The handler, run with ``limits`` bound for ``take_reply`` and between ``enter`` and what it returns."""
-    behavior: Callable[..., Any] | None = (
-        handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream
-    )
-    assert behavior is not None
+    behavior = behavior_of(handler)
     wrapped: Callable[..., Any]
     if inspect.isasyncgenfunction(behavior):
 
@@ -370,14 +368,4 @@ def _wrapped(
                 leave()
 
         wrapped = called
-    factory = {
-        (False, False): grpc.unary_unary_rpc_method_handler,
-        (False, True): grpc.unary_stream_rpc_method_handler,
-        (True, False): grpc.stream_unary_rpc_method_handler,
-        (True, True): grpc.stream_stream_rpc_method_handler,
-    }[(handler.request_streaming, handler.response_streaming)]
-    return factory(
-        wrapped,
-        request_deserializer=handler.request_deserializer,
-        response_serializer=handler.response_serializer,
-    )
+    return rebuilt(handler, wrapped)
