@@ -36,6 +36,7 @@ ESCALATION = (sys.executable, "-m", "escalation")
 
 READY_TIMEOUT = 30.0
 STOP_TIMEOUT = 15.0
+CLI_TIMEOUT = 30.0
 
 
 # --- environment -----------------------------------------------------------------------------------
@@ -188,6 +189,23 @@ def escalation(
         stop_timeout=stop_timeout,
     ) as process:
         yield process
+
+
+def run(
+    argv: Sequence[str], env: Mapping[str, str], *, timeout: float = CLI_TIMEOUT
+) -> subprocess.CompletedProcess[str]:
+    """Runs ``argv`` in ``REPO`` to completion, capturing text output; on timeout subprocess.run kills and
+    reaps the child before raising TimeoutExpired."""
+    return subprocess.run(
+        list(argv),
+        env=dict(env),
+        cwd=REPO,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 # --- readiness -------------------------------------------------------------------------------------

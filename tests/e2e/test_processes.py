@@ -28,7 +28,7 @@ import pytest
 from escalation.devenv.ports import free_port
 from escalation.devenv.postgres import find_pg_bin, make_data_dir
 from tests.conftest import JWT_SECRET
-from tests.e2e.harness import ESCALATION, REPO, Process, clean_env, free_addr, service_env, started
+from tests.e2e.harness import ESCALATION, Process, clean_env, free_addr, run, service_env, started
 
 pytestmark = pytest.mark.e2e
 
@@ -43,7 +43,6 @@ SERVICES = (
 )
 DEMO_AGENTS = ("demo-agent-1", "demo-agent-2", "demo-agent-3")
 
-CLI_TIMEOUT = 30.0
 SERVE_READY_TIMEOUT = 30.0
 SERVE_STOP_TIMEOUT = 15.0
 DEV_READY_TIMEOUT = 60.0
@@ -60,27 +59,11 @@ def _started(argv: tuple[str, ...], env: Mapping[str, str], logs: Path, name: st
         yield process
 
 
-def _run(
-    argv: tuple[str, ...], env: Mapping[str, str], timeout: float = CLI_TIMEOUT
-) -> subprocess.CompletedProcess[str]:
-    """Runs to completion; on timeout subprocess.run kills and reaps the child before raising."""
-    return subprocess.run(
-        argv,
-        env=dict(env),
-        cwd=REPO,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-
-
 def _token(role: str, sub: str, merchant_id: str | None = None, secret: str = JWT_SECRET) -> str:
     argv: tuple[str, ...] = (*ESCALATION, "token", "--role", role, "--sub", sub)
     if merchant_id is not None:
         argv += ("--merchant-id", merchant_id)
-    result = _run(argv, clean_env(ESCALATION_JWT_SECRET=secret))
+    result = run(argv, clean_env(ESCALATION_JWT_SECRET=secret))
     assert result.returncode == 0, result.stderr
     token = result.stdout.strip()
     assert token.count(".") == 2, result.stdout
@@ -98,7 +81,7 @@ def _grpcurl(
         argv += ("-H", f"authorization: Bearer {token}")
     if data is not None:
         argv += ("-d", json.dumps(data))
-    return _run((*argv, addr, *args), os.environ, timeout=timeout + 5)
+    return run((*argv, addr, *args), os.environ, timeout=timeout + 5)
 
 
 def _call(addr: str, method: str, token: str, data: Mapping[str, Any]) -> dict[str, Any]:
@@ -222,7 +205,7 @@ def test_bad_configuration_exits_2_with_one_line_naming_the_variable(variable: s
         ESCALATION_METRICS_ADDR=free_addr(),
     )
     env.update(overrides)
-    result = _run((*ESCALATION, "serve"), env)
+    result = run((*ESCALATION, "serve"), env)
     assert result.returncode == 2, result.stderr
     _assert_one_clear_line(result.stderr, variable)
     assert result.stdout == ""
@@ -277,7 +260,7 @@ def test_taken_grpc_port_is_a_clear_message_not_a_traceback(database_url: str) -
             ESCALATION_GRPC_ADDR=addr,
             ESCALATION_METRICS_ADDR=free_addr(),
         )
-        result = _run((*ESCALATION, "serve"), env)
+        result = run((*ESCALATION, "serve"), env)
     assert result.returncode != 0, result.stderr
     assert "Traceback" not in result.stderr, result.stderr
     ours = [line for line in result.stderr.splitlines() if line.startswith("escalation:")]
@@ -297,7 +280,7 @@ def test_taken_metrics_port_is_a_clear_message_not_a_traceback(database_url: str
             ESCALATION_GRPC_ADDR=free_addr(),
             ESCALATION_METRICS_ADDR=addr,
         )
-        result = _run((*ESCALATION, "serve"), env)
+        result = run((*ESCALATION, "serve"), env)
     assert result.returncode != 0, result.stderr
     _assert_one_clear_line(result.stderr, addr, "ESCALATION_METRICS_ADDR")
 
@@ -432,7 +415,7 @@ def test_dev_runner_with_taken_postgres_port_exits_nonzero_naming_the_variable(d
         holder.listen()
         free = DevPorts.free()
         ports = DevPorts(holder.getsockname()[1], free.kafka, free.grpc_addr, free.metrics_addr)
-        result = _run((*ESCALATION, "dev", "--data-dir", str(dev_data_dir)), ports.env())
+        result = run((*ESCALATION, "dev", "--data-dir", str(dev_data_dir)), ports.env())
     assert result.returncode != 0, result.stdout + result.stderr
     _assert_one_clear_line(result.stderr, "ESCALATION_DEV_PG_PORT", str(ports.postgres))
     assert "Traceback" not in result.stdout
@@ -440,7 +423,7 @@ def test_dev_runner_with_taken_postgres_port_exits_nonzero_naming_the_variable(d
 
 def _cluster_state(pg_data: Path) -> str:
     """`Database cluster state` from pg_controldata: "shut down" after a clean stop, "in production" if killed."""
-    result = _run((str(find_pg_bin() / "pg_controldata"), str(pg_data)), os.environ)
+    result = run((str(find_pg_bin() / "pg_controldata"), str(pg_data)), os.environ)
     assert result.returncode == 0, result.stderr
     state = re.search(r"^Database cluster state:\s*(.+)$", result.stdout, re.MULTILINE)
     assert state is not None, result.stdout
