@@ -85,10 +85,12 @@ def spawn(
     env: Mapping[str, str] | None = None,
     cwd: str = "/",
     inherit_output: bool = False,
+    stderr_path: Path | None = None,
 ) -> subprocess.Popen[bytes]:
     """Start a service child in its own session with output appended to ``log_path``.
 
     ``inherit_output`` lets a child write to our own stdout/stderr instead (the dev runner's server).
+    ``stderr_path`` keeps stderr apart from stdout (tests read them separately); by default it joins stdout.
 
     The parent's copy of the log handle is closed right away: the child keeps its own descriptor, and
     nothing is left for the garbage collector to warn about.
@@ -105,12 +107,13 @@ def spawn(
     if log_path is not None:
         log_path.parent.mkdir(parents=True, exist_ok=True)
     stdout = log_path.open("ab") if log_path is not None else None
+    stderr = stderr_path.open("ab") if stderr_path is not None else None
     try:
         return subprocess.Popen(
             list(argv),
             stdin=subprocess.DEVNULL,
             stdout=stdout if stdout is not None else (None if inherit_output else subprocess.DEVNULL),
-            stderr=None if inherit_output and stdout is None else subprocess.STDOUT,
+            stderr=stderr if stderr is not None else (None if inherit_output and stdout is None else subprocess.STDOUT),
             start_new_session=True,
             preexec_fn=preexec,  # see _pdeathsig_preexec
             env=dict(env) if env is not None else None,
@@ -120,8 +123,9 @@ def spawn(
             extra_groups=groups,
         )
     finally:
-        if stdout is not None:
-            stdout.close()
+        for handle in (stdout, stderr):
+            if handle is not None:
+                handle.close()
 
 
 def stop_process(proc: subprocess.Popen[bytes], sig: signal.Signals, timeout: float) -> int:

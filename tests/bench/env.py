@@ -7,7 +7,6 @@ the broker, then PostgreSQL), and the scratch directories are removed, whatever 
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
 import signal
 import subprocess
@@ -28,21 +27,16 @@ from escalation.devenv.ports import free_port, wait_for_port
 from escalation.devenv.postgres import EmbeddedPostgres, make_data_dir
 from escalation.devenv.process import log_tail, spawn, stop_process
 from escalation.store.migrate import migrate
+from tests.conftest import UNTHROTTLED_ENV
+from tests.e2e.harness import clean_env
 
 REPO = Path(__file__).resolve().parents[2]
 # Any 32+ byte secret: the bench mints its own tokens for the `escalation serve` it starts.
 JWT_SECRET = "bench-secret-0123456789abcdef0123456789abcdef"
-# The bench drives one platform agent at hundreds of OpenSession/SendMessage a second, holds ~70 Connect
-# streams per merchant agent and ~500 streams per client connection: far beyond the production limits
-# (SPEC §3 "Limits"), which it does not measure. Raised here, explicitly.
-UNTHROTTLED_ENV = {
-    "ESCALATION_CONNECT_STREAMS_PER_IDENTITY": "1000000",
-    "ESCALATION_GRPC_MAX_CONCURRENT_STREAMS": "1000000",
-    "ESCALATION_RATE_OPEN_SESSION_PER_AGENT": "1000000/s,1000000",
-    "ESCALATION_RATE_OPEN_SESSION_PER_MERCHANT": "1000000/s,1000000",
-    "ESCALATION_RATE_SEND_MESSAGE_PER_SENDER": "1000000/s,1000000",
-    "ESCALATION_RATE_REPLY_PER_SENDER": "1000000/s,1000000",
-}
+# UNTHROTTLED_ENV, as for every server under test: the bench drives one platform agent at hundreds of
+# OpenSession/SendMessage a second, holds ~70 Connect streams per merchant agent and ~500 streams per
+# client connection, far beyond the production limits (SPEC §3 "Limits"), which it does not measure.
+
 READY_TIMEOUT = 30.0
 STOP_TIMEOUT = 15.0
 
@@ -137,8 +131,7 @@ class BenchEnv:
 
     def spawn(self, name: str, argv: list[str], env: Mapping[str, str] | None = None) -> Child:
         log_path = self.workdir / f"{name}.log"
-        base = {k: v for k, v in os.environ.items() if not k.startswith("ESCALATION_")}
-        proc = spawn(argv, log_path=log_path, env={**base, **(env or {})}, cwd=str(REPO))
+        proc = spawn(argv, log_path=log_path, env=clean_env(**(env or {})), cwd=str(REPO))
         child = Child(name, proc, log_path)
         self.children.append(child)
         return child

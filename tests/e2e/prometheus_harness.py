@@ -1,9 +1,9 @@
 """promtool, a real Prometheus server, and a PromQL reader, for the tests of deploy/prometheus and deploy/grafana.
 
 The binaries come from Debian's `prometheus` package, which `make system-deps` installs; without them
-the tests fail (never skip) with that hint. The PromQL reader is small on purpose: it finds the series
-selectors in an expression (metric name, label matchers, the function directly around them) so the tests
-can check every name against a live /metrics; the syntax itself is checked by Prometheus.
+the tests fail (never skip) with that hint. PromQL is parsed by promql-parser (PyPI); the reader here only
+walks its tree for the series selectors (metric name, label matchers, the function directly around them)
+so the tests can check every name against a live /metrics.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import signal
 import subprocess
 import time
 import urllib.error
@@ -24,10 +23,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
+import promql_parser
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from escalation.devenv.ports import free_port
+from tests.e2e.harness import Process, clean_env, started
 
 REPO = Path(__file__).resolve().parents[2]
 ALERTS = REPO / "deploy/prometheus/alerts.yml"
@@ -61,33 +62,8 @@ def promtool(*args: str, stdin: str | None = None, timeout: float = 60) -> subpr
 
 # --- PromQL ----------------------------------------------------------------------------------------
 
-# Space-separated lists: one name a line would be 90 lines.
-AGGREGATIONS = frozenset(
-    "sum min max avg group stddev stdvar count count_values bottomk topk quantile limitk limit_ratio".split()  # noqa: SIM905
-)
-FUNCTIONS = frozenset(
-    """abs absent absent_over_time acos acosh asin asinh atan atanh avg_over_time ceil changes clamp clamp_max
-    clamp_min cos cosh count_over_time day_of_month day_of_week day_of_year days_in_month deg delta deriv end
-    exp floor histogram_count histogram_fraction histogram_quantile histogram_stddev histogram_stdvar
-    histogram_sum holt_winters hour idelta increase irate label_join label_replace last_over_time ln log10 log2
-    mad_over_time max_over_time min_over_time minute month pi predict_linear present_over_time
-    quantile_over_time rad rate resets round scalar sgn sin sinh sort sort_desc sqrt start stddev_over_time
-    stdvar_over_time sum_over_time tan tanh time timestamp vector year""".split()  # noqa: SIM905
-)
-_GROUPING = frozenset({"by", "without", "on", "ignoring", "group_left", "group_right"})
-_KEYWORDS = frozenset({"and", "or", "unless", "bool", "atan2", "offset", "inf", "nan"})
 # Grafana's interval variables only ever stand for a duration.
 _GRAFANA_INTERVAL = re.compile(r"\$__(?:rate_interval|interval|range)\b|\$\{__(?:rate_interval|interval|range)\}")
-_TOKEN = re.compile(
-    r"""\s+
-    | (?P<string>"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*'|`[^`]*`)
-    | (?P<range>\[[^\]]*\])
-    | (?P<ident>[A-Za-z_:][A-Za-z0-9_:]*)
-    | (?P<number>0[xX][0-9a-fA-F]+|(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?(?:(?:ms|[smhdwy])(?:\d+(?:ms|[smhdwy]))*)?)
-    | (?P<op>=~|!~|!=|==|<=|>=|[-+*/%^<>=,(){}@])
-    """,
-    re.VERBOSE,
-)
 COUNTER_FUNCTIONS = frozenset({"rate", "irate", "increase", "resets"})
 # A counter may be read raw only to ask whether it exists.
 _RAW_COUNTER_OK = frozenset({"absent", "absent_over_time", "present_over_time"})
@@ -111,95 +87,53 @@ def grafana_to_promql(expr: str) -> str:
     return _GRAFANA_INTERVAL.sub("5m", expr)
 
 
-def _tokens(expr: str) -> list[tuple[str, str]]:
-    out: list[tuple[str, str]] = []
-    pos = 0
-    while pos < len(expr):
-        m = _TOKEN.match(expr, pos)
-        if m is None:
-            raise ValueError(f"cannot read PromQL at {expr[pos : pos + 20]!r} in {expr!r}")
-        if m.lastgroup is not None:
-            out.append((m.lastgroup, m.group()))
-        pos = m.end()
-    return out
+# promql_parser.MatchOp is not hashable: keyed by its printed name.
+_MATCH_OPS = {"MatchOp.Equal": "=", "MatchOp.NotEqual": "!=", "MatchOp.Re": "=~", "MatchOp.NotRe": "!~"}
 
 
-def _unquote(token: str) -> str:
-    if token.startswith("`"):
-        return token[1:-1]
-    body = token[1:-1]
-    if token.startswith("'"):
-        body = body.replace("\\'", "'").replace('"', '\\"')
-    decoded: str = json.loads(f'"{body}"')
-    return decoded
+def _selector(node: promql_parser.VectorSelector, within: str | None, expr: str) -> Selector:
+    if node.matchers.or_matchers:
+        raise ValueError(f"`or` inside a selector's braces is not used here: {expr!r}")
+    matchers = tuple(Matcher(m.name, _MATCH_OPS[str(m.op)], m.value) for m in node.matchers.matchers)
+    metric = node.name
+    if metric is None:
+        names = [m.value for m in matchers if m.label == "__name__" and m.op == "="]
+        if len(names) != 1:
+            raise ValueError(f"a selector without one exact metric name in {expr!r}")
+        metric = names[0]
+    return Selector(metric, tuple(m for m in matchers if m.label != "__name__"), within)
 
 
-def _skip_group(toks: list[tuple[str, str]], i: int) -> int:
-    """``toks[i]`` is a grouping keyword; returns the index after it and its label list, if any."""
-    i += 1
-    if i < len(toks) and toks[i][1] == "(":
-        while toks[i][1] != ")":
-            i += 1
-        i += 1
-    return i
-
-
-def _matchers(toks: list[tuple[str, str]], i: int, expr: str) -> tuple[tuple[Matcher, ...], int]:
-    """``toks[i]`` is ``{``; returns the matchers and the index after ``}``."""
-    found: list[Matcher] = []
-    i += 1
-    while toks[i][1] != "}":
-        (kind, label), (_, op), (vkind, value) = toks[i], toks[i + 1], toks[i + 2]
-        if kind != "ident" or op not in ("=", "!=", "=~", "!~") or vkind != "string":
-            raise ValueError(f"bad label matcher near {label!r} in {expr!r}")
-        found.append(Matcher(label, op, _unquote(value)))
-        i += 3
-        if toks[i][1] == ",":
-            i += 1
-    return tuple(found), i + 1
+def _walk(node: Any, within: str | None, expr: str, found: list[Selector]) -> None:
+    """Appends the selectors under ``node``, left to right; ``within`` is the call or aggregation around it."""
+    if isinstance(node, promql_parser.VectorSelector):
+        found.append(_selector(node, within, expr))
+    elif isinstance(node, promql_parser.MatrixSelector):
+        _walk(node.vector_selector, within, expr, found)
+    elif isinstance(node, promql_parser.Call):
+        for arg in node.args:
+            _walk(arg, node.func.name, expr, found)
+    elif isinstance(node, promql_parser.AggregateExpr):
+        if node.param is not None:
+            _walk(node.param, str(node.op), expr, found)
+        _walk(node.expr, str(node.op), expr, found)
+    elif isinstance(node, promql_parser.BinaryExpr):
+        _walk(node.lhs, within, expr, found)
+        _walk(node.rhs, within, expr, found)
+    elif isinstance(node, promql_parser.ParenExpr):
+        _walk(node.expr, None, expr, found)  # "(a)" is not an argument of the function around it
+    elif isinstance(node, (promql_parser.UnaryExpr, promql_parser.SubqueryExpr)):
+        _walk(node.expr, within, expr, found)
 
 
 def selectors(expr: str) -> list[Selector]:
-    """Every series selector in ``expr`` (Grafana interval variables allowed); unknown functions are errors."""
-    toks = _tokens(grafana_to_promql(expr))
+    """Every series selector in ``expr`` (Grafana interval variables allowed), left to right.
+
+    Parsed by promql-parser (the Rust parser of GreptimeDB, following Prometheus's grammar); a syntax
+    error or an unknown function raises ValueError naming it.
+    """
     found: list[Selector] = []
-    around: list[str | None] = []  # per open parenthesis: the function it calls, or None
-    i = 0
-    while i < len(toks):
-        kind, text = toks[i]
-        following = toks[i + 1][1] if i + 1 < len(toks) else ""
-        if kind == "ident" and text.lower() in _GROUPING:
-            i = _skip_group(toks, i)
-        elif kind == "ident" and text.lower() in _KEYWORDS:
-            i += 1
-        elif kind == "ident" and text in AGGREGATIONS and following.lower() in ("by", "without"):
-            i = _skip_group(toks, i + 1)
-            if i >= len(toks) or toks[i][1] != "(":
-                raise ValueError(f"{text} {following} (…) is not followed by its argument in {expr!r}")
-            around.append(text)
-            i += 1
-        elif kind == "ident" and following == "(":
-            if text not in FUNCTIONS and text not in AGGREGATIONS:
-                raise ValueError(f"unknown PromQL function {text!r} in {expr!r}")
-            around.append(text)
-            i += 2
-        elif kind == "ident" or text == "{":
-            metric, i = (text, i + 1) if kind == "ident" else ("", i)
-            matchers: tuple[Matcher, ...] = ()
-            if i < len(toks) and toks[i][1] == "{":
-                matchers, i = _matchers(toks, i, expr)
-            if not metric:
-                names = [m.value for m in matchers if m.label == "__name__" and m.op == "="]
-                if len(names) != 1:
-                    raise ValueError(f"a selector without one exact metric name in {expr!r}")
-                metric, matchers = names[0], tuple(m for m in matchers if m.label != "__name__")
-            found.append(Selector(metric, matchers, around[-1] if around else None))
-        else:
-            if text == "(":
-                around.append(None)
-            elif text == ")":
-                around.pop()
-            i += 1
+    _walk(promql_parser.parse(grafana_to_promql(expr)), None, expr, found)
     return found
 
 
@@ -302,11 +236,10 @@ def fetch(url: str, timeout: float = 5) -> str:
 @dataclass
 class Prometheus:
     url: str
-    proc: subprocess.Popen[bytes]
-    log_path: Path
+    process: Process
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
+        return self.process.output()
 
     def api(self, path: str, **params: str) -> Any:
         """The ``data`` of an HTTP API answer; an error answer raises AssertionError with Prometheus's message."""
@@ -352,7 +285,6 @@ def prometheus(
     config = workdir / "prometheus.json"
     write_config(config, scrape or {}, rule_files)
     address = f"127.0.0.1:{free_port()}"
-    log_path = workdir / "prometheus.log"
     argv = (
         binary("prometheus"),
         f"--config.file={config}",
@@ -360,27 +292,17 @@ def prometheus(
         f"--web.listen-address={address}",
         "--log.level=warn",
     )
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(argv, cwd=workdir, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
-    server = Prometheus(f"http://{address}", proc, log_path)
-    try:
+    with started(argv, clean_env(), workdir, "prometheus", stop_timeout=STOP_TIMEOUT) as process:
+        server = Prometheus(f"http://{address}", process)
         _wait_ready(server)
         yield server
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        proc.wait()
 
 
 def _wait_ready(server: Prometheus) -> None:
     deadline = time.monotonic() + READY_TIMEOUT
     while True:
-        if server.proc.poll() is not None:
-            pytest.fail(f"prometheus exited with status {server.proc.returncode}\n{server.log()}")
+        if not server.process.alive:
+            pytest.fail(f"prometheus exited with status {server.process.proc.returncode}\n{server.log()}")
         try:
             fetch(f"{server.url}/-/ready", timeout=1)
         except OSError:

@@ -21,6 +21,7 @@ import asyncpg
 import grpc
 import pytest
 
+from escalation.bus.kafka import TICKETS_TOPIC
 from escalation.domain.assignment import RULE_VERSION
 from escalation.v1 import common_pb2, platform_pb2, platform_pb2_grpc
 from tests.e2e import replicas
@@ -30,7 +31,6 @@ from tests.integration.sessions_harness import PLATFORM, make_shop, open_request
 pytestmark = pytest.mark.e2e
 
 RPC_TIMEOUT = 30.0
-TICKETS_TOPIC = "escalation.service-tickets.v1"
 RESOLVED = platform_pb2.CloseSessionRequest.OUTCOME_RESOLVED
 ESCALATED = platform_pb2.CloseSessionRequest.OUTCOME_ESCALATED
 

@@ -11,16 +11,15 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from escalation import config
+from tests.e2e.harness import REPO, run
 from tests.e2e.replicas import serving, wait_serving
-from tests.e2e.workers_harness import ESCALATION, REPO, _fetch_metrics, clean_env, wait_started, worker
+from tests.e2e.workers_harness import ESCALATION, _fetch_metrics, clean_env, wait_started, worker
 
 VERSION = importlib.metadata.version("escalation")
 
 
 def _version_line(**env: str) -> str:
-    result = subprocess.run(
-        (*ESCALATION, "--version"), env=clean_env(**env), cwd=REPO, capture_output=True, text=True, timeout=30
-    )
+    result = run((*ESCALATION, "--version"), clean_env(**env))
     assert result.returncode == 0, result.stderr
     return result.stdout.strip()
 

@@ -11,7 +11,6 @@ import asyncio
 import datetime
 import os
 import signal
-import subprocess
 import urllib.request
 from pathlib import Path
 
@@ -24,7 +23,8 @@ from escalation.auth import Role, mint
 from escalation.v1 import ops_pb2, ops_pb2_grpc
 from tests.certificates import CertificateAuthority, Issued
 from tests.conftest import JWT_SECRET
-from tests.e2e.replicas import ESCALATION, REPO, Replica, channel, serving, wait_serving
+from tests.e2e.harness import clean_env, run
+from tests.e2e.replicas import ESCALATION, Replica, channel, serving, wait_serving
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -188,12 +188,9 @@ def test_unusable_certificate_files_stop_serve_with_one_line(tmp_path: Path) -> 
             "is not valid before",
         ),
     ]
-    base = {k: v for k, v in os.environ.items() if not k.startswith("ESCALATION_")}
-    base |= {"ESCALATION_DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none", "ESCALATION_JWT_SECRET": JWT_SECRET}
+    base = clean_env(ESCALATION_DATABASE_URL="postgresql://nobody@127.0.0.1:1/none", ESCALATION_JWT_SECRET=JWT_SECRET)
     for env, says in cases:
-        result = subprocess.run(
-            (*ESCALATION, "serve"), env=base | env, cwd=REPO, capture_output=True, text=True, timeout=30, check=False
-        )
+        result = run((*ESCALATION, "serve"), base | env)
         assert result.returncode == 2, result.stderr
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1, result.stderr

@@ -21,7 +21,7 @@ import pytest
 from escalation.devenv.ports import free_port
 from escalation.v1 import platform_pb2_grpc
 from tests.e2e import replicas
-from tests.e2e.workers_harness import KafkaTarget, Process, wait_started, worker
+from tests.e2e.workers_harness import TICKETS_TOPIC, KafkaTarget, Process, wait_started, worker
 from tests.integration.sessions_harness import PLATFORM, make_shop, open_request
 
 pytestmark = pytest.mark.e2e
@@ -106,7 +106,8 @@ async def test_a_worker_whose_rounds_fail_is_live_but_not_ready(database_url: st
     try:
         await conn.execute(
             "INSERT INTO outbox (topic, message_key, event_id, content_type, payload)"
-            " VALUES ('escalation.service-tickets.v1', 'k'::bytea, 'e-1', 'application/x-protobuf', ''::bytea)"
+            " VALUES ($1, 'k'::bytea, 'e-1', 'application/x-protobuf', ''::bytea)",
+            TICKETS_TOPIC,
         )
     finally:
         await conn.close()

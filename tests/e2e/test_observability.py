@@ -135,7 +135,8 @@ def test_scrape_config_passes_promtool_check_config_and_scrapes_serve_and_every_
             'count_values("version", a) or absent(b{job="x"})',
             [Selector("a", (), "count_values"), Selector("b", (Matcher("job", "=", "x"),), "absent")],
         ),
-        ("sum without (instance) (deriv(a[5m:1m])) @ end()", [Selector("a", (), "deriv")]),
+        # `@` binds to a selector or subquery only: Prometheus refuses "sum(…) @ end()".
+        ("sum without (instance) (deriv(a[5m:1m] @ end()))", [Selector("a", (), "deriv")]),
         ("60 * 1e3 - (2)", []),
     ],
 )
@@ -148,6 +149,22 @@ def test_selectors_finds_each_metric_its_matchers_and_the_function_around_it(
 def test_selectors_refuses_an_unknown_function() -> None:
     with pytest.raises(ValueError, match="ratee"):
         selectors("sum(ratee(a_total[5m]))")
+
+
+# Each one is refused by `promtool check rules` too.
+@pytest.mark.parametrize(
+    ("expr", "reason"),
+    [
+        ("sum(a) @ end()", "@ modifier"),
+        ("rate(a)", "expected type matrix"),
+        ("a{x=1}", "inside braces"),
+        ("sum by (le (a)", "parenthesis"),
+        ("a offset", "expected duration"),
+    ],
+)
+def test_selectors_refuses_what_prometheus_refuses(expr: str, reason: str) -> None:
+    with pytest.raises(ValueError, match=reason):
+        selectors(expr)
 
 
 # --- the dashboard --------------------------------------------------------------------------------------

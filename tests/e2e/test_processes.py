@@ -28,12 +28,11 @@ import pytest
 from escalation.devenv.ports import free_port
 from escalation.devenv.postgres import find_pg_bin, make_data_dir
 from tests.conftest import JWT_SECRET
+from tests.e2e.harness import ESCALATION, Process, clean_env, free_addr, run, service_env, started
 
 pytestmark = pytest.mark.e2e
 
-REPO = Path(__file__).resolve().parents[2]
 GRPCURL = Path(sys.executable).with_name("grpcurl")
-ESCALATION = (sys.executable, "-m", "escalation")
 
 SERVICES = (
     "escalation.v1.PlatformService",
@@ -44,7 +43,6 @@ SERVICES = (
 )
 DEMO_AGENTS = ("demo-agent-1", "demo-agent-2", "demo-agent-3")
 
-CLI_TIMEOUT = 30.0
 SERVE_READY_TIMEOUT = 30.0
 SERVE_STOP_TIMEOUT = 15.0
 DEV_READY_TIMEOUT = 60.0
@@ -54,89 +52,18 @@ DEV_STOP_TIMEOUT = 30.0
 # --- processes -------------------------------------------------------------------------------------
 
 
-def _env(**overrides: str) -> dict[str, str]:
-    """This environment minus any ESCALATION_* a developer's shell may carry, plus ``overrides``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ESCALATION_")}
-    env.update(overrides)
-    return env
-
-
-def _addr() -> str:
-    return f"127.0.0.1:{free_port()}"
-
-
-@dataclass
-class Running:
-    proc: subprocess.Popen[bytes]
-    stdout_path: Path
-    stderr_path: Path
-
-    def stdout(self) -> str:
-        return self.stdout_path.read_text(errors="replace")
-
-    def stderr(self) -> str:
-        return self.stderr_path.read_text(errors="replace")
-
-    def output(self) -> str:
-        return f"--- stdout ---\n{self.stdout()}\n--- stderr ---\n{self.stderr()}"
-
-    def terminate(self, timeout: float) -> int:
-        """SIGTERM and wait; raises TimeoutExpired (the finally in `_started` then kills it)."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout)
-
-
 @contextmanager
-def _started(argv: tuple[str, ...], env: Mapping[str, str], logs: Path, name: str) -> Iterator[Running]:
+def _started(argv: tuple[str, ...], env: Mapping[str, str], logs: Path, name: str) -> Iterator[Process]:
     """Starts ``argv`` with output to files in ``logs``; on exit it is stopped and reaped, whatever happened."""
-    logs.mkdir(parents=True, exist_ok=True)
-    running = Running(
-        proc=_popen(argv, env, logs, name), stdout_path=logs / f"{name}.out", stderr_path=logs / f"{name}.err"
-    )
-    try:
-        yield running
-    finally:
-        _stop(running.proc, timeout=DEV_STOP_TIMEOUT)
-
-
-def _popen(argv: tuple[str, ...], env: Mapping[str, str], logs: Path, name: str) -> subprocess.Popen[bytes]:
-    # The child has its own copies of the descriptors; ours are closed straight away.
-    with (logs / f"{name}.out").open("wb") as out, (logs / f"{name}.err").open("wb") as err:
-        return subprocess.Popen(argv, env=dict(env), cwd=REPO, stdin=subprocess.DEVNULL, stdout=out, stderr=err)
-
-
-def _stop(proc: subprocess.Popen[bytes], timeout: float) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-    proc.wait()
-
-
-def _run(
-    argv: tuple[str, ...], env: Mapping[str, str], timeout: float = CLI_TIMEOUT
-) -> subprocess.CompletedProcess[str]:
-    """Runs to completion; on timeout subprocess.run kills and reaps the child before raising."""
-    return subprocess.run(
-        argv,
-        env=dict(env),
-        cwd=REPO,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+    with started(argv, env, logs, name, stop_timeout=DEV_STOP_TIMEOUT) as process:
+        yield process
 
 
 def _token(role: str, sub: str, merchant_id: str | None = None, secret: str = JWT_SECRET) -> str:
     argv: tuple[str, ...] = (*ESCALATION, "token", "--role", role, "--sub", sub)
     if merchant_id is not None:
         argv += ("--merchant-id", merchant_id)
-    result = _run(argv, _env(ESCALATION_JWT_SECRET=secret))
+    result = run(argv, clean_env(ESCALATION_JWT_SECRET=secret))
     assert result.returncode == 0, result.stderr
     token = result.stdout.strip()
     assert token.count(".") == 2, result.stdout
@@ -154,7 +81,7 @@ def _grpcurl(
         argv += ("-H", f"authorization: Bearer {token}")
     if data is not None:
         argv += ("-d", json.dumps(data))
-    return _run((*argv, addr, *args), os.environ, timeout=timeout + 5)
+    return run((*argv, addr, *args), os.environ, timeout=timeout + 5)
 
 
 def _call(addr: str, method: str, token: str, data: Mapping[str, Any]) -> dict[str, Any]:
@@ -169,7 +96,7 @@ def _list_agents(addr: str, token: str) -> dict[str, dict[str, Any]]:
     return {agent["agent_id"]: agent for agent in response.get("agents", [])}
 
 
-def _wait_listing(addr: str, server: Running, timeout: float = SERVE_READY_TIMEOUT) -> list[str]:
+def _wait_listing(addr: str, server: Process, timeout: float = SERVE_READY_TIMEOUT) -> list[str]:
     """Polls `grpcurl list` until the server answers; fails fast (with its output) if it exits first."""
     deadline = time.monotonic() + timeout
     while True:
@@ -184,17 +111,10 @@ def _wait_listing(addr: str, server: Running, timeout: float = SERVE_READY_TIMEO
 
 
 @contextmanager
-def _serving(database_url: str, logs: Path, name: str, **extra: str) -> Iterator[tuple[Running, str, str]]:
+def _serving(database_url: str, logs: Path, name: str, **extra: str) -> Iterator[tuple[Process, str, str]]:
     """An `escalation serve` on free ports; yields (process, gRPC address, metrics address)."""
-    grpc_addr, metrics_addr = _addr(), _addr()
-    env = _env(
-        ESCALATION_DATABASE_URL=database_url,
-        ESCALATION_JWT_SECRET=JWT_SECRET,
-        ESCALATION_GRPC_ADDR=grpc_addr,
-        ESCALATION_METRICS_ADDR=metrics_addr,
-        ESCALATION_SHUTDOWN_GRACE_SECONDS="2",
-        **extra,
-    )
+    grpc_addr, metrics_addr = free_addr(), free_addr()
+    env = service_env(database_url, grpc_addr=grpc_addr, metrics_addr=metrics_addr, **extra)
     with _started((*ESCALATION, "serve"), env, logs, name) as server:
         yield server, grpc_addr, metrics_addr
 
@@ -278,14 +198,14 @@ def _is_gone(proc: Proc) -> bool:
 )
 def test_bad_configuration_exits_2_with_one_line_naming_the_variable(variable: str, overrides: dict[str, str]) -> None:
     # Everything else valid, and nothing listens on the database port: a bad value must stop us before any I/O.
-    env = _env(
+    env = clean_env(
         ESCALATION_DATABASE_URL=f"postgresql://postgres@127.0.0.1:{free_port()}/escalation",
         ESCALATION_JWT_SECRET=JWT_SECRET,
-        ESCALATION_GRPC_ADDR=_addr(),
-        ESCALATION_METRICS_ADDR=_addr(),
+        ESCALATION_GRPC_ADDR=free_addr(),
+        ESCALATION_METRICS_ADDR=free_addr(),
     )
     env.update(overrides)
-    result = _run((*ESCALATION, "serve"), env)
+    result = run((*ESCALATION, "serve"), env)
     assert result.returncode == 2, result.stderr
     _assert_one_clear_line(result.stderr, variable)
     assert result.stdout == ""
@@ -334,13 +254,13 @@ def test_taken_grpc_port_is_a_clear_message_not_a_traceback(database_url: str) -
         holder.bind(("127.0.0.1", 0))
         holder.listen()
         addr = f"127.0.0.1:{holder.getsockname()[1]}"
-        env = _env(
+        env = clean_env(
             ESCALATION_DATABASE_URL=database_url,
             ESCALATION_JWT_SECRET=JWT_SECRET,
             ESCALATION_GRPC_ADDR=addr,
-            ESCALATION_METRICS_ADDR=_addr(),
+            ESCALATION_METRICS_ADDR=free_addr(),
         )
-        result = _run((*ESCALATION, "serve"), env)
+        result = run((*ESCALATION, "serve"), env)
     assert result.returncode != 0, result.stderr
     assert "Traceback" not in result.stderr, result.stderr
     ours = [line for line in result.stderr.splitlines() if line.startswith("escalation:")]
@@ -354,13 +274,13 @@ def test_taken_metrics_port_is_a_clear_message_not_a_traceback(database_url: str
         holder.bind(("127.0.0.1", 0))
         holder.listen()
         addr = f"127.0.0.1:{holder.getsockname()[1]}"
-        env = _env(
+        env = clean_env(
             ESCALATION_DATABASE_URL=database_url,
             ESCALATION_JWT_SECRET=JWT_SECRET,
-            ESCALATION_GRPC_ADDR=_addr(),
+            ESCALATION_GRPC_ADDR=free_addr(),
             ESCALATION_METRICS_ADDR=addr,
         )
-        result = _run((*ESCALATION, "serve"), env)
+        result = run((*ESCALATION, "serve"), env)
     assert result.returncode != 0, result.stderr
     _assert_one_clear_line(result.stderr, addr, "ESCALATION_METRICS_ADDR")
 
@@ -398,10 +318,10 @@ class DevPorts:
 
     @classmethod
     def free(cls) -> DevPorts:
-        return cls(free_port(), free_port(), _addr(), _addr())
+        return cls(free_port(), free_port(), free_addr(), free_addr())
 
     def env(self) -> dict[str, str]:
-        return _env(
+        return clean_env(
             ESCALATION_DEV_PG_PORT=str(self.postgres),
             ESCALATION_DEV_KAFKA_PORT=str(self.kafka),
             ESCALATION_GRPC_ADDR=self.grpc_addr,
@@ -419,7 +339,7 @@ def dev_data_dir() -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def _wait_banner(runner: Running, timeout: float = DEV_READY_TIMEOUT) -> None:
+def _wait_banner(runner: Process, timeout: float = DEV_READY_TIMEOUT) -> None:
     deadline = time.monotonic() + timeout
     while "escalation is running" not in runner.stdout():
         if runner.proc.poll() is not None:
@@ -495,7 +415,7 @@ def test_dev_runner_with_taken_postgres_port_exits_nonzero_naming_the_variable(d
         holder.listen()
         free = DevPorts.free()
         ports = DevPorts(holder.getsockname()[1], free.kafka, free.grpc_addr, free.metrics_addr)
-        result = _run((*ESCALATION, "dev", "--data-dir", str(dev_data_dir)), ports.env())
+        result = run((*ESCALATION, "dev", "--data-dir", str(dev_data_dir)), ports.env())
     assert result.returncode != 0, result.stdout + result.stderr
     _assert_one_clear_line(result.stderr, "ESCALATION_DEV_PG_PORT", str(ports.postgres))
     assert "Traceback" not in result.stdout
@@ -503,7 +423,7 @@ def test_dev_runner_with_taken_postgres_port_exits_nonzero_naming_the_variable(d
 
 def _cluster_state(pg_data: Path) -> str:
     """`Database cluster state` from pg_controldata: "shut down" after a clean stop, "in production" if killed."""
-    result = _run((str(find_pg_bin() / "pg_controldata"), str(pg_data)), os.environ)
+    result = run((str(find_pg_bin() / "pg_controldata"), str(pg_data)), os.environ)
     assert result.returncode == 0, result.stderr
     state = re.search(r"^Database cluster state:\s*(.+)$", result.stdout, re.MULTILINE)
     assert state is not None, result.stdout

@@ -21,14 +21,11 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2
 
 from escalation.v1 import platform_pb2, platform_pb2_grpc
-from tests.conftest import JWT_SECRET
+from tests.e2e.harness import escalation, service_env
 from tests.e2e.workers_harness import (
-    ESCALATION,
     KafkaTarget,
-    clean_env,
     free_addr,
     read_topic,
-    started,
     wait_started,
     worker,
 )
@@ -99,15 +96,8 @@ async def test_a_ticket_traced_across_serve_and_relay_processes_by_the_standard_
         # Only standard variables; a short batch delay so nothing waits for the default 5 s.
         otel = {"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, "OTEL_BSP_SCHEDULE_DELAY": "100"}
         grpc_addr = free_addr()
-        serve_env = clean_env(
-            ESCALATION_DATABASE_URL=database_url,
-            ESCALATION_JWT_SECRET=JWT_SECRET,
-            ESCALATION_GRPC_ADDR=grpc_addr,
-            ESCALATION_METRICS_ADDR=free_addr(),
-            ESCALATION_LOG_FORMAT="json",
-            **otel,
-        )
-        with started((*ESCALATION, "serve"), serve_env, tmp_path, "serve") as serve:
+        serve_env = service_env(database_url, grpc_addr=grpc_addr, ESCALATION_LOG_FORMAT="json", **otel)
+        with escalation(["serve"], serve_env, tmp_path, "serve") as serve:
             async with grpc.aio.insecure_channel(grpc_addr) as channel:
                 await asyncio.wait_for(channel.channel_ready(), 30)
                 await make_shop(channel)

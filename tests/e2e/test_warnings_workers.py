@@ -4,7 +4,6 @@ warning and one outbox row per merchant and period, and stop cleanly."""
 from __future__ import annotations
 
 import asyncio
-import subprocess
 from collections import Counter
 from contextlib import ExitStack
 from datetime import timedelta
@@ -13,6 +12,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from tests.e2e.harness import run
 from tests.e2e.workers_harness import ESCALATION, clean_env, wait_for, wait_started, worker
 from tests.integration.stats_harness import answered_sessions, make_shop
 
@@ -68,9 +68,7 @@ async def test_two_warnings_workers_store_one_warning_and_one_outbox_row_per_mer
 
 def test_a_bad_threshold_stops_the_worker_with_one_line() -> None:
     env = clean_env(ESCALATION_DATABASE_URL="postgresql://nobody@127.0.0.1:1/none", ESCALATION_WARNING_MIN_SESSIONS="0")
-    done = subprocess.run(
-        [*ESCALATION, "worker", "warnings"], env=env, capture_output=True, text=True, timeout=60, check=False
-    )
+    done = run([*ESCALATION, "worker", "warnings"], env, timeout=60)
     assert done.returncode == 2, done.stderr
     assert done.stderr.strip().splitlines() == [
         "escalation: configuration error: ESCALATION_WARNING_MIN_SESSIONS='0' is invalid: 1..1000000"

@@ -27,8 +27,8 @@ from escalation.devenv.broker import EmbeddedBroker
 from escalation.devenv.ports import free_port
 from escalation.v1 import platform_pb2, platform_pb2_grpc
 from tests.e2e import replicas
+from tests.e2e.harness import escalation
 from tests.e2e.workers_harness import (
-    ESCALATION,
     KafkaTarget,
     Process,
     Record,
@@ -42,7 +42,6 @@ from tests.e2e.workers_harness import (
     policy,
     progress,
     read_topic,
-    started,
     wait_for,
     wait_started,
     worker,
@@ -378,8 +377,8 @@ async def test_deadline_worker_restarted_while_deadlines_pending_loses_none(
 
 async def _run_tail(kafka: KafkaTarget, logs: Path, name: str, max_tickets: int) -> list[dict[str, object]]:
     group = f"tail-{uuid.uuid4().hex[:8]}"
-    argv = (*ESCALATION, "tickets", "tail", "--from-beginning", "--json", "--max", str(max_tickets), "--group", group)
-    with started(argv, clean_env(ESCALATION_LOG_FORMAT="json", **kafka.env()), logs, name) as tail:
+    args = ("tickets", "tail", "--from-beginning", "--json", "--max", str(max_tickets), "--group", group)
+    with escalation(args, clean_env(ESCALATION_LOG_FORMAT="json", **kafka.env()), logs, name) as tail:
         deadline = time.monotonic() + 60
         while tail.alive:
             if time.monotonic() >= deadline:

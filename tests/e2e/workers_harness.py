@@ -9,11 +9,6 @@ its end with a consumer that joins no group, and reading a process's /metrics.
 from __future__ import annotations
 
 import asyncio
-import json
-import os
-import signal
-import subprocess
-import sys
 import time
 import urllib.request
 import uuid
@@ -23,7 +18,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 import pytest
@@ -32,33 +26,38 @@ from aiokafka.admin import AIOKafkaAdminClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from escalation.auth import Identity, Role
-from escalation.devenv.ports import free_port
+from escalation.bus.kafka import TICKETS_TOPIC
 from escalation.domain.session import Kind
 from escalation.services import directory, sessions
 from escalation.v1 import common_pb2, events_pb2
+from tests.e2e.harness import (
+    ESCALATION,
+    REPO,
+    STOP_TIMEOUT,
+    Process,
+    clean_env,
+    escalation,
+    free_addr,
+    started,
+    wait_started,
+)
 
-REPO = Path(__file__).resolve().parents[2]
-ESCALATION = (sys.executable, "-m", "escalation")
-TICKETS_TOPIC = "escalation.service-tickets.v1"
-
-STOP_TIMEOUT = 15.0
-START_TIMEOUT = 30.0
+__all__ = [
+    "ESCALATION",
+    "REPO",
+    "STOP_TIMEOUT",
+    "TICKETS_TOPIC",
+    "Process",
+    "clean_env",
+    "free_addr",
+    "started",
+    "wait_started",
+]
 
 PLATFORM = Identity("pa-1", Role.PLATFORM)
 
 
-# --- environment -----------------------------------------------------------------------------------
-
-
-def clean_env(**overrides: str) -> dict[str, str]:
-    """This environment minus any ESCALATION_* a developer's shell may carry, plus ``overrides``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ESCALATION_")}
-    env.update(overrides)
-    return env
-
-
-def free_addr() -> str:
-    return f"127.0.0.1:{free_port()}"
+# --- Kafka target ----------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -86,93 +85,6 @@ class KafkaTarget:
 # --- processes -------------------------------------------------------------------------------------
 
 
-@dataclass
-class Process:
-    name: str
-    proc: subprocess.Popen[bytes]
-    stdout_path: Path
-    stderr_path: Path
-    metrics_addr: str = ""
-
-    @property
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def stdout(self) -> str:
-        return self.stdout_path.read_text(errors="replace")
-
-    def stderr(self) -> str:
-        return self.stderr_path.read_text(errors="replace")
-
-    def output(self) -> str:
-        return f"--- {self.name} stdout ---\n{self.stdout()}\n--- {self.name} stderr ---\n{self.stderr()}"
-
-    def log_events(self) -> list[dict[str, Any]]:
-        """Every JSON log line of both streams (other lines are skipped: see ``foreign_lines``)."""
-        events: list[dict[str, Any]] = []
-        for line in (self.stdout() + "\n" + self.stderr()).splitlines():
-            try:
-                event = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(event, dict):
-                events.append(event)
-        return events
-
-    def foreign_lines(self) -> list[str]:
-        """Output lines that are not JSON log events (e.g. a raw traceback, a library's print)."""
-        lines = []
-        for line in (self.stdout() + "\n" + self.stderr()).splitlines():
-            if not line.strip():
-                continue
-            try:
-                json.loads(line)
-            except json.JSONDecodeError:
-                lines.append(line)
-        return lines
-
-    def events_named(self, name: str) -> list[dict[str, Any]]:
-        return [e for e in self.log_events() if e.get("event") == name]
-
-    def kill(self) -> None:
-        """SIGKILL: no shutdown code runs, as in a crash or an OOM kill."""
-        if self.alive:
-            self.proc.kill()
-        self.proc.wait()
-
-    def terminate(self, timeout: float = STOP_TIMEOUT) -> int:
-        """SIGTERM and wait; raises TimeoutExpired (the context's cleanup then kills it)."""
-        if self.alive:
-            self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout)
-
-    def stop(self, timeout: float = STOP_TIMEOUT) -> None:
-        """SIGTERM, SIGKILL if that is not enough, and always reap."""
-        if self.alive:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-        self.proc.wait()
-
-
-@contextmanager
-def started(
-    argv: tuple[str, ...], env: dict[str, str], logs: Path, name: str, metrics_addr: str = ""
-) -> Iterator[Process]:
-    logs.mkdir(parents=True, exist_ok=True)
-    stdout_path, stderr_path = logs / f"{name}.out", logs / f"{name}.err"
-    # The child has its own copies of the descriptors; ours are closed straight away.
-    with stdout_path.open("wb") as out, stderr_path.open("wb") as err:
-        proc = subprocess.Popen(argv, env=env, cwd=REPO, stdin=subprocess.DEVNULL, stdout=out, stderr=err)
-    process = Process(name, proc, stdout_path, stderr_path, metrics_addr)
-    try:
-        yield process
-    finally:
-        process.stop()
-
-
 @contextmanager
 def worker(
     kind: str,
@@ -184,27 +96,15 @@ def worker(
     env: Mapping[str, str] | None = None,
 ) -> Iterator[Process]:
     """``escalation worker <kind>`` (deadlines or outbox) on free ports with JSON logs, plus ``env``."""
-    metrics_addr = free_addr()
     full_env = clean_env(
         ESCALATION_DATABASE_URL=database_url,
-        ESCALATION_METRICS_ADDR=metrics_addr,
+        ESCALATION_METRICS_ADDR=free_addr(),
         ESCALATION_LOG_FORMAT="json",
         **(kafka.env() if kafka is not None else {}),
         **(env or {}),
     )
-    with started((*ESCALATION, "worker", kind), full_env, logs, name, metrics_addr) as process:
+    with escalation(("worker", kind), full_env, logs, name) as process:
         yield process
-
-
-async def wait_started(process: Process, within: float = START_TIMEOUT) -> None:
-    """Until the worker logged ``worker.started``; fails fast (with its output) if it exits first."""
-    deadline = time.monotonic() + within
-    while not process.events_named("worker.started"):
-        if not process.alive:
-            pytest.fail(f"{process.name} exited with status {process.proc.returncode}\n{process.output()}")
-        if time.monotonic() >= deadline:
-            pytest.fail(f"{process.name} did not log worker.started within {within:.0f} s\n{process.output()}")
-        await asyncio.sleep(0.05)
 
 
 def _fetch_metrics(addr: str) -> str:
