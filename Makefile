@@ -64,10 +64,12 @@ chaos: system-deps venv ## long failure runs: broker frozen 5 min, PostgreSQL re
 	@ESCALATION_TEST_FUZZ_CALLS=$${ESCALATION_TEST_FUZZ_CALLS:-50000} $(BIN)/pytest tests/integration/test_fuzz_all_methods.py \
 	  -p no:cacheprovider -o timeout=1800
 
-lint: venv ## ruff (lint + format check)
+lint: venv ## ruff (lint + format check) and lint-imports (the layers import downwards only)
 	@echo "==> ruff"
 	@$(BIN)/ruff check escalation workers tests
 	@$(BIN)/ruff format --check --quiet escalation workers tests
+	@echo "==> lint-imports"
+	@$(BIN)/lint-imports --no-cache
 
 typecheck: venv ## mypy --strict on our code
 	@echo "==> mypy --strict"

@@ -23,9 +23,9 @@ from opentelemetry import trace
 
 from escalation.domain.session import CloseReason
 from escalation.observability import metrics, tracing
-from escalation.realtime import events
 from escalation.services import records, tickets
 from escalation.services.sessions import SessionPolicy
+from escalation.store import events
 from escalation.store.queries import sql
 from escalation.v1 import merchant_pb2
 from workers.loop import Wakeup, run_forever

@@ -8,7 +8,7 @@
 - Write rates, one token bucket per identity (domain/token_bucket.py): ``OpenSession`` per platform
   agent and per target merchant (the merchant's charged only for a session created, by
   ``charge_opened_session``), ``SendMessage`` per platform agent, merchant replies per agent — unary
-  ``Reply`` and replies sent inside ``Connect`` alike (``take_reply``, called by api/merchant.py).
+  ``Reply`` and replies sent inside ``Connect`` alike (``take_reply``, called by api/replies.py).
 
 Everything is counted in this process: with N replicas a caller gets up to N times each limit. A
 refusal is ``RESOURCE_EXHAUSTED`` with an ErrorInfo (``RATE_LIMITED`` / ``TOO_MANY_STREAMS``, the

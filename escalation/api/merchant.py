@@ -8,16 +8,16 @@ from typing import Any
 import asyncpg
 import grpc
 
-from escalation.api import convert, limits
+from escalation.api import convert
 from escalation.api import session_requests as req
 from escalation.api.interceptors import current_identity
+from escalation.api.replies import reply
+from escalation.api.streams import MerchantStream, StreamConfig
 from escalation.domain import paging
-from escalation.domain.session import Kind, Sender
 from escalation.domain.validation import Violations
 from escalation.realtime.hub import Hub
-from escalation.realtime.streams import MerchantStream, StreamConfig
-from escalation.services import directory, records, sessions
-from escalation.services.sessions import NewMessage, SessionPolicy
+from escalation.services import directory, records
+from escalation.services.sessions import SessionPolicy
 from escalation.v1 import common_pb2, merchant_pb2, merchant_pb2_grpc, platform_pb2
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -66,27 +66,3 @@ class MerchantServicer(merchant_pb2_grpc.MerchantServiceServicer):
         self, request: platform_pb2.ListMessagesRequest, context: Context
     ) -> platform_pb2.ListMessagesResponse:
         return await req.list_messages(self._pool, request)
-
-
-async def reply(pool: asyncpg.Pool, policy: SessionPolicy, request: merchant_pb2.ReplyRequest) -> asyncpg.Record:
-    """A merchant reply (unary, or a Connect frame): text, image, emoji, or a quick-reply template.
-
-    Charged to the sender's reply rate first (api/limits.py): a refused reply writes nothing.
-    """
-    await limits.take_reply(request.session_id, request.client_msg_id)
-    check = Violations()
-    sid = req.session_id(check, request.session_id)
-    msg_id = req.client_msg_id(check, request.client_msg_id)
-    has_content, template_id = request.HasField("content"), request.template_id
-    message: NewMessage | None = None
-    if has_content == bool(template_id):
-        check.add("content", "set exactly one of content and template_id")
-        check.add("template_id", "set exactly one of content and template_id")
-    elif template_id:
-        check.identifier("template_id", template_id)
-        message = NewMessage(Kind.TEXT, b"", msg_id, template_id)
-    else:
-        message = req.new_message(check, "content", request.content, Sender.MERCHANT, msg_id)
-    check.raise_if_any()
-    assert message is not None
-    return await sessions.add_message(pool, current_identity(), sid, message, policy)

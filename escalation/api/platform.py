@@ -10,10 +10,10 @@ import grpc
 from escalation.api import limits
 from escalation.api import session_requests as req
 from escalation.api.interceptors import current_identity
+from escalation.api.streams import StreamConfig, watch_session
 from escalation.domain.session import CloseReason, Sender
 from escalation.domain.validation import Violations
 from escalation.realtime.hub import Hub
-from escalation.realtime.streams import StreamConfig, watch_session
 from escalation.services import records, sessions
 from escalation.services.sessions import SessionPolicy
 from escalation.v1 import common_pb2, platform_pb2, platform_pb2_grpc

@@ -21,13 +21,13 @@ from escalation.api.limits import Limits, LimitsInterceptor
 from escalation.api.merchant import MerchantServicer
 from escalation.api.ops import OpsServicer
 from escalation.api.platform import PlatformServicer
+from escalation.api.streams import StreamConfig
 from escalation.api.tls import server_credentials
 from escalation.auth import TokenVerifier
 from escalation.config import ConfigError, Settings
 from escalation.jwks import JwksKeys
 from escalation.observability import gauges, tracing
 from escalation.realtime.hub import Hub
-from escalation.realtime.streams import StreamConfig
 from escalation.services.sessions import SessionPolicy
 from escalation.v1 import (
     admin_pb2,

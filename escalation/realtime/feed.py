@@ -34,7 +34,7 @@ import structlog
 
 from escalation import errors
 from escalation.domain import limits
-from escalation.realtime import events
+from escalation.store import events
 from escalation.store.queries import sql
 from escalation.v1 import merchant_pb2
 

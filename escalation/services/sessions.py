@@ -21,8 +21,8 @@ from escalation.domain import assignment, limits
 from escalation.domain.session import CloseReason, Kind, Sender, State
 from escalation.domain.tickets import DEFAULT_SLA
 from escalation.observability import metrics
-from escalation.realtime import events
 from escalation.services import callers, records, tickets
+from escalation.store import events
 from escalation.store.queries import sql
 from escalation.v1 import common_pb2
 

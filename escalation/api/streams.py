@@ -25,13 +25,14 @@ from google.protobuf import message as pb_message
 
 from escalation import errors
 from escalation.api import status
+from escalation.api.replies import reply
 from escalation.auth import Identity
 from escalation.domain.validation import canonical_uuid
-from escalation.realtime import events, feed
+from escalation.realtime import feed
 from escalation.realtime.feed import Access
 from escalation.realtime.hub import Hub, Subscription
 from escalation.services import records, sessions
-from escalation.store import db
+from escalation.store import db, events
 from escalation.store.queries import sql
 from escalation.v1 import merchant_pb2, platform_pb2
 
@@ -274,8 +275,6 @@ class MerchantStream:
 
     async def _read(self, frames: AsyncIterator[merchant_pb2.ConnectRequest], sub: Subscription) -> None:
         """Client frames after the hello: replies (answered with a reply result), acks, read receipts."""
-        from escalation.api.merchant import reply
-
         async for frame in frames:
             kind = frame.WhichOneof("frame")
             if kind == "reply":
