@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from dataclasses import dataclass, field
 
 import asyncpg
@@ -24,7 +23,7 @@ from opentelemetry import trace
 from escalation.domain.session import CloseReason
 from escalation.observability import metrics, tracing
 from escalation.realtime import events
-from escalation.services import records, tickets
+from escalation.services import ending, records
 from escalation.services.sessions import SessionPolicy
 from escalation.store.queries import sql
 from escalation.v1 import merchant_pb2
@@ -59,12 +58,22 @@ class DeadlineWorker:
         self._last_housekeeping = 0.0
 
     async def run_once(self) -> RoundResult:
-        """One round: every due reminder and every due session, batch by batch, until none is due."""
+        """One round: every due reminder and every due session, batch by batch, until none is due.
+
+        A batch smaller than ``batch_size`` was everything due when it was claimed, so the round
+        stops there rather than claim again to find nothing (what comes due later is the next round's).
+        """
         result = RoundResult()
-        while (n := await self._remind_batch()) > 0:
+        while True:
+            n = await self._remind_batch()
             result.reminded += n
-        while (n := await self._end_batch()) > 0:
+            if n < self.config.batch_size:
+                break
+        while True:
+            n = await self._end_batch()
             result.ended += n
+            if n < self.config.batch_size:
+                break
         return result
 
     async def _end_batch(self) -> int:
@@ -76,45 +85,25 @@ class DeadlineWorker:
         span: trace.Span | None = None
         try:
             async with self._pool.acquire() as conn, conn.transaction():
-                ended = await conn.fetch(sql("claim_due_sessions"), self.config.batch_size)
-                if not ended:
+                claimed = await conn.fetch(sql("claim_due_sessions"), self.config.batch_size)
+                if not claimed:
                     return 0
                 span = tracing.tracer().start_span(
-                    CLOSE_SPAN, start_time=started, attributes={"escalation.sessions_ended": len(ended)}
+                    CLOSE_SPAN, start_time=started, attributes={"escalation.sessions_ended": len(claimed)}
                 )
                 with trace.use_span(span):
-                    await self._end_claimed(conn, ended)
+                    # In the claim's transaction: tickets with their outbox rows, events, released capacity.
+                    await ending.end_sessions(
+                        conn=conn, sessions=claimed, reason=CloseReason.MERCHANT_TIMEOUT, policy=self.config.policy
+                    )
         finally:
             if span is not None:
                 span.end()
-        for row in ended:
+        for row in claimed:
             metrics.DEADLINE_LATENESS.observe((row["close_time"] - row["reply_deadline"]).total_seconds())
-        metrics.SESSIONS_CLOSED.labels(reason=CloseReason.MERCHANT_TIMEOUT.value).inc(len(ended))
-        log.info("deadlines.ended", sessions=len(ended))
-        return len(ended)
-
-    async def _end_claimed(self, conn: asyncpg.Connection, ended: list[asyncpg.Record]) -> None:
-        """In the claim's transaction: tickets with their outbox rows, events, released capacity (R6, R7)."""
-        ids = [r["session_id"] for r in ended]
-        transcripts: dict[object, list[asyncpg.Record]] = {sid: [] for sid in ids}
-        for row in await conn.fetch(sql("transcripts"), ids):
-            transcripts[row["session_id"]].append(row)
-        built = [
-            tickets.build(r, transcripts[r["session_id"]], CloseReason.MERCHANT_TIMEOUT, self.config.policy.ticket_sla)
-            for r in ended
-        ]
-        await tickets.insert(conn, built)
-        # Lock order: sessions (claimed above), merchants (events), agents — as everywhere else.
-        handle_by = {t.session_id: t.handle_by for t in built}
-        closed = [records.session(r) for r in await conn.fetch(sql("sessions_by_id"), ids)]
-        await events.append(
-            conn,
-            [e for session in closed for e in events.session_closed(session, handle_by[uuid.UUID(session.session_id)])],
-        )
-        merchants = [r["merchant_id"] for r in ended]
-        agents = [r["assigned_agent_id"] for r in ended]
-        await conn.execute(sql("lock_agents"), merchants, agents)
-        await conn.execute(sql("release_assignments"), merchants, agents)
+        metrics.SESSIONS_CLOSED.labels(reason=CloseReason.MERCHANT_TIMEOUT.value).inc(len(claimed))
+        log.info("deadlines.ended", sessions=len(claimed))
+        return len(claimed)
 
     async def _remind_batch(self) -> int:
         async with self._pool.acquire() as conn, conn.transaction():

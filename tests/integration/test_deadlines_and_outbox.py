@@ -16,6 +16,7 @@ from escalation.bus import kafka
 from escalation.domain.session import Kind
 from escalation.domain.tickets import transcript_digest
 from escalation.services import directory, sessions
+from escalation.store.queries import sql
 from escalation.v1 import common_pb2, events_pb2, merchant_pb2
 from workers.deadlines import DeadlineConfig, DeadlineWorker
 from workers.outbox import OutboxRelay
@@ -269,3 +270,41 @@ async def test_a_row_waits_while_another_relay_holds_an_older_row_of_its_key(
     assert await relay.run_once() == 2
     got = await _consume(kafka_settings, 3)
     assert [h["event_id"] for k, h, _ in got if k == b"k"] == ["k-1", "k-2"]
+
+
+@pytest.mark.parametrize(("due", "batch_size"), [(0, 2), (1, 2), (2, 2), (3, 2), (5, 2), (4, 3)])
+async def test_a_round_stops_claiming_once_a_batch_comes_back_short(
+    database_url: str, due: int, batch_size: int
+) -> None:
+    """A batch below the limit was everything due: no extra empty claim (issue 12 §2)."""
+    claims: list[str] = []
+    watched = {sql("claim_due_sessions"): "sessions", sql("claim_due_reminders"): "reminders"}
+
+    def count(query: asyncpg.connection.LoggedQuery) -> None:
+        if query.query in watched:
+            claims.append(watched[query.query])
+
+    async def log_claims(conn: asyncpg.Connection) -> None:
+        conn.add_query_logger(count)
+
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2, init=log_claims)
+    assert pool is not None
+    try:
+        await _shop(pool)
+        policy = _policy(timeout=600, remind_before=300)
+        ids = [await _open(pool, policy, n) for n in range(due + 1)]
+        # The first `due` sessions are past their deadline, the last one past its reminder only.
+        await pool.execute(
+            "UPDATE sessions SET reply_deadline = clock_timestamp() - interval '1 s'"
+            " WHERE session_id = ANY($1::uuid[])",
+            ids[:due],
+        )
+        await pool.execute("UPDATE sessions SET remind_time = clock_timestamp() WHERE session_id = $1", ids[-1])
+        claims.clear()
+        result = await DeadlineWorker(pool, DeadlineConfig(batch_size=batch_size, policy=policy)).run_once()
+        assert (result.ended, result.reminded) == (due, 1)
+        assert claims.count("sessions") == due // batch_size + 1
+        assert claims.count("reminders") == 1
+        assert await pool.fetchval("SELECT count(*) FROM sessions WHERE state = 'ENDED'") == due
+    finally:
+        await pool.close()
