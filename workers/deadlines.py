@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 
 import asyncpg
 import structlog
@@ -57,26 +58,29 @@ class DeadlineWorker:
         self.config = config or DeadlineConfig()
         self._last_housekeeping = 0.0
 
-    async def run_once(self) -> RoundResult:
+    async def run_once(self, now: datetime | None = None) -> RoundResult:
         """One round: every due reminder and every due session, batch by batch, until none is due.
+
+        ``now`` is the instant that decides what is due and becomes the close time; None (production)
+        is the database clock at each claim. Tests pass one instead of sleeping until it.
 
         A batch smaller than ``batch_size`` was everything due when it was claimed, so the round
         stops there rather than claim again to find nothing (what comes due later is the next round's).
         """
         result = RoundResult()
         while True:
-            n = await self._remind_batch()
+            n = await self._remind_batch(now)
             result.reminded += n
             if n < self.config.batch_size:
                 break
         while True:
-            n = await self._end_batch()
+            n = await self._end_batch(now)
             result.ended += n
             if n < self.config.batch_size:
                 break
         return result
 
-    async def _end_batch(self) -> int:
+    async def _end_batch(self, now: datetime | None) -> int:
         """Ends one batch of due sessions; traced from the claim to the commit when it ended any.
 
         A round that finds nothing due leaves no span: it would be one every poll interval.
@@ -85,7 +89,7 @@ class DeadlineWorker:
         span: trace.Span | None = None
         try:
             async with self._pool.acquire() as conn, conn.transaction():
-                claimed = await conn.fetch(sql("claim_due_sessions"), self.config.batch_size)
+                claimed = await conn.fetch(sql("claim_due_sessions"), self.config.batch_size, now)
                 if not claimed:
                     return 0
                 span = tracing.tracer().start_span(
@@ -105,9 +109,9 @@ class DeadlineWorker:
         log.info("deadlines.ended", sessions=len(claimed))
         return len(claimed)
 
-    async def _remind_batch(self) -> int:
+    async def _remind_batch(self, now: datetime | None) -> int:
         async with self._pool.acquire() as conn, conn.transaction():
-            due = await conn.fetch(sql("claim_due_reminders"), self.config.batch_size)
+            due = await conn.fetch(sql("claim_due_reminders"), self.config.batch_size, now)
             if not due:
                 return 0
             await events.append(
@@ -131,9 +135,10 @@ class DeadlineWorker:
         log.info("deadlines.reminded", sessions=len(due))
         return len(due)
 
-    async def seconds_until_next(self) -> float:
-        """Database-clock seconds until the nearest deadline or reminder (the poll interval if none)."""
-        seconds = await self._pool.fetchval(sql("next_wakeup"))
+    async def seconds_until_next(self, now: datetime | None = None) -> float:
+        """Seconds from ``now`` (None: the database clock) until the nearest deadline or reminder, at
+        most the poll interval (which is also the answer when none is pending)."""
+        seconds = await self._pool.fetchval(sql("next_wakeup"), now)
         if seconds is None:
             return self.config.poll_interval
         return max(0.0, min(float(seconds), self.config.poll_interval))

@@ -89,9 +89,9 @@ async def test_unanswered_session_becomes_exactly_one_ticket_on_the_topic(
     sid = await _open(pool, _policy())
     assert (await worker.run_once()).ended == 0, "nothing fires before the deadline"
     deadline = await pool.fetchval("SELECT reply_deadline FROM sessions WHERE session_id = $1", sid)
-    await asyncio.sleep(TIMEOUT + 0.1)
-    assert (await worker.run_once()).ended == 1
-    assert (await worker.run_once()).ended == 0, "each deadline fires once"
+    assert (await worker.run_once(now=deadline - timedelta(microseconds=1))).ended == 0, "not a microsecond early"
+    assert (await worker.run_once(now=deadline)).ended == 1
+    assert (await worker.run_once(now=deadline + timedelta(hours=1))).ended == 0, "each deadline fires once"
     row = await pool.fetchrow("SELECT state, close_reason, close_time FROM sessions WHERE session_id = $1", sid)
     assert row is not None
     assert (row["state"], row["close_reason"]) == ("ENDED", "MERCHANT_TIMEOUT")
@@ -131,12 +131,14 @@ async def test_merchant_reply_clears_the_deadline_and_the_next_platform_message_
     await _shop(pool)
     worker = DeadlineWorker(pool, DeadlineConfig(policy=_policy()))
     sid = await _open(pool, _policy())
+    deadline = await pool.fetchval("SELECT reply_deadline FROM sessions WHERE session_id = $1", sid)
     await sessions.add_message(pool, AGENT, sid, _text("yes"), _policy())
-    await asyncio.sleep(TIMEOUT + 0.1)
-    assert (await worker.run_once()).ended == 0
+    assert (await worker.run_once(now=deadline + timedelta(hours=1))).ended == 0
     await sessions.add_message(pool, PLATFORM, sid, _text("and tomorrow?"), _policy())
-    await asyncio.sleep(TIMEOUT + 0.1)
-    assert (await worker.run_once()).ended == 1
+    deadline = await pool.fetchval("SELECT reply_deadline FROM sessions WHERE session_id = $1", sid)
+    assert deadline is not None, "the next platform message starts a deadline"
+    assert (await worker.run_once(now=deadline - timedelta(microseconds=1))).ended == 0
+    assert (await worker.run_once(now=deadline)).ended == 1
     with pytest.raises(errors.SessionClosed) as caught:
         await sessions.add_message(pool, AGENT, sid, _text("too late"), _policy())
     ticket_id = await pool.fetchval("SELECT ticket_id FROM tickets WHERE session_id = $1", sid)
@@ -149,8 +151,9 @@ async def test_reminder_event_reaches_the_merchant_log_before_the_deadline(pool:
     worker = DeadlineWorker(pool, DeadlineConfig(policy=policy))
     sid = await _open(pool, policy)
     assert (await worker.run_once()).reminded == 0
-    await asyncio.sleep(0.6)
-    result = await worker.run_once()
+    remind_time = await pool.fetchval("SELECT remind_time FROM sessions WHERE session_id = $1", sid)
+    assert (await worker.run_once(now=remind_time - timedelta(microseconds=1))).reminded == 0
+    result = await worker.run_once(now=remind_time)
     assert (result.reminded, result.ended) == (1, 0)
     rows = await pool.fetch(
         "SELECT cursor, kind, agent_id, payload FROM merchant_events WHERE merchant_id = 'shop' ORDER BY cursor"
@@ -164,7 +167,7 @@ async def test_reminder_event_reaches_the_merchant_log_before_the_deadline(pool:
         "agent-1",
     )
     assert [r["cursor"] for r in rows] == list(range(1, len(rows) + 1)), "cursors are gapless"
-    assert (await worker.run_once()).reminded == 0, "one reminder per deadline"
+    assert (await worker.run_once(now=remind_time)).reminded == 0, "one reminder per deadline"
 
 
 async def test_reply_racing_the_deadline_never_both_never_neither(pool: asyncpg.Pool) -> None:
@@ -308,3 +311,20 @@ async def test_a_round_stops_claiming_once_a_batch_comes_back_short(
         assert await pool.fetchval("SELECT count(*) FROM sessions WHERE state = 'ENDED'") == due
     finally:
         await pool.close()
+
+
+async def test_the_next_wakeup_is_counted_from_the_instant_passed(pool: asyncpg.Pool) -> None:
+    """seconds_until_next(now): the nearest reminder or deadline after ``now``, capped at the poll interval."""
+    await _shop(pool)
+    policy = _policy(timeout=120, remind_before=60)
+    worker = DeadlineWorker(pool, DeadlineConfig(poll_interval=30.0, policy=policy))
+    assert await worker.seconds_until_next() == 30.0, "nothing pending: the poll interval"
+    sid = await _open(pool, policy)
+    row = await pool.fetchrow("SELECT remind_time, reply_deadline FROM sessions WHERE session_id = $1", sid)
+    assert row is not None
+    remind_time, deadline = row["remind_time"], row["reply_deadline"]
+    for before, expected in [(timedelta(seconds=3), 3.0), (timedelta(seconds=29.5), 29.5), (timedelta(hours=1), 30.0)]:
+        assert await worker.seconds_until_next(now=remind_time - before) == expected
+    assert await worker.seconds_until_next(now=remind_time + timedelta(seconds=1)) == 0.0, "overdue: at once"
+    assert (await worker.run_once(now=remind_time)).reminded == 1
+    assert await worker.seconds_until_next(now=deadline - timedelta(seconds=7)) == 7.0, "then the deadline"
