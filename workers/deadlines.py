@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from dataclasses import dataclass, field
+from datetime import datetime
 
 import asyncpg
 import structlog
@@ -23,7 +23,7 @@ from opentelemetry import trace
 
 from escalation.domain.session import CloseReason
 from escalation.observability import metrics, tracing
-from escalation.services import records, tickets
+from escalation.services import ending, records
 from escalation.services.sessions import SessionPolicy
 from escalation.store import events
 from escalation.store.queries import sql
@@ -58,16 +58,29 @@ class DeadlineWorker:
         self.config = config or DeadlineConfig()
         self._last_housekeeping = 0.0
 
-    async def run_once(self) -> RoundResult:
-        """One round: every due reminder and every due session, batch by batch, until none is due."""
+    async def run_once(self, now: datetime | None = None) -> RoundResult:
+        """One round: every due reminder and every due session, batch by batch, until none is due.
+
+        ``now`` is the instant that decides what is due and becomes the close time; None (production)
+        is the database clock at each claim. Tests pass one instead of sleeping until it.
+
+        A batch smaller than ``batch_size`` was everything due when it was claimed, so the round
+        stops there rather than claim again to find nothing (what comes due later is the next round's).
+        """
         result = RoundResult()
-        while (n := await self._remind_batch()) > 0:
+        while True:
+            n = await self._remind_batch(now)
             result.reminded += n
-        while (n := await self._end_batch()) > 0:
+            if n < self.config.batch_size:
+                break
+        while True:
+            n = await self._end_batch(now)
             result.ended += n
+            if n < self.config.batch_size:
+                break
         return result
 
-    async def _end_batch(self) -> int:
+    async def _end_batch(self, now: datetime | None) -> int:
         """Ends one batch of due sessions; traced from the claim to the commit when it ended any.
 
         A round that finds nothing due leaves no span: it would be one every poll interval.
@@ -76,49 +89,29 @@ class DeadlineWorker:
         span: trace.Span | None = None
         try:
             async with self._pool.acquire() as conn, conn.transaction():
-                ended = await conn.fetch(sql("claim_due_sessions"), self.config.batch_size)
-                if not ended:
+                claimed = await conn.fetch(sql("claim_due_sessions"), self.config.batch_size, now)
+                if not claimed:
                     return 0
                 span = tracing.tracer().start_span(
-                    CLOSE_SPAN, start_time=started, attributes={"escalation.sessions_ended": len(ended)}
+                    CLOSE_SPAN, start_time=started, attributes={"escalation.sessions_ended": len(claimed)}
                 )
                 with trace.use_span(span):
-                    await self._end_claimed(conn, ended)
+                    # In the claim's transaction: tickets with their outbox rows, events, released capacity.
+                    await ending.end_sessions(
+                        conn=conn, sessions=claimed, reason=CloseReason.MERCHANT_TIMEOUT, policy=self.config.policy
+                    )
         finally:
             if span is not None:
                 span.end()
-        for row in ended:
+        for row in claimed:
             metrics.DEADLINE_LATENESS.observe((row["close_time"] - row["reply_deadline"]).total_seconds())
-        metrics.SESSIONS_CLOSED.labels(reason=CloseReason.MERCHANT_TIMEOUT.value).inc(len(ended))
-        log.info("deadlines.ended", sessions=len(ended))
-        return len(ended)
+        metrics.SESSIONS_CLOSED.labels(reason=CloseReason.MERCHANT_TIMEOUT.value).inc(len(claimed))
+        log.info("deadlines.ended", sessions=len(claimed))
+        return len(claimed)
 
-    async def _end_claimed(self, conn: asyncpg.Connection, ended: list[asyncpg.Record]) -> None:
-        """In the claim's transaction: tickets with their outbox rows, events, released capacity (R6, R7)."""
-        ids = [r["session_id"] for r in ended]
-        transcripts: dict[object, list[asyncpg.Record]] = {sid: [] for sid in ids}
-        for row in await conn.fetch(sql("transcripts"), ids):
-            transcripts[row["session_id"]].append(row)
-        built = [
-            tickets.build(r, transcripts[r["session_id"]], CloseReason.MERCHANT_TIMEOUT, self.config.policy.ticket_sla)
-            for r in ended
-        ]
-        await tickets.insert(conn, built)
-        # Lock order: sessions (claimed above), merchants (events), agents — as everywhere else.
-        handle_by = {t.session_id: t.handle_by for t in built}
-        closed = [records.session(r) for r in await conn.fetch(sql("sessions_by_id"), ids)]
-        await events.append(
-            conn,
-            [e for session in closed for e in events.session_closed(session, handle_by[uuid.UUID(session.session_id)])],
-        )
-        merchants = [r["merchant_id"] for r in ended]
-        agents = [r["assigned_agent_id"] for r in ended]
-        await conn.execute(sql("lock_agents"), merchants, agents)
-        await conn.execute(sql("release_assignments"), merchants, agents)
-
-    async def _remind_batch(self) -> int:
+    async def _remind_batch(self, now: datetime | None) -> int:
         async with self._pool.acquire() as conn, conn.transaction():
-            due = await conn.fetch(sql("claim_due_reminders"), self.config.batch_size)
+            due = await conn.fetch(sql("claim_due_reminders"), self.config.batch_size, now)
             if not due:
                 return 0
             await events.append(
@@ -142,9 +135,10 @@ class DeadlineWorker:
         log.info("deadlines.reminded", sessions=len(due))
         return len(due)
 
-    async def seconds_until_next(self) -> float:
-        """Database-clock seconds until the nearest deadline or reminder (the poll interval if none)."""
-        seconds = await self._pool.fetchval(sql("next_wakeup"))
+    async def seconds_until_next(self, now: datetime | None = None) -> float:
+        """Seconds from ``now`` (None: the database clock) until the nearest deadline or reminder, at
+        most the poll interval (which is also the answer when none is pending)."""
+        seconds = await self._pool.fetchval(sql("next_wakeup"), now)
         if seconds is None:
             return self.config.poll_interval
         return max(0.0, min(float(seconds), self.config.poll_interval))

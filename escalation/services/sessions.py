@@ -21,7 +21,7 @@ from escalation.domain import assignment, limits
 from escalation.domain.session import CloseReason, Kind, Sender, State
 from escalation.domain.tickets import DEFAULT_SLA
 from escalation.observability import metrics
-from escalation.services import callers, records, tickets
+from escalation.services import callers, ending, records
 from escalation.store import events
 from escalation.store.queries import sql
 from escalation.v1 import common_pb2
@@ -370,20 +370,13 @@ async def mark_read(pool: asyncpg.Pool, caller: Identity, session_id: uuid.UUID,
 async def end_locked(
     conn: asyncpg.Connection, session_id: uuid.UUID, reason: CloseReason, policy: SessionPolicy
 ) -> uuid.UUID | None:
-    """Ends a session whose row the caller has locked (R6); writes its ticket and outbox row (R7) and
-    the merchant's SessionClosed (and TicketCreated) events. Returns the ticket id, or None.
-
-    The deadline worker does the same steps for a batch at once (workers/deadlines.py), in the same
-    lock order: the session, then the merchant (events), then the agent (open count).
-    """
-    ended = await conn.fetchrow(sql("end_session"), session_id, reason.value)
-    if ended is None:
+    """Ends a session whose row the caller has locked (R6) and writes what that means (R7, see
+    services/ending.py). Returns the ticket id, or None. Raises SessionClosed if it had ended."""
+    row = await conn.fetchrow(sql("end_session"), session_id, reason.value)
+    if row is None:
         raise errors.SessionClosed()
-    ticket = await tickets.create(conn, ended, reason, policy.ticket_sla) if reason.makes_ticket else None
-    session = await conn.fetchrow(sql("get_session"), session_id)
-    await events.append(conn, events.session_closed(records.session(session), ticket.handle_by if ticket else None))
-    await conn.execute(sql("release_assignment"), ended["merchant_id"], ended["assigned_agent_id"])
-    return ticket.ticket_id if ticket else None
+    ended = await ending.end_session(conn=conn, session=row, reason=reason, policy=policy)
+    return ended.ticket.ticket_id if ended.ticket else None
 
 
 async def close_session(

@@ -99,12 +99,3 @@ async def insert(conn: asyncpg.Connection, tickets: Sequence[Ticket]) -> None:
         sql("insert_outbox"),
         [(TOPIC, t.merchant_id.encode(), str(t.ticket_id), CONTENT_TYPE, t.payload, traceparent) for t in tickets],
     )
-
-
-async def create(
-    conn: asyncpg.Connection, ended: asyncpg.Record, reason: CloseReason, sla: Mapping[str, timedelta]
-) -> Ticket:
-    """Builds and stores the ticket of one session."""
-    ticket = build(ended, await conn.fetch(sql("transcript"), ended["session_id"]), reason, sla)
-    await insert(conn, [ticket])
-    return ticket

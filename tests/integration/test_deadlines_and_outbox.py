@@ -16,6 +16,7 @@ from escalation.bus import kafka
 from escalation.domain.session import Kind
 from escalation.domain.tickets import transcript_digest
 from escalation.services import directory, sessions
+from escalation.store.queries import sql
 from escalation.v1 import common_pb2, events_pb2, merchant_pb2
 from workers.deadlines import DeadlineConfig, DeadlineWorker
 from workers.outbox import OutboxRelay
@@ -88,9 +89,9 @@ async def test_unanswered_session_becomes_exactly_one_ticket_on_the_topic(
     sid = await _open(pool, _policy())
     assert (await worker.run_once()).ended == 0, "nothing fires before the deadline"
     deadline = await pool.fetchval("SELECT reply_deadline FROM sessions WHERE session_id = $1", sid)
-    await asyncio.sleep(TIMEOUT + 0.1)
-    assert (await worker.run_once()).ended == 1
-    assert (await worker.run_once()).ended == 0, "each deadline fires once"
+    assert (await worker.run_once(now=deadline - timedelta(microseconds=1))).ended == 0, "not a microsecond early"
+    assert (await worker.run_once(now=deadline)).ended == 1
+    assert (await worker.run_once(now=deadline + timedelta(hours=1))).ended == 0, "each deadline fires once"
     row = await pool.fetchrow("SELECT state, close_reason, close_time FROM sessions WHERE session_id = $1", sid)
     assert row is not None
     assert (row["state"], row["close_reason"]) == ("ENDED", "MERCHANT_TIMEOUT")
@@ -130,12 +131,14 @@ async def test_merchant_reply_clears_the_deadline_and_the_next_platform_message_
     await _shop(pool)
     worker = DeadlineWorker(pool, DeadlineConfig(policy=_policy()))
     sid = await _open(pool, _policy())
+    deadline = await pool.fetchval("SELECT reply_deadline FROM sessions WHERE session_id = $1", sid)
     await sessions.add_message(pool, AGENT, sid, _text("yes"), _policy())
-    await asyncio.sleep(TIMEOUT + 0.1)
-    assert (await worker.run_once()).ended == 0
+    assert (await worker.run_once(now=deadline + timedelta(hours=1))).ended == 0
     await sessions.add_message(pool, PLATFORM, sid, _text("and tomorrow?"), _policy())
-    await asyncio.sleep(TIMEOUT + 0.1)
-    assert (await worker.run_once()).ended == 1
+    deadline = await pool.fetchval("SELECT reply_deadline FROM sessions WHERE session_id = $1", sid)
+    assert deadline is not None, "the next platform message starts a deadline"
+    assert (await worker.run_once(now=deadline - timedelta(microseconds=1))).ended == 0
+    assert (await worker.run_once(now=deadline)).ended == 1
     with pytest.raises(errors.SessionClosed) as caught:
         await sessions.add_message(pool, AGENT, sid, _text("too late"), _policy())
     ticket_id = await pool.fetchval("SELECT ticket_id FROM tickets WHERE session_id = $1", sid)
@@ -148,8 +151,9 @@ async def test_reminder_event_reaches_the_merchant_log_before_the_deadline(pool:
     worker = DeadlineWorker(pool, DeadlineConfig(policy=policy))
     sid = await _open(pool, policy)
     assert (await worker.run_once()).reminded == 0
-    await asyncio.sleep(0.6)
-    result = await worker.run_once()
+    remind_time = await pool.fetchval("SELECT remind_time FROM sessions WHERE session_id = $1", sid)
+    assert (await worker.run_once(now=remind_time - timedelta(microseconds=1))).reminded == 0
+    result = await worker.run_once(now=remind_time)
     assert (result.reminded, result.ended) == (1, 0)
     rows = await pool.fetch(
         "SELECT cursor, kind, agent_id, payload FROM merchant_events WHERE merchant_id = 'shop' ORDER BY cursor"
@@ -163,7 +167,7 @@ async def test_reminder_event_reaches_the_merchant_log_before_the_deadline(pool:
         "agent-1",
     )
     assert [r["cursor"] for r in rows] == list(range(1, len(rows) + 1)), "cursors are gapless"
-    assert (await worker.run_once()).reminded == 0, "one reminder per deadline"
+    assert (await worker.run_once(now=remind_time)).reminded == 0, "one reminder per deadline"
 
 
 async def test_reply_racing_the_deadline_never_both_never_neither(pool: asyncpg.Pool) -> None:
@@ -269,3 +273,58 @@ async def test_a_row_waits_while_another_relay_holds_an_older_row_of_its_key(
     assert await relay.run_once() == 2
     got = await _consume(kafka_settings, 3)
     assert [h["event_id"] for k, h, _ in got if k == b"k"] == ["k-1", "k-2"]
+
+
+@pytest.mark.parametrize(("due", "batch_size"), [(0, 2), (1, 2), (2, 2), (3, 2), (5, 2), (4, 3)])
+async def test_a_round_stops_claiming_once_a_batch_comes_back_short(
+    database_url: str, due: int, batch_size: int
+) -> None:
+    """A batch below the limit was everything due: no extra empty claim (issue 12 §2)."""
+    claims: list[str] = []
+    watched = {sql("claim_due_sessions"): "sessions", sql("claim_due_reminders"): "reminders"}
+
+    def count(query: asyncpg.connection.LoggedQuery) -> None:
+        if query.query in watched:
+            claims.append(watched[query.query])
+
+    async def log_claims(conn: asyncpg.Connection) -> None:
+        conn.add_query_logger(count)
+
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2, init=log_claims)
+    assert pool is not None
+    try:
+        await _shop(pool)
+        policy = _policy(timeout=600, remind_before=300)
+        ids = [await _open(pool, policy, n) for n in range(due + 1)]
+        # The first `due` sessions are past their deadline, the last one past its reminder only.
+        await pool.execute(
+            "UPDATE sessions SET reply_deadline = clock_timestamp() - interval '1 s'"
+            " WHERE session_id = ANY($1::uuid[])",
+            ids[:due],
+        )
+        await pool.execute("UPDATE sessions SET remind_time = clock_timestamp() WHERE session_id = $1", ids[-1])
+        claims.clear()
+        result = await DeadlineWorker(pool, DeadlineConfig(batch_size=batch_size, policy=policy)).run_once()
+        assert (result.ended, result.reminded) == (due, 1)
+        assert claims.count("sessions") == due // batch_size + 1
+        assert claims.count("reminders") == 1
+        assert await pool.fetchval("SELECT count(*) FROM sessions WHERE state = 'ENDED'") == due
+    finally:
+        await pool.close()
+
+
+async def test_the_next_wakeup_is_counted_from_the_instant_passed(pool: asyncpg.Pool) -> None:
+    """seconds_until_next(now): the nearest reminder or deadline after ``now``, capped at the poll interval."""
+    await _shop(pool)
+    policy = _policy(timeout=120, remind_before=60)
+    worker = DeadlineWorker(pool, DeadlineConfig(poll_interval=30.0, policy=policy))
+    assert await worker.seconds_until_next() == 30.0, "nothing pending: the poll interval"
+    sid = await _open(pool, policy)
+    row = await pool.fetchrow("SELECT remind_time, reply_deadline FROM sessions WHERE session_id = $1", sid)
+    assert row is not None
+    remind_time, deadline = row["remind_time"], row["reply_deadline"]
+    for before, expected in [(timedelta(seconds=3), 3.0), (timedelta(seconds=29.5), 29.5), (timedelta(hours=1), 30.0)]:
+        assert await worker.seconds_until_next(now=remind_time - before) == expected
+    assert await worker.seconds_until_next(now=remind_time + timedelta(seconds=1)) == 0.0, "overdue: at once"
+    assert (await worker.run_once(now=remind_time)).reminded == 1
+    assert await worker.seconds_until_next(now=deadline - timedelta(seconds=7)) == 7.0, "then the deadline"

@@ -1,17 +1,19 @@
 -- The deadline worker's claims. Each runs inside the transaction that acts on what it claimed.
+-- "Now" is a parameter: NULL (production) is the database clock, clock_timestamp(); a test passes an
+-- instant instead of sleeping until one.
 
 -- name: claim_due_sessions
--- Ends up to $1 sessions whose deadline has passed by the database clock, in one statement; rows a
--- racing reply holds are skipped (and looked at again next round).
+-- Ends up to $1 sessions whose deadline has passed at $2 (NULL: by the database clock), in one
+-- statement; rows a racing reply holds are skipped (and looked at again next round).
 WITH due AS (
     SELECT session_id, reply_deadline FROM sessions
-    WHERE reply_deadline <= clock_timestamp()
+    WHERE reply_deadline <= coalesce($2::timestamptz, clock_timestamp())
     ORDER BY reply_deadline
     LIMIT $1
     FOR UPDATE SKIP LOCKED
 )
 UPDATE sessions s
-SET state = 'ENDED', close_reason = 'MERCHANT_TIMEOUT', close_time = clock_timestamp(),
+SET state = 'ENDED', close_reason = 'MERCHANT_TIMEOUT', close_time = coalesce($2::timestamptz, clock_timestamp()),
     reply_deadline = NULL, remind_time = NULL
 FROM due
 WHERE s.session_id = due.session_id
@@ -19,10 +21,12 @@ RETURNING s.session_id, s.merchant_id, s.assigned_agent_id, s.platform_agent_id,
           s.open_time, s.close_time, due.reply_deadline;
 
 -- name: claim_due_reminders
+-- Up to $1 sessions whose reminder is due at $2 (NULL: the database clock).
 WITH due AS (
     SELECT session_id FROM sessions
     -- An overdue session gets no reminder: it is about to end (a worker that was down catches up).
-    WHERE remind_time <= clock_timestamp() AND reply_deadline > clock_timestamp()
+    WHERE remind_time <= coalesce($2::timestamptz, clock_timestamp())
+      AND reply_deadline > coalesce($2::timestamptz, clock_timestamp())
     ORDER BY remind_time
     LIMIT $1
     FOR UPDATE SKIP LOCKED
@@ -48,11 +52,11 @@ SELECT session_id, seq, sender, sender_id, kind, client_msg_id, template_id, con
 FROM messages WHERE session_id = ANY($1::uuid[]) ORDER BY session_id, seq;
 
 -- name: next_wakeup
--- Seconds (database clock) until the nearest deadline or reminder; NULL when none is pending.
+-- Seconds from $1 (NULL: the database clock) until the nearest deadline or reminder; NULL when none is pending.
 SELECT extract(epoch FROM least(
     (SELECT min(reply_deadline) FROM sessions WHERE reply_deadline IS NOT NULL),
     (SELECT min(remind_time) FROM sessions WHERE remind_time IS NOT NULL)
-) - clock_timestamp())::float8 AS seconds;
+) - coalesce($1::timestamptz, clock_timestamp()))::float8 AS seconds;
 
 -- name: sessions_by_id
 SELECT s.session_id, s.merchant_id, s.assigned_agent_id, s.platform_agent_id, s.order_id, s.category, s.state,

@@ -101,9 +101,6 @@ UPDATE sessions SET state = 'ENDED', close_reason = $2, close_time = clock_times
 WHERE session_id = $1 AND state = 'OPEN'
 RETURNING session_id, merchant_id, assigned_agent_id, platform_agent_id, order_id, category, open_time, close_time;
 
--- name: release_assignment
-UPDATE agents SET open_sessions = open_sessions - 1 WHERE merchant_id = $1 AND agent_id = $2;
-
 -- name: get_session
 SELECT s.session_id, s.merchant_id, s.assigned_agent_id, s.platform_agent_id, s.order_id, s.category, s.state,
        s.close_reason, s.open_time, s.close_time, s.reply_deadline, s.last_seq, s.assignment, t.ticket_id
@@ -143,10 +140,6 @@ LIMIT $9;
 -- name: list_messages
 SELECT session_id, seq, sender, sender_id, kind, client_msg_id, template_id, content, send_time
 FROM messages WHERE session_id = $1 AND seq > $2 ORDER BY seq LIMIT $3;
-
--- name: transcript
-SELECT session_id, seq, sender, sender_id, kind, client_msg_id, template_id, content, send_time
-FROM messages WHERE session_id = $1 ORDER BY seq;
 
 -- name: insert_ticket
 INSERT INTO tickets (ticket_id, session_id, merchant_id, reason, category, handle_by, transcript_digest, payload, create_time)
