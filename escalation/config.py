@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from escalation import transport_security
+from escalation.domain.limits import DEFAULT_BATCH_SIZE
 from escalation.domain.tickets import DEFAULT_SLA
 from escalation.domain.token_bucket import Rate
 from escalation.transport_security import GrpcTls, KafkaSecurity
@@ -124,9 +125,11 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("ESCALATION_REMIND_BEFORE_SECONDS", "60", "reply reminder this long before the deadline", _SESSIONS),
     Variable("ESCALATION_TICKET_SLA", "spec defaults", "CATEGORY=DURATION,… e.g. REFUND=1h", _SESSIONS),
     Variable("ESCALATION_DEV_OVERRIDE_REPLY_TIMEOUT_SECONDS", "unset", "development only", _SESSIONS),
-    Variable("ESCALATION_DEADLINE_BATCH_SIZE", "500", "sessions per transaction", frozenset({"deadlines"})),
+    Variable(
+        "ESCALATION_DEADLINE_BATCH_SIZE", str(DEFAULT_BATCH_SIZE), "sessions per transaction", frozenset({"deadlines"})
+    ),
     Variable("ESCALATION_DEADLINE_POLL_SECONDS", "2", "longest sleep between rounds", frozenset({"deadlines"})),
-    Variable("ESCALATION_OUTBOX_BATCH_SIZE", "500", "rows per claim", frozenset({"outbox"})),
+    Variable("ESCALATION_OUTBOX_BATCH_SIZE", str(DEFAULT_BATCH_SIZE), "rows per claim", frozenset({"outbox"})),
     Variable("ESCALATION_OUTBOX_POLL_SECONDS", "1", "longest sleep between rounds", frozenset({"outbox"})),
     Variable(
         "ESCALATION_OUTBOX_MAX_ATTEMPTS",
@@ -288,9 +291,9 @@ class Settings:
     ticket_sla: Mapping[str, timedelta] = field(default_factory=lambda: dict(DEFAULT_SLA))
     # Development and tests only: every merchant's reply timeout becomes this many seconds.
     dev_override_reply_timeout_seconds: float | None = None
-    deadline_batch_size: int = 500
+    deadline_batch_size: int = DEFAULT_BATCH_SIZE
     deadline_poll_seconds: float = 2.0
-    outbox_batch_size: int = 500
+    outbox_batch_size: int = DEFAULT_BATCH_SIZE
     outbox_poll_seconds: float = 1.0
     outbox_retention_hours: float = 168.0
     # A row failing this many rounds while the broker acknowledges others is parked (docs/delivery.md).
@@ -652,11 +655,13 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         dev_override_reply_timeout_seconds=_get(
             env, "ESCALATION_DEV_OVERRIDE_REPLY_TIMEOUT_SECONDS", _float_in(0.1, 3600), None, "seconds, 0.1..3600"
         ),
-        deadline_batch_size=_get(env, "ESCALATION_DEADLINE_BATCH_SIZE", _int_in(1, 10_000), 500, "1..10000"),
+        deadline_batch_size=_get(
+            env, "ESCALATION_DEADLINE_BATCH_SIZE", _int_in(1, 10_000), DEFAULT_BATCH_SIZE, "1..10000"
+        ),
         deadline_poll_seconds=_get(
             env, "ESCALATION_DEADLINE_POLL_SECONDS", _float_in(0.05, 60), 2.0, "seconds, 0.05..60"
         ),
-        outbox_batch_size=_get(env, "ESCALATION_OUTBOX_BATCH_SIZE", _int_in(1, 10_000), 500, "1..10000"),
+        outbox_batch_size=_get(env, "ESCALATION_OUTBOX_BATCH_SIZE", _int_in(1, 10_000), DEFAULT_BATCH_SIZE, "1..10000"),
         outbox_poll_seconds=_get(env, "ESCALATION_OUTBOX_POLL_SECONDS", _float_in(0.05, 60), 1.0, "seconds, 0.05..60"),
         outbox_retention_hours=_get(env, "ESCALATION_OUTBOX_RETENTION_HOURS", _float_in(0.01, 8760), 168.0, "hours"),
         outbox_max_attempts=_get(env, "ESCALATION_OUTBOX_MAX_ATTEMPTS", _int_in(1, 1000), 5, "1..1000"),

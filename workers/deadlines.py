@@ -21,6 +21,7 @@ import asyncpg
 import structlog
 from opentelemetry import trace
 
+from escalation.domain.limits import DEFAULT_BATCH_SIZE
 from escalation.domain.session import CloseReason
 from escalation.observability import metrics, tracing
 from escalation.services import ending, records
@@ -39,7 +40,7 @@ CLOSE_SPAN = "deadlines.end_sessions"
 
 @dataclass(frozen=True)
 class DeadlineConfig:
-    batch_size: int = 500  # sessions (and, separately, reminders) per transaction
+    batch_size: int = DEFAULT_BATCH_SIZE  # sessions (and, separately, reminders) per transaction
     poll_interval: float = 2.0  # seconds; the longest sleep when nothing nearer is known
     policy: SessionPolicy = field(default_factory=SessionPolicy)
     event_retention_seconds: float = 72 * 3600  # merchant events older than this are deleted

@@ -19,6 +19,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaTimeoutError
 
 from escalation.bus import kafka
+from escalation.domain.limits import DEFAULT_BATCH_SIZE
 from escalation.observability import metrics, tracing
 from escalation.store.queries import sql
 from workers.loop import Wakeup, run_forever
@@ -30,7 +31,7 @@ CHANNEL = "escalation_outbox"
 
 @dataclass(frozen=True)
 class OutboxConfig:
-    batch_size: int = 500  # rows per claim
+    batch_size: int = DEFAULT_BATCH_SIZE  # rows per claim
     poll_interval: float = 1.0  # seconds; the longest sleep when no NOTIFY arrives
     ack_timeout: float = 30.0  # seconds to wait for one batch's acks before giving the rows back
     # Failures of one row, in rounds where the broker acknowledged other rows, before it is parked.

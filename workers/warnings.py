@@ -21,6 +21,7 @@ from datetime import datetime
 import asyncpg
 import structlog
 
+from escalation.domain.limits import DEFAULT_BATCH_SIZE
 from escalation.domain.timeliness import WarningRule
 from escalation.services import warnings
 from escalation.store.queries import sql
@@ -35,7 +36,7 @@ CHANNEL = "escalation_warnings"
 class WarningsConfig:
     rule: WarningRule = field(default_factory=WarningRule)
     interval: float = 300.0  # seconds between checks
-    batch_size: int = 500  # merchants whose figures one query computes
+    batch_size: int = DEFAULT_BATCH_SIZE  # merchants whose figures one query computes
     clock: Callable[[], datetime] | None = None  # None: the database clock
 
 

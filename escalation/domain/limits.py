@@ -25,3 +25,9 @@ PAGE_BYTE_BUDGET = 1024 * 1024
 # streams, while every shop with a stream open costs at most this much (issue 10 §2). Streams further
 # behind read their own pages, one page at a time.
 FEED_BYTE_BUDGET = 4 * PAGE_BYTE_BUDGET
+
+# Rows one background-worker statement claims or computes (deadline endings and reminders, outbox rows,
+# merchants of a warnings check), the default of ESCALATION_DEADLINE_BATCH_SIZE and _OUTBOX_BATCH_SIZE:
+# large enough that a burst of 10,000 due sessions is 20 transactions, small enough that one stays well
+# under the statement timeout and holds its row locks briefly.
+DEFAULT_BATCH_SIZE = 500

@@ -17,6 +17,7 @@ import asyncpg
 from escalation import errors
 from escalation.bus.kafka import WARNINGS_TOPIC
 from escalation.domain import timeliness
+from escalation.domain.limits import DEFAULT_BATCH_SIZE
 from escalation.domain.timeliness import Figures, WarningKind, WarningRule
 from escalation.services import records
 from escalation.services.stats import Window, duration, figures_by_merchant
@@ -90,7 +91,9 @@ async def record(conn: asyncpg.Connection, warning: MerchantWarning) -> bool:
     return created is not None
 
 
-async def check(pool: asyncpg.Pool, rule: WarningRule, check_time: datetime, *, batch_size: int = 500) -> CheckResult:
+async def check(
+    pool: asyncpg.Pool, rule: WarningRule, check_time: datetime, *, batch_size: int = DEFAULT_BATCH_SIZE
+) -> CheckResult:
     """Judges every merchant not yet warned in ``check_time``'s period; warns those that break the rule."""
     result = CheckResult()
     period_start, _ = timeliness.warning_period(check_time)
