@@ -323,7 +323,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             settings.require_database_url()
             raise SystemExit(asyncio.run(_outbox_retry(settings, args.outbox_id)))
         elif args.command == "tickets":
-            from escalation.tickets_tail import tail
+            from escalation.bus.tickets_tail import tail
 
             asyncio.run(
                 tail(

@@ -9,8 +9,8 @@ import sys
 import pytest
 from google.protobuf import timestamp_pb2
 
+from escalation.bus.tickets_tail import readable
 from escalation.domain.display import one_line
-from escalation.tickets_tail import readable
 from escalation.v1 import common_pb2, events_pb2
 
 HOSTILE = [
