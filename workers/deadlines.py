@@ -116,8 +116,8 @@ class DeadlineWorker:
             if not due:
                 return 0
             await events.append(
-                conn,
-                [
+                conn=conn,
+                events=[
                     events.Event(
                         merchant_id=r["merchant_id"],
                         session_id=r["session_id"],

@@ -8,7 +8,6 @@ import asyncpg
 import grpc
 from google.protobuf import empty_pb2
 
-from escalation.api import convert
 from escalation.api.interceptors import current_identity
 from escalation.domain import paging
 from escalation.domain.reception import (
@@ -19,7 +18,7 @@ from escalation.domain.reception import (
     MIN_REPLY_TIMEOUT_SECONDS,
 )
 from escalation.domain.validation import IDENTIFIER, Violations
-from escalation.services import directory
+from escalation.services import directory, records
 from escalation.v1 import admin_pb2, admin_pb2_grpc, merchant_pb2
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -57,7 +56,7 @@ class MerchantAdminServicer(admin_pb2_grpc.MerchantAdminServiceServicer):
             disabled=a.disabled,
             capacity=a.capacity,
         )
-        return convert.agent(row)
+        return records.agent(row)
 
     async def ListAgents(self, request: admin_pb2.ListAgentsRequest, context: Context) -> admin_pb2.ListAgentsResponse:
         check = Violations()
@@ -72,7 +71,7 @@ class MerchantAdminServicer(admin_pb2_grpc.MerchantAdminServiceServicer):
         rows = await directory.list_agents(
             self._pool, target, after_agent_id=after[0] if after else None, limit=size + 1
         )
-        items, token = paging.bounded_page(rows, size, convert.agent, lambda r: [r["agent_id"]], filters)
+        items, token = paging.bounded_page(rows, size, records.agent, lambda r: [r["agent_id"]], filters)
         return admin_pb2.ListAgentsResponse(agents=items, next_page_token=token)
 
     async def SetReceptionAgents(
@@ -87,13 +86,13 @@ class MerchantAdminServicer(admin_pb2_grpc.MerchantAdminServiceServicer):
         if len(set(ids)) != len(ids):
             check.add("agent_ids", "must not repeat an agent")
         target = self._scope(request.merchant_id, check)
-        return convert.reception_settings(await directory.set_reception_agents(self._pool, target, ids))
+        return records.reception_settings(await directory.set_reception_agents(self._pool, target, ids))
 
     async def GetReceptionSettings(
         self, request: admin_pb2.GetReceptionSettingsRequest, context: Context
     ) -> admin_pb2.ReceptionSettings:
         target = self._scope(request.merchant_id, Violations())
-        return convert.reception_settings(await directory.get_reception_settings(self._pool, target))
+        return records.reception_settings(await directory.get_reception_settings(self._pool, target))
 
     async def UpdateReplyTimeout(
         self, request: admin_pb2.UpdateReplyTimeoutRequest, context: Context
@@ -106,7 +105,7 @@ class MerchantAdminServicer(admin_pb2_grpc.MerchantAdminServiceServicer):
         elif timeout.nanos != 0 or not low <= timeout.seconds <= high:
             check.add("reply_timeout", f"must be whole seconds between {low} and {high}")
         target = self._scope(request.merchant_id, check)
-        return convert.reception_settings(await directory.update_reply_timeout(self._pool, target, timeout.seconds))
+        return records.reception_settings(await directory.update_reply_timeout(self._pool, target, timeout.seconds))
 
     async def CreateReplyTemplate(
         self, request: admin_pb2.CreateReplyTemplateRequest, context: Context
@@ -118,7 +117,7 @@ class MerchantAdminServicer(admin_pb2_grpc.MerchantAdminServiceServicer):
         text = check.text("template.text", request.template.text, max_chars=MAX_TEMPLATE_TEXT)
         target = self._scope(request.merchant_id, check)
         row = await directory.create_reply_template(self._pool, target, title=title, body=text)
-        return convert.reply_template(row)
+        return records.reply_template(row)
 
     async def DeleteReplyTemplate(
         self, request: admin_pb2.DeleteReplyTemplateRequest, context: Context

@@ -8,7 +8,6 @@ from typing import Any
 import asyncpg
 import grpc
 
-from escalation.api import convert
 from escalation.api import session_requests as req
 from escalation.api.interceptors import current_identity
 from escalation.api.replies import reply
@@ -43,7 +42,7 @@ class MerchantServicer(merchant_pb2_grpc.MerchantServiceServicer):
         check.raise_if_any()
         rows = await directory.list_reply_templates(self._pool, target, after=after, limit=size + 1)
         items, token = paging.bounded_page(
-            rows, size, convert.reply_template, lambda r: [r["create_time"].isoformat(), r["template_id"]], filters
+            rows, size, records.reply_template, lambda r: [r["create_time"].isoformat(), r["template_id"]], filters
         )
         return merchant_pb2.ListReplyTemplatesResponse(templates=items, next_page_token=token)
 

@@ -8,7 +8,6 @@ from typing import Any
 import asyncpg
 import grpc
 
-from escalation.api import convert
 from escalation.api.session_requests import time_and_uuid_key
 from escalation.domain import paging, timeliness
 from escalation.domain.validation import Violations
@@ -59,7 +58,7 @@ class OpsServicer(ops_pb2_grpc.OpsServiceServicer):
             main_account_id=m.main_account_id,
             disabled=m.disabled,
         )
-        return convert.merchant(row)
+        return records.merchant(row)
 
     async def GetResponseStats(
         self, request: ops_pb2.GetResponseStatsRequest, context: Context

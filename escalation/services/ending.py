@@ -60,8 +60,8 @@ async def end_sessions(
     # Lock order: sessions (the caller's), merchants (events), agents — as everywhere else.
     closed = [Ended(row, built.get(row["session_id"])) for row in await conn.fetch(sql("sessions_by_id"), ids)]
     await events.append(
-        conn,
-        [
+        conn=conn,
+        events=[
             e
             for c in closed
             for e in events.session_closed(records.session(c.session), c.ticket.handle_by if c.ticket else None)

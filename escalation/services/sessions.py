@@ -227,7 +227,9 @@ async def _assign_and_insert(
         await _append(conn, session_id, Sender.PLATFORM, caller.subject, m, reply_timeout, policy) for m in req.messages
     ]
     session = await conn.fetchrow(sql("get_session"), session_id)
-    await events.append(conn, events.session_assigned(records.session(session), [records.message(m) for m in messages]))
+    await events.append(
+        conn=conn, events=events.session_assigned(records.session(session), [records.message(m) for m in messages])
+    )
     return Opened(session, messages, replayed=False), float(winner.saturation)
 
 
@@ -328,7 +330,7 @@ async def add_message(
         session = common_pb2.Session(
             session_id=str(session_id), merchant_id=s["merchant_id"], assigned_agent_id=s["assigned_agent_id"]
         )
-        await events.append(conn, [events.message_added(session, records.message(row))])
+        await events.append(conn=conn, events=[events.message_added(session, records.message(row))])
         if sender is Sender.MERCHANT and s["awaiting_first_reply"]:
             first_reply = (row["send_time"] - s["open_time"]).total_seconds()
     if first_reply is not None:
@@ -361,7 +363,7 @@ async def mark_read(pool: asyncpg.Pool, caller: Identity, session_id: uuid.UUID,
             reader_id=caller.subject,
             read_time=records.timestamp(marked["at"]),
         )
-        await events.append(conn, [events.read_receipt(session, receipt)])
+        await events.append(conn=conn, events=[events.read_receipt(session, receipt)])
 
 
 # --- ending --------------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ class Event:
     body: merchant_pb2.MerchantEvent
 
 
-async def append(conn: asyncpg.Connection, events: Sequence[Event]) -> list[int]:
+async def append(*, conn: asyncpg.Connection, events: Sequence[Event]) -> list[int]:
     """Appends events (in order) to their merchants' logs, one statement per merchant; returns cursors.
 
     The stored payload leaves ``cursor`` and ``event_time`` unset: they are the row's columns, assigned
