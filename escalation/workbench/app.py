@@ -1,0 +1,287 @@
+"""The Textual app: the session list, the conversation, the reply box and the status line."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, tzinfo
+from typing import ClassVar
+
+import structlog
+from rich.console import Console
+from textual.app import App, ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.screen import ModalScreen
+from textual.widgets import Footer, Input, OptionList, Static
+from textual.widgets.option_list import Option
+
+from escalation.domain.display import one_line
+from escalation.v1 import common_pb2, merchant_pb2
+from escalation.workbench import quick_replies, views
+from escalation.workbench.backend import Backend, CursorGap
+from escalation.workbench.state import Notice, SessionView, WorkbenchState
+
+log = structlog.get_logger(__name__)
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class TemplatePicker(ModalScreen[merchant_pb2.ReplyTemplate | None]):
+    """The shop's quick replies; Enter sends the highlighted one, Escape cancels."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "cancel", "Cancel")]
+
+    def __init__(self, templates: list[merchant_pb2.ReplyTemplate]) -> None:
+        super().__init__()
+        self._pairs = quick_replies.shortcuts(templates)
+
+    def compose(self) -> ComposeResult:
+        options = [
+            Option(f"{n}. /{one_line(word)}  {one_line(t.title)}: {one_line(t.text)}", id=str(n - 1))
+            for n, (word, t) in enumerate(self._pairs, start=1)
+        ]
+        yield OptionList(*options, id="templates")
+
+    def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
+        self.dismiss(self._pairs[int(event.option.id or 0)][1])
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
+class Workbench(App[None]):
+    """`escalation workbench` (docs/clients.md)."""
+
+    TITLE = "escalation workbench"
+    CSS = """
+    #sessions { width: 48; border-right: solid $primary; padding: 0 1; }
+    #conversation { padding: 0 1; }
+    #closed { display: none; color: $warning; }
+    #closed.shown { display: block; }
+    #notice { height: 1; background: $boost; }
+    #status { height: 1; }
+    TemplatePicker { align: center middle; }
+    TemplatePicker OptionList { width: 80%; height: auto; max-height: 80%; border: solid $primary; }
+    """
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("ctrl+up", "select(-1)", "Previous", priority=True),
+        Binding("ctrl+down", "select(1)", "Next", priority=True),
+        Binding("ctrl+t", "templates", "Quick replies", priority=True),
+        Binding("ctrl+q", "quit", "Quit", priority=True),
+    ]
+
+    def __init__(
+        self,
+        backend: Backend,
+        state: WorkbenchState,
+        *,
+        target: str = "",
+        clock: Callable[[], datetime] = _utc_now,
+        tz: tzinfo | None = None,
+        tick_seconds: float = 1.0,
+    ) -> None:
+        super().__init__()
+        self.backend = backend
+        self.state = state
+        self.target = target
+        self.clock = clock
+        self.tz = tz
+        self.tick_seconds = tick_seconds
+        self.selected: str | None = None
+        self.connection = "connecting"
+        self.templates: list[merchant_pb2.ReplyTemplate] = []
+        # Every notice shown and the bells rung, in order: what a person at the desk saw and heard.
+        self.notices: list[Notice] = []
+        self.bells = 0
+        self._history_loaded: set[str] = set()
+
+    def compose(self) -> ComposeResult:
+        with Horizontal():
+            yield Static(id="sessions")
+            with Vertical():
+                with VerticalScroll(id="scroll"):
+                    yield Static(id="conversation")
+                yield Static(id="closed")
+                yield Input(placeholder="Reply; / for quick replies (Ctrl+T lists them)", id="reply")
+        yield Static(id="notice")
+        yield Static(id="status")
+        yield Footer()
+
+    async def on_mount(self) -> None:
+        self.sub_title = f"{self.state.agent_id}@{self.state.merchant_id}"
+        self.redraw()
+        self.run_worker(self._follow(), name="events", exclusive=True)
+        if self.tick_seconds > 0:
+            self.set_interval(self.tick_seconds, self.redraw)
+
+    # -- the event stream --------------------------------------------------------------------------
+
+    async def _follow(self) -> None:
+        """Loads the open sessions and templates, then applies the merchant's events as they come."""
+        try:
+            self.templates = await self.backend.templates()
+            await self._resync()
+            async for item in self.backend.events():
+                if isinstance(item, CursorGap):
+                    self._show(Notice("", "Missed events expired: reloaded the open sessions", bell=False))
+                    await self._resync()
+                else:
+                    await self._apply(item)
+                self.redraw()
+        except Exception as exc:  # the stream gave up (a revoked token, say): say so, keep the screen
+            log.exception("workbench.events_failed")
+            self.connection = f"stopped: {one_line(str(exc))[:80]}"
+            self.redraw()
+
+    async def _resync(self) -> None:
+        self.state.replace_open(await self.backend.open_sessions())
+        if self.selected is None or self.selected not in self.state.sessions:
+            ordered = self.state.ordered(self.clock())
+            await self.select(ordered[0].session_id if ordered else None)
+        self.redraw()
+
+    async def _apply(self, event: merchant_pb2.MerchantEvent) -> None:
+        kind = event.WhichOneof("kind")
+        if event.session_id and event.session_id not in self.state.sessions and kind != "session_assigned":
+            # Not seen yet (started without a cursor, or in a resync's gap): fetch it first.
+            self.state.upsert_session(await self.backend.session(event.session_id))
+        for notice in self.state.apply(event):
+            self._show(notice)
+        if kind == "message_added" and event.message_added.message.sender != common_pb2.SENDER_MERCHANT:
+            # R5: the deadline this message set is in no event; the session holds it.
+            self.state.upsert_session(await self.backend.session(event.session_id))
+        if self.selected is None and kind == "session_assigned":
+            await self.select(event.session_id)
+        elif event.session_id == self.selected:
+            await self._read(self.state.sessions[event.session_id])
+
+    def connection_changed(self, connection: str, cursor: int | None) -> None:
+        """The SDK's on_state callback: connected/reconnecting and the cursor it resumes from."""
+        self.connection = connection
+        if cursor is not None and (self.state.cursor is None or cursor > self.state.cursor):
+            self.state.cursor = cursor
+        self.redraw()
+
+    def _show(self, notice: Notice) -> None:
+        self.notices.append(notice)
+        self.query_one("#notice", Static).update(notice.text)
+        self.notify(notice.text, markup=False, severity="warning" if notice.bell else "information")
+        if notice.bell:
+            self.bells += 1
+            self.bell()
+
+    # -- selection and reading ---------------------------------------------------------------------
+
+    async def select(self, session_id: str | None) -> None:
+        """Shows a session's conversation and sends a read receipt for it (SPEC R8)."""
+        self.selected = session_id
+        view = self.state.sessions.get(session_id) if session_id else None
+        if view is not None and session_id not in self._history_loaded:
+            before = view.session.last_seq
+            for message in await self.backend.messages(view.session_id):
+                self.state.add_message(message)
+            self._history_loaded.add(view.session_id)
+            if view.session.last_seq > before:  # the session row was older than its messages
+                self.state.upsert_session(await self.backend.session(view.session_id))
+        if view is not None:
+            await self._read(view)
+        self.redraw()
+
+    async def _read(self, view: SessionView) -> None:
+        newest = max(view.messages, default=0)
+        if newest > view.read_seq:
+            await self.backend.mark_read(view.session_id, newest)
+            view.read_seq = newest
+
+    async def action_select(self, step: int) -> None:
+        ordered = [v.session_id for v in self.state.ordered(self.clock())]
+        if not ordered:
+            return
+        at = ordered.index(self.selected) if self.selected in ordered else -step
+        await self.select(ordered[(at + step) % len(ordered)])
+
+    # -- replying ----------------------------------------------------------------------------------
+
+    async def on_input_submitted(self, event: Input.Submitted) -> None:
+        typed = event.value
+        if not typed.strip() or self.selected is None:
+            return
+        wanted = quick_replies.resolve(typed, self.templates)
+        if isinstance(wanted, quick_replies.OpenPicker):
+            event.input.value = ""
+            self.action_templates()
+        elif isinstance(wanted, quick_replies.Unknown):
+            self.notify(wanted.message, markup=False, severity="error")
+        elif isinstance(wanted, quick_replies.TemplateReply):
+            if await self._send(lambda sid: self.backend.reply_template(sid, wanted.template.template_id)):
+                event.input.value = ""
+        elif await self._send(lambda sid: self.backend.reply_text(sid, wanted.text)):
+            event.input.value = ""
+
+    def action_templates(self) -> None:
+        if self.selected is None or not self.state.sessions[self.selected].is_open:
+            return
+        if not self.templates:
+            self.notify("The shop has no quick replies yet (the main account creates them).", severity="warning")
+            return
+
+        async def picked(template: merchant_pb2.ReplyTemplate | None) -> None:
+            if template is not None:
+                await self._send(lambda sid: self.backend.reply_template(sid, template.template_id))
+
+        self.push_screen(TemplatePicker(self.templates), picked)
+
+    async def _send(self, call: Callable[[str], Awaitable[common_pb2.Message]]) -> bool:
+        """Sends a reply in the selected session; the answer is recorded at once (the MessageAdded
+        event for it later changes nothing: messages are kept by seq)."""
+        session_id = self.selected
+        if session_id is None:
+            return False
+        try:
+            message = await call(session_id)
+        except Exception as exc:  # a closed session, a rate limit: the agent reads why and retries
+            self.notify(one_line(str(exc)), markup=False, severity="error", title="Reply not sent")
+            with contextlib.suppress(Exception):  # the stream brings the news anyway
+                self.state.upsert_session(await self.backend.session(session_id))
+            self.redraw()
+            return False
+        self.state.add_message(message)
+        self.redraw()
+        return True
+
+    # -- drawing -----------------------------------------------------------------------------------
+
+    def redraw(self) -> None:
+        """Redraws every pane from the state (also once a second, for the countdowns)."""
+        now = self.clock()
+        self.query_one("#sessions", Static).update(views.session_list(self.state, now, self.selected))
+        view = self.state.sessions.get(self.selected) if self.selected else None
+        conversation = self.query_one("#conversation", Static)
+        closed = self.query_one("#closed", Static)
+        reply = self.query_one("#reply", Input)
+        if view is None:
+            conversation.update("Waiting for sessions…")
+            closed.remove_class("shown")
+            reply.disabled = True
+        else:
+            conversation.update(views.conversation(self.state, view, now, self.tz))
+            closed.set_class(not view.is_open, "shown")
+            if not view.is_open:
+                closed.update(views.closed_banner(view))
+            reply.disabled = not view.is_open
+        self.query_one("#status", Static).update(views.status_line(self.state, self.connection, self.target))
+
+
+def screen_text(app: App[object]) -> str:
+    """The current screen as plain text (what a person sees, without colours): the tests' snapshots
+    and the README's capture. Uses what ``App.export_screenshot`` uses, exported as text."""
+    width, height = app.size
+    console = Console(
+        width=width, height=height, file=io.StringIO(), record=True, color_system=None, legacy_windows=False
+    )
+    console.print(app.screen._compositor.render_update(full=True, screen_stack=app._background_screens))
+    return "\n".join(line.rstrip() for line in console.export_text().splitlines())
