@@ -57,8 +57,9 @@ class Workbench(App[None]):
     """`escalation workbench` (docs/clients.md)."""
 
     TITLE = "escalation workbench"
+    ENABLE_COMMAND_PALETTE = False
     CSS = """
-    #sessions { width: 48; border-right: solid $primary; padding: 0 1; }
+    #sessions { width: 48; height: 100%; border-right: solid $primary; padding: 0 1; }
     #conversation { padding: 0 1; }
     #closed { display: none; color: $warning; }
     #closed.shown { display: block; }
@@ -190,6 +191,8 @@ class Workbench(App[None]):
         if view is not None:
             await self._read(view)
         self.redraw()
+        if view is not None and view.is_open:
+            self.query_one("#reply", Input).focus()
 
     async def _read(self, view: SessionView) -> None:
         newest = max(view.messages, default=0)
@@ -268,7 +271,8 @@ class Workbench(App[None]):
             closed.remove_class("shown")
             reply.disabled = True
         else:
-            conversation.update(views.conversation(self.state, view, now, self.tz))
+            titles = {t.template_id: t.title for t in self.templates}
+            conversation.update(views.conversation(self.state, view, now, self.tz, titles))
             closed.set_class(not view.is_open, "shown")
             if not view.is_open:
                 closed.update(views.closed_banner(view))

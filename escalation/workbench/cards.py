@@ -76,16 +76,24 @@ def content(message: common_pb2.Message, tz: tzinfo | None) -> RenderableType:
     return Text("(a kind of message this workbench does not know)", style="dim")
 
 
-def message(message: common_pb2.Message, tz: tzinfo | None, *, me: str, peer_read_seq: int = 0) -> Group:
-    """One message under a header: time, who sent it (``you`` for this agent), the template used, and
-    ``✓ read`` once the platform read it (SPEC R8 read receipts)."""
+def message(
+    message: common_pb2.Message,
+    tz: tzinfo | None,
+    *,
+    me: str,
+    peer_read_seq: int = 0,
+    template_titles: dict[str, str] | None = None,
+) -> Group:
+    """One message under a header: time, who sent it (``you`` for this agent), the quick reply used
+    (its title when known), and ``✓ read`` once the platform read it (SPEC R8 read receipts)."""
     platform = message.sender == common_pb2.SENDER_PLATFORM
     who = "platform " if platform else ""
     who += "you" if message.sender_id == me and not platform else one_line(message.sender_id)
     header = Text(f"{local_time(message.send_time, tz)}  ", style="dim")
     header.append(who, style="bold cyan" if platform else "bold green")
     if message.template_id:
-        header.append(f"  quick reply {one_line(message.template_id)}", style="dim")
+        title = (template_titles or {}).get(message.template_id, message.template_id)
+        header.append(f"  quick reply “{one_line(title)}”", style="dim")
     if not platform and message.seq <= peer_read_seq:
         header.append("  ✓ read", style="dim")
     return Group(header, content(message, tz))

@@ -10,7 +10,7 @@ from rich.text import Text
 
 from escalation.domain.display import one_line
 from escalation.workbench import cards
-from escalation.workbench.state import SessionView, WorkbenchState, closed_line, describe
+from escalation.workbench.state import SessionView, WorkbenchState, close_reason_text, describe
 from escalation.workbench.urgency import STYLES, Urgency, countdown
 
 
@@ -47,7 +47,13 @@ def _label(state: WorkbenchState, view: SessionView) -> Text:
     return text
 
 
-def conversation(state: WorkbenchState, view: SessionView, now: datetime, tz: tzinfo | None) -> RenderableType:
+def conversation(
+    state: WorkbenchState,
+    view: SessionView,
+    now: datetime,
+    tz: tzinfo | None,
+    template_titles: dict[str, str] | None = None,
+) -> RenderableType:
     """The session's header (countdown or how it ended) and its messages in seq order."""
     s = view.session
     head = Text(describe(s), style="bold")
@@ -61,13 +67,25 @@ def conversation(state: WorkbenchState, view: SessionView, now: datetime, tz: tz
     parts: list[RenderableType] = [head, Text(f"platform agent {one_line(s.platform_agent_id)}", style="dim")]
     for seq in sorted(view.messages):
         parts.append(Text(""))
-        parts.append(cards.message(view.messages[seq], tz, me=state.agent_id, peer_read_seq=view.peer_read_seq))
+        parts.append(
+            cards.message(
+                view.messages[seq],
+                tz,
+                me=state.agent_id,
+                peer_read_seq=view.peer_read_seq,
+                template_titles=template_titles,
+            )
+        )
     return Group(*parts)
 
 
 def closed_banner(view: SessionView) -> Text:
-    """Why a closed session ended and its ticket; the session is read-only (SPEC R6)."""
-    return Text(f"Closed: {closed_line(view.session)}. Read-only.", style="bold")
+    """Why a closed session ended, then its ticket; the session is read-only (SPEC R6)."""
+    s = view.session
+    text = Text(f"Closed: {close_reason_text(s.close_reason)}. Read-only.", style="bold")
+    if s.ticket_id:
+        text.append(f"\nTicket {s.ticket_id}")
+    return text
 
 
 def status_line(state: WorkbenchState, connection: str, target: str) -> Text:
