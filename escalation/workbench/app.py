@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
+import itertools
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, tzinfo
 from typing import ClassVar
@@ -24,6 +26,9 @@ from escalation.workbench.backend import Backend, CursorGap
 from escalation.workbench.state import Notice, SessionView, WorkbenchState
 
 log = structlog.get_logger(__name__)
+
+# Seconds between attempts to load the first screen while the service is unreachable.
+RETRY_SECONDS = 2.0
 
 
 def _utc_now() -> datetime:
@@ -122,14 +127,19 @@ class Workbench(App[None]):
     # -- the event stream --------------------------------------------------------------------------
 
     async def _follow(self) -> None:
-        """Loads the open sessions and templates, then applies the merchant's events as they come."""
+        """Loads the templates and open sessions, then applies the merchant's events as they come.
+
+        The SDK reconnects the stream by itself; a unary call failing meanwhile (the service restarting)
+        costs only a refresh, retried with the next event or the resync after the reconnect."""
         try:
-            self.templates = await self.backend.templates()
-            await self._resync()
+            for _attempt in itertools.count():
+                if await self._load():
+                    break
+                await asyncio.sleep(RETRY_SECONDS)
             async for item in self.backend.events():
                 if isinstance(item, CursorGap):
                     self._show(Notice("", "Missed events expired: reloaded the open sessions", bell=False))
-                    await self._resync()
+                    await self._resync(replace=True)
                 else:
                     await self._apply(item)
                 self.redraw()
@@ -138,31 +148,58 @@ class Workbench(App[None]):
             self.connection = f"stopped: {one_line(str(exc))[:80]}"
             self.redraw()
 
-    async def _resync(self) -> None:
-        self.state.replace_open(await self.backend.open_sessions())
+    async def _load(self) -> bool:
+        try:
+            self.templates = await self.backend.templates()
+            await self._resync(replace=True)
+        except Exception as exc:  # the service is not up yet: say so and try again
+            self.connection = f"waiting for the service: {one_line(str(exc))[:60]}"
+            self.redraw()
+            return False
+        return True
+
+    async def _resync(self, *, replace: bool) -> None:
+        """Reloads the open sessions: ``replace`` after CURSOR_EXPIRED (what is not listed ended in the
+        gap), otherwise merges (after a reconnect, to heal refreshes that failed meanwhile)."""
+        sessions = await self.backend.open_sessions()
+        if replace:
+            self.state.replace_open(sessions)
+        else:
+            for session in sessions:
+                self.state.upsert_session(session)
         if self.selected is None or self.selected not in self.state.sessions:
             ordered = self.state.ordered(self.clock())
             await self.select(ordered[0].session_id if ordered else None)
         self.redraw()
 
+    async def _refresh(self, session_id: str) -> None:
+        """GetSession into the state; a failure is logged and left to the next refresh or resync."""
+        try:
+            self.state.upsert_session(await self.backend.session(session_id))
+        except Exception:
+            log.warning("workbench.refresh_failed", session_id=session_id, exc_info=True)
+
     async def _apply(self, event: merchant_pb2.MerchantEvent) -> None:
         kind = event.WhichOneof("kind")
         if event.session_id and event.session_id not in self.state.sessions and kind != "session_assigned":
             # Not seen yet (started without a cursor, or in a resync's gap): fetch it first.
-            self.state.upsert_session(await self.backend.session(event.session_id))
+            await self._refresh(event.session_id)
         for notice in self.state.apply(event):
             self._show(notice)
         if kind == "message_added" and event.message_added.message.sender != common_pb2.SENDER_MERCHANT:
             # R5: the deadline this message set is in no event; the session holds it.
-            self.state.upsert_session(await self.backend.session(event.session_id))
+            await self._refresh(event.session_id)
         if self.selected is None and kind == "session_assigned":
             await self.select(event.session_id)
-        elif event.session_id == self.selected:
+        elif event.session_id == self.selected and event.session_id in self.state.sessions:
             await self._read(self.state.sessions[event.session_id])
 
     def connection_changed(self, connection: str, cursor: int | None) -> None:
         """The SDK's on_state callback: connected/reconnecting and the cursor it resumes from."""
+        reconnected = connection == "connected" and self.connection not in ("connected", "connecting")
         self.connection = connection
+        if reconnected and self.is_running:
+            self.run_worker(self._resync(replace=False), name="resync", group="resync", exclusive=True)
         if cursor is not None and (self.state.cursor is None or cursor > self.state.cursor):
             self.state.cursor = cursor
         self.redraw()
@@ -183,11 +220,16 @@ class Workbench(App[None]):
         view = self.state.sessions.get(session_id) if session_id else None
         if view is not None and session_id not in self._history_loaded:
             before = view.session.last_seq
-            for message in await self.backend.messages(view.session_id):
-                self.state.add_message(message)
-            self._history_loaded.add(view.session_id)
-            if view.session.last_seq > before:  # the session row was older than its messages
-                self.state.upsert_session(await self.backend.session(view.session_id))
+            try:
+                history = await self.backend.messages(view.session_id)
+            except Exception:  # shown without history; the next selection tries again
+                log.warning("workbench.history_failed", session_id=view.session_id, exc_info=True)
+            else:
+                for message in history:
+                    self.state.add_message(message)
+                self._history_loaded.add(view.session_id)
+                if view.session.last_seq > before:  # the session row was older than its messages
+                    await self._refresh(view.session_id)
         if view is not None:
             await self._read(view)
         self.redraw()
@@ -197,7 +239,11 @@ class Workbench(App[None]):
     async def _read(self, view: SessionView) -> None:
         newest = max(view.messages, default=0)
         if newest > view.read_seq:
-            await self.backend.mark_read(view.session_id, newest)
+            try:
+                await self.backend.mark_read(view.session_id, newest)
+            except Exception:  # sent again with the next message or selection
+                log.warning("workbench.read_receipt_failed", session_id=view.session_id, exc_info=True)
+                return
             view.read_seq = newest
 
     async def action_select(self, step: int) -> None:
