@@ -126,6 +126,7 @@ class MerchantStream:
         self._results: asyncio.Queue[merchant_pb2.ConnectResponse] = asyncio.Queue(maxsize=config.queue_size)
         self._overflowed = False
         self._main: bool | None = None  # main account (whole shop) or not, as last read from the database
+        self._start_head = 0  # the log's head when the stream started
 
     async def run(self, frames: AsyncIterator[merchant_pb2.ConnectRequest]) -> None:
         """Serves the stream until the client leaves, an error ends it, or the token expires."""
@@ -136,6 +137,7 @@ class MerchantStream:
         hello = await self._hello(frames)
         position = await self._position()
         cursor = self._start_cursor(hello, position)
+        self._start_head = int(position["head"])
         # Registered without an await, and released in the finally whatever point a cancellation hits:
         # no presence row or subscription outlives the stream (issue 10 §3).
         sub = self._hub.subscribe(self._merchant_id, self._caller.subject, present=True)
@@ -214,6 +216,16 @@ class MerchantStream:
             raise errors.CursorExpired(metadata={"oldest_cursor": str(oldest or head + 1)})
         return cursor
 
+    def _lag(self, head: int, cursor: int) -> int:
+        """Events written since the stream started that it has not delivered yet.
+
+        A resume's backlog (written before the connect) is not lag: counting it would cut a reader that
+        resumes more than max_lag_events behind at once on every reconnect, so it could never resume
+        (SPEC R8: a slow reader is cut off and resumes from its cursor). The backlog is read a page at a
+        time, so it costs no more memory; a reader that stops reading it is cut by the write timeout.
+        """
+        return head - max(cursor, self._start_head)
+
     def _visible(self, agent_id: str | None) -> bool:
         return bool(self._main) or agent_id == self._caller.subject
 
@@ -230,7 +242,7 @@ class MerchantStream:
             if shared is not None and shared.has(cursor, self._caller.subject):
                 # The common case: the merchant's feed has read the news once for every stream here.
                 self._authorize(shared.access[self._caller.subject])
-                if shared.head - cursor > self._config.max_lag_events:
+                if self._lag(shared.head, cursor) > self._config.max_lag_events:
                     raise errors.SlowConsumer()
                 for item in sub.feed.since(cursor):
                     if item.cursor > shared.head:
@@ -261,7 +273,7 @@ class MerchantStream:
         self._hub.catch_up_reads += 1
         position = await self._position()
         head = int(position["head"])
-        if head - cursor > self._config.max_lag_events:
+        if self._lag(head, cursor) > self._config.max_lag_events:
             raise errors.SlowConsumer()
         agent_filter = None if self._main else self._caller.subject
         rows = await self._pool.fetch(

@@ -1,0 +1,1 @@
+"""Terminal consoles on the public API (escalation.client): `escalation platform`."""

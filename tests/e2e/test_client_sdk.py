@@ -1,0 +1,201 @@
+"""The SDK (escalation.client) against real `escalation serve` processes (SPEC R8, issue 15 §1).
+
+What a merchant integrator would otherwise get wrong: a replica killed (SIGKILL) or stopped (SIGTERM)
+under a stream while events are written through another, a slow consumer cut off with
+RESOURCE_EXHAUSTED, a cursor past retention; and a platform OpenSession whose answer is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import asyncpg
+import grpc
+import pytest
+
+from escalation.client import (
+    RESOLVED,
+    Backoff,
+    ClientError,
+    ConnectionState,
+    CursorExpired,
+    FileCursorStore,
+    MemoryCursorStore,
+    MerchantClient,
+    PlatformClient,
+    Retry,
+)
+from escalation.v1 import common_pb2, merchant_pb2
+from tests.e2e import replicas
+from tests.e2e.tcp_proxy import TcpProxy
+from tests.integration.grpc_harness import token
+from tests.integration.sessions_harness import make_shop
+
+pytestmark = pytest.mark.e2e
+
+SHOP = "shop-a"
+MAIN_TOKEN = token("merchant", f"{SHOP}-main", SHOP)
+PLATFORM_TOKEN = token("platform", "pa-1")
+FAST = Backoff(initial=0.05, maximum=0.5, reset_after=5.0)
+
+
+def targets(*processes: replicas.Replica) -> str:
+    """One gRPC target over the processes' addresses: pick_first moves on when one is gone."""
+    return "ipv4:" + ",".join(p.grpc_addr for p in processes)
+
+
+async def consume(client: MerchantClient, until_cursor: int, seen: list[int], pace: float = 0.0) -> None:
+    """Collects event cursors until ``until_cursor``; ``pace`` seconds of work per event."""
+    async for item in client.events():
+        assert isinstance(item, merchant_pb2.MerchantEvent), item
+        seen.append(item.cursor)
+        if pace:
+            await asyncio.sleep(pace)
+        if item.cursor >= until_cursor:
+            return
+
+
+async def test_stream_survives_sigkill_and_sigterm_of_its_replica_with_every_event_once_in_order(
+    database_url: str, tmp_path: Path
+) -> None:
+    messages = 36
+    with replicas.serving(database_url, tmp_path, count=3) as (a, b, c):
+        await asyncio.gather(*(replicas.wait_serving(r) for r in (a, b, c)))
+        async with grpc.aio.insecure_channel(c.grpc_addr) as on_c:
+            await make_shop(on_c, agents={f"{SHOP}-sub-1": 50})
+        states: list[ConnectionState] = []
+        store = FileCursorStore(tmp_path / "cursor")
+        await store.save(0)  # from the start of the shop's log
+        merchant = MerchantClient(
+            targets(a, b, c), MAIN_TOKEN, cursor_store=store, backoff=FAST, on_state=lambda s, _: states.append(s)
+        )
+        # Writes go through C only, so they go on while A and B die.
+        platform = PlatformClient(c.grpc_addr, PLATFORM_TOKEN)
+        seen: list[int] = []
+        async with merchant, platform:
+            consumer = asyncio.create_task(consume(merchant, messages + 2, seen))
+            opened = await platform.open_session(merchant_id=SHOP, category=common_pb2.CATEGORY_REFUND, text="refund?")
+            sid = opened.session.session_id
+            for n in range(messages):
+                await platform.send(sid, text=f"m{n}")
+                if n == messages // 3:
+                    a.kill()  # the stream is on A: the first address
+                elif n == 2 * messages // 3:
+                    assert b.terminate() == 0, b.output()  # then on B: ended with UNAVAILABLE SHUTTING_DOWN
+                await asyncio.sleep(0.02)
+            async with asyncio.timeout(30):
+                await consumer
+        assert seen == list(range(1, messages + 3)), "every event once, in cursor order"
+        # The last event was yielded but the consumer never asked for the next one: not yet processed.
+        assert await store.load() == messages + 1
+        assert states.count(ConnectionState.RECONNECTING) >= 2, states
+
+
+async def test_slow_consumer_cut_off_with_resource_exhausted_resumes_without_gap_or_duplicate(
+    database_url: str, tmp_path: Path
+) -> None:
+    messages = 80
+    limits = {"ESCALATION_STREAM_MAX_LAG_EVENTS": "10", "ESCALATION_STREAM_WRITE_TIMEOUT_SECONDS": "0.2"}
+    with replicas.serving(database_url, tmp_path, count=1, **limits) as (a,):
+        await replicas.wait_serving(a)
+        async with grpc.aio.insecure_channel(a.grpc_addr) as channel:
+            await make_shop(channel, agents={f"{SHOP}-sub-1": 50})
+        failures: list[str] = []
+
+        def record(state: ConnectionState, _: int | None) -> None:
+            if state is ConnectionState.RECONNECTING and merchant.last_error is not None:
+                failures.append(f"{merchant.last_error.code.name} {merchant.last_error.reason}")
+
+        merchant = MerchantClient(
+            a.grpc_addr, MAIN_TOKEN, cursor_store=MemoryCursorStore(0), backoff=FAST, on_state=record
+        )
+        platform = PlatformClient(a.grpc_addr, PLATFORM_TOKEN)
+        seen: list[int] = []
+        async with merchant, platform:
+            # 40 ms of work per event while messages arrive faster: the stream falls behind and is cut.
+            consumer = asyncio.create_task(consume(merchant, messages + 2, seen, pace=0.04))
+            sid = (await platform.open_session(merchant_id=SHOP, category=common_pb2.CATEGORY_REFUND, text="q")).session
+            await asyncio.gather(*(platform.send(sid.session_id, text="x" * 1900 + str(n)) for n in range(messages)))
+            async with asyncio.timeout(30):
+                await consumer
+        assert "RESOURCE_EXHAUSTED SLOW_CONSUMER" in failures, failures
+        assert seen == list(range(1, messages + 3))
+
+
+async def test_cursor_expired_yields_cursor_expired_with_open_sessions_then_live_events(
+    database_url: str, pool: asyncpg.Pool, tmp_path: Path
+) -> None:
+    with replicas.serving(database_url, tmp_path, count=1) as (a,):
+        await replicas.wait_serving(a)
+        async with grpc.aio.insecure_channel(a.grpc_addr) as channel:
+            await make_shop(channel, agents={f"{SHOP}-sub-1": 50})
+        platform = PlatformClient(a.grpc_addr, PLATFORM_TOKEN)
+        store = MemoryCursorStore(1)
+        merchant = MerchantClient(a.grpc_addr, MAIN_TOKEN, cursor_store=store, backoff=FAST)
+        async with merchant, platform:
+            first = await platform.open_session(merchant_id=SHOP, category=common_pb2.CATEGORY_REFUND, text="one")
+            second = await platform.open_session(merchant_id=SHOP, category=common_pb2.CATEGORY_PRODUCT, text="two")
+            await platform.close(second.session.session_id, resolution=RESOLVED)
+            # What the deadline worker's retention purge does to events older than retention.
+            await pool.execute("DELETE FROM merchant_events WHERE merchant_id = $1 AND cursor <= 3", SHOP)
+            items = merchant.events()
+            async with asyncio.timeout(20):
+                expired = await anext(items)
+                assert isinstance(expired, CursorExpired)
+                assert expired.reason == "CURSOR_EXPIRED"
+                assert expired.oldest_cursor == 4
+                assert [s.session_id for s in expired.sessions] == [first.session.session_id], "open ones only"
+                sent = [await platform.send(first.session.session_id, text=f"after the resync {n}") for n in (1, 2)]
+                events = [await anext(items), await anext(items)]
+                await items.aclose()
+        assert [e.message_added.message.seq for e in events if isinstance(e, merchant_pb2.MerchantEvent)] == [
+            m.seq for m in sent
+        ]
+        # Processed (the caller asked for the next item after it): the store resumes from the live stream.
+        assert isinstance(events[0], merchant_pb2.MerchantEvent)
+        assert await store.load() == events[0].cursor
+
+
+async def test_open_session_retried_after_losing_its_answer_makes_one_session(
+    database_url: str, pool: asyncpg.Pool, tmp_path: Path
+) -> None:
+    with replicas.serving(database_url, tmp_path, count=1) as (a,):
+        await replicas.wait_serving(a)
+        async with grpc.aio.insecure_channel(a.grpc_addr) as channel:
+            await make_shop(channel, agents={f"{SHOP}-sub-1": 50})
+        async with TcpProxy(a.grpc_addr) as proxy:
+            platform = PlatformClient(proxy.addr, PLATFORM_TOKEN, retry=Retry(timeout=5.0, backoff=FAST))
+            async with platform:
+                await platform.list_sessions()  # the connection is up and its HTTP/2 handshake done
+                proxy.hold_answers()
+                opening = asyncio.create_task(
+                    platform.open_session(merchant_id=SHOP, category=common_pb2.CATEGORY_REFUND, text="lost answer")
+                )
+                async with asyncio.timeout(20):
+                    while True:
+                        if await pool.fetchval("SELECT count(*) FROM sessions"):
+                            break
+                        await asyncio.sleep(0.02)
+                # Committed on the server; its answer dies with the connection.
+                proxy.cut()
+                async with asyncio.timeout(20):
+                    opened = await opening
+        rows = await pool.fetch("SELECT session_id::text FROM sessions")
+        assert [r["session_id"] for r in rows] == [opened.session.session_id]
+        assert proxy.connections >= 2
+
+
+async def test_errors_carry_reason_and_field_violations(database_url: str, tmp_path: Path) -> None:
+    with replicas.serving(database_url, tmp_path, count=1) as (a,):
+        await replicas.wait_serving(a)
+        async with PlatformClient(a.grpc_addr, PLATFORM_TOKEN) as platform:
+            with pytest.raises(ClientError) as bad:
+                await platform.open_session(merchant_id="no such shop!", category=common_pb2.CATEGORY_REFUND, text=" ")
+            assert bad.value.code is grpc.StatusCode.INVALID_ARGUMENT
+            assert bad.value.reason == "INVALID_FIELDS"
+            assert {v.field for v in bad.value.violations} >= {"merchant_id", "messages[0].text.body"}
+        async with MerchantClient(a.grpc_addr, token("merchant", "nobody", SHOP)) as merchant:
+            with pytest.raises(ClientError) as denied:
+                await anext(merchant.events())
+            assert denied.value.code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.NOT_FOUND)
