@@ -8,10 +8,10 @@ import io
 import itertools
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, tzinfo
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import structlog
-from rich.console import Console
+from rich.console import Console, RenderableType
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical, VerticalScroll
@@ -64,7 +64,7 @@ class Workbench(App[None]):
     TITLE = "escalation workbench"
     ENABLE_COMMAND_PALETTE = False
     CSS = """
-    #sessions { width: 48; height: 100%; border-right: solid $primary; padding: 0 1; }
+    #sessions { width: 45%; min-width: 36; max-width: 60; height: 100%; border-right: solid $primary; padding: 0 1; }
     #conversation { padding: 0 1; }
     #closed { display: none; color: $warning; }
     #closed.shown { display: block; }
@@ -139,7 +139,7 @@ class Workbench(App[None]):
             async for item in self.backend.events():
                 if isinstance(item, CursorGap):
                     self._show(Notice("", "Missed events expired: reloaded the open sessions", bell=False))
-                    await self._resync(replace=True)
+                    await self._resync(replace=True, sessions=item.sessions)
                 else:
                     await self._apply(item)
                 self.redraw()
@@ -158,12 +158,14 @@ class Workbench(App[None]):
             return False
         return True
 
-    async def _resync(self, *, replace: bool) -> None:
+    async def _resync(self, *, replace: bool, sessions: tuple[common_pb2.Session, ...] | None = None) -> None:
         """Reloads the open sessions: ``replace`` after CURSOR_EXPIRED (what is not listed ended in the
-        gap), otherwise merges (after a reconnect, to heal refreshes that failed meanwhile)."""
-        sessions = await self.backend.open_sessions()
+        gap), otherwise merges (once connected: what changed before the stream started, and refreshes
+        that failed while it was down)."""
+        if sessions is None:
+            sessions = tuple(await self.backend.open_sessions())
         if replace:
-            self.state.replace_open(sessions)
+            self.state.replace_open(list(sessions))
         else:
             for session in sessions:
                 self.state.upsert_session(session)
@@ -196,9 +198,9 @@ class Workbench(App[None]):
 
     def connection_changed(self, connection: str, cursor: int | None) -> None:
         """The SDK's on_state callback: connected/reconnecting and the cursor it resumes from."""
-        reconnected = connection == "connected" and self.connection not in ("connected", "connecting")
+        connected = connection == "connected" and self.connection != "connected"
         self.connection = connection
-        if reconnected and self.is_running:
+        if connected and self.is_running:
             self.run_worker(self._resync(replace=False), name="resync", group="resync", exclusive=True)
         if cursor is not None and (self.state.cursor is None or cursor > self.state.cursor):
             self.state.cursor = cursor
@@ -306,6 +308,8 @@ class Workbench(App[None]):
 
     def redraw(self) -> None:
         """Redraws every pane from the state (also once a second, for the countdowns)."""
+        if not self.is_running or not self.screen.query("#sessions"):
+            return  # before the screen is up, or after the app ended (the SDK reports its close)
         now = self.clock()
         self.query_one("#sessions", Static).update(views.session_list(self.state, now, self.selected))
         view = self.state.sessions.get(self.selected) if self.selected else None
@@ -326,12 +330,19 @@ class Workbench(App[None]):
         self.query_one("#status", Static).update(views.status_line(self.state, self.connection, self.target))
 
 
-def screen_text(app: App[object]) -> str:
+def screen_renderable(app: App[Any]) -> RenderableType:
+    """The whole current screen as Rich renders it: what ``App.export_screenshot`` draws."""
+    update = app.screen._compositor.render_update(full=True, screen_stack=app._background_screens)
+    assert update is not None  # a full update always has something
+    return update
+
+
+def screen_text(app: App[Any]) -> str:
     """The current screen as plain text (what a person sees, without colours): the tests' snapshots
-    and the README's capture. Uses what ``App.export_screenshot`` uses, exported as text."""
+    and the README's capture."""
     width, height = app.size
     console = Console(
         width=width, height=height, file=io.StringIO(), record=True, color_system=None, legacy_windows=False
     )
-    console.print(app.screen._compositor.render_update(full=True, screen_stack=app._background_screens))
+    console.print(screen_renderable(app))
     return "\n".join(line.rstrip() for line in console.export_text().splitlines())

@@ -8,13 +8,18 @@ be driven headless in tests against the real service with the same code path as 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Protocol
 
 from escalation.v1 import common_pb2, merchant_pb2
 
 
+@dataclass(frozen=True)
 class CursorGap:
-    """The event log no longer holds the cursor (SPEC R8 ``CURSOR_EXPIRED``): resynchronise."""
+    """The stream could not resume (SPEC R8 ``CURSOR_EXPIRED``): ``sessions`` are every open session,
+    listed after the new stream started, to rebuild from (None: list them)."""
+
+    sessions: tuple[common_pb2.Session, ...] | None = None
 
 
 class Backend(Protocol):

@@ -23,7 +23,7 @@ def session_list(state: WorkbenchState, now: datetime, selected: str | None) -> 
     table = Table.grid(padding=(0, 1))
     table.add_column(width=1)
     table.add_column(width=6, justify="right")
-    table.add_column()
+    table.add_column(no_wrap=True, overflow="ellipsis")
     for view in views:
         marker = Text("▶" if view.session_id == selected else " ", style="bold")
         table.add_row(marker, _clock(state, view, now), _label(state, view))
@@ -38,12 +38,17 @@ def _clock(state: WorkbenchState, view: SessionView, now: datetime) -> Text:
 
 
 def _label(state: WorkbenchState, view: SessionView) -> Text:
-    text = Text(describe(view.session), style="" if view.is_open else "dim")
+    """Two lines: the session, then what is new in it and whose it is (when not this agent's)."""
+    text = Text(describe(view.session), style="" if view.is_open else "dim", no_wrap=True, overflow="ellipsis")
+    details = Text()
     if view.unread:
-        text.append(f"  {view.unread} new", style="bold")
+        details.append(f"{view.unread} new  ", style="bold")
     agent = view.session.assigned_agent_id
     if agent and agent != state.agent_id:
-        text.append(f"  → {one_line(agent)}", style="dim")
+        details.append(f"→ {one_line(agent)}", style="dim")
+    if details:
+        text.append("\n")
+        text.append_text(details)
     return text
 
 
