@@ -33,15 +33,16 @@ def lines(text: str) -> str:
 def card_rows(card: common_pb2.OrderCard, tz: tzinfo | None) -> list[tuple[str, str]]:
     """The order card as (label, value) rows, values escaped (SPEC R4: items, the paid amount in the
     currency's minor units, logistics, the detail link). Pure; unit-tested."""
-    rows = [("Status", one_line(card.status))]
-    times = f"created {local_time(card.create_time, tz, '%Y-%m-%d %H:%M')}"
-    if card.HasField("pay_time"):
-        times += f" · paid {local_time(card.pay_time, tz, '%Y-%m-%d %H:%M')}"
-    rows.append(("Time", times))
+    rows = [("Status", one_line(card.status)), ("Created", local_time(card.create_time, tz, "%Y-%m-%d %H:%M"))]
     for item in card.items:
         spec = f" ({one_line(item.spec)})" if item.spec else ""
         rows.append(("Item", f"{item.quantity} × {one_line(item.name)}{spec} [{one_line(item.product_id)}]"))
-    rows.append(("Paid", format_minor(card.paid_amount.amount_minor, card.paid_amount.currency)))
+    paid = format_minor(card.paid_amount.amount_minor, card.paid_amount.currency)
+    if card.HasField("pay_time"):
+        paid += f" on {local_time(card.pay_time, tz, '%Y-%m-%d %H:%M')}"
+    else:
+        paid += " (not paid yet)"
+    rows.append(("Paid", paid))
     if card.HasField("logistics"):
         rows.append(("Shipping", f"{one_line(card.logistics.courier)} {one_line(card.logistics.tracking_number)}"))
     rows.append(("Details", one_line(card.detail_url)))

@@ -250,7 +250,9 @@ def test_the_order_card_shows_items_amount_logistics_and_link_escaped() -> None:
     assert "Order order-42" in text
     assert "2 × Linen shirt (white, L) [p-1]" in text
     assert "1 × [red]Socks[/]\\n\\x1b[2J\\u202e [p-2]" in text
-    assert "JPY 1,200" in text
+    assert "JPY 1,200 on 2026-12-01 06:01" in text
     assert "SF Express SF123" in text
     assert "https://shop.example/orders/42" in text
-    assert "created 2026-12-01 06:00 · paid 2026-12-01 06:01" in text
+    assert "Created   2026-12-01 06:00" in text
+    card.ClearField("pay_time")
+    assert "JPY 1,200 (not paid yet)" in render(cards.order_card(card, UTC))
