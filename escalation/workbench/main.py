@@ -54,7 +54,11 @@ def claims(token: str) -> tuple[str, str]:
 
 
 def _safe(part: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]", "_", part)
+    """One path component: other characters than ``A-Za-z0-9._-`` become ``_``, and so does a name
+    made of dots only (or nothing), so that no value (the claims are read unverified) leaves the
+    directory."""
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", part)
+    return "_" * max(len(safe), 1) if not safe.strip(".") else safe
 
 
 def default_cursor_file(target: str, merchant_id: str, agent_id: str, env: dict[str, str] | None = None) -> Path:
