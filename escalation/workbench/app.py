@@ -186,7 +186,7 @@ class Workbench(App[None]):
         if event.session_id and event.session_id not in self.state.sessions and kind != "session_assigned":
             # Not seen yet (started without a cursor, or in a resync's gap): fetch it first.
             await self._refresh(event.session_id)
-        for notice in self.state.apply(event):
+        for notice in self.state.apply(event, self.clock()):
             self._show(notice)
         if kind == "message_added" and event.message_added.message.sender != common_pb2.SENDER_MERCHANT:
             # R5: the deadline this message set is in no event; the session holds it.

@@ -144,9 +144,13 @@ class WorkbenchState:
             s.reply_deadline.FromNanoseconds(message.send_time.ToNanoseconds() + int(window * 1e9))
         return view
 
-    def apply(self, event: merchant_pb2.MerchantEvent) -> list[Notice]:
+    def apply(self, event: merchant_pb2.MerchantEvent, now: datetime | None = None) -> list[Notice]:
         """Applies one event of the merchant's log (SPEC R8) and returns what to tell the agent:
-        SessionAssigned and ReplyReminder ring the bell; a closed session or a ticket is a quiet notice."""
+        SessionAssigned and ReplyReminder ring the bell; a closed session or a ticket is a quiet notice.
+
+        With ``now``, an event that is news no more rings no bell: a session whose deadline passed, a
+        reminder of one, or of a session known to be closed (a workbench resuming after a night away
+        replays the night's events from its cursor; SPEC R8 delivers each, the bell need not)."""
         self.cursor = event.cursor
         kind = event.WhichOneof("kind")
         notices: list[Notice] = []
@@ -159,7 +163,8 @@ class WorkbenchState:
                 view.waiting_since = assigned.open_time.ToDatetime(tzinfo=UTC)
                 self._learn_window(view)
             if view.is_open:
-                notices.append(Notice(view.session_id, f"New session {describe(view.session)}", bell=True))
+                live = now is None or view.deadline is None or view.deadline > now
+                notices.append(Notice(view.session_id, f"New session {describe(view.session)}", bell=live))
         elif kind == "message_added":
             self.add_message(event.message_added.message)
         elif kind == "reply_reminder":
@@ -168,11 +173,12 @@ class WorkbenchState:
                 view_or_none.session.reply_deadline.CopyFrom(event.reply_reminder.reply_deadline)
                 self._learn_window(view_or_none)
             deadline = event.reply_reminder.reply_deadline.ToDatetime(tzinfo=UTC)
+            live = (view_or_none is None or view_or_none.is_open) and (now is None or deadline > now)
             notices.append(
                 Notice(
                     event.reply_reminder.session_id,
                     f"Reply due by {deadline:%H:%M:%S} UTC: session {short_id(event.reply_reminder.session_id)}",
-                    bell=True,
+                    bell=live,
                 )
             )
         elif kind == "session_closed":

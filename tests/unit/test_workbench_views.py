@@ -226,6 +226,20 @@ def test_reminders_ring_and_open_sessions_sort_by_deadline() -> None:
     assert set(state.sessions) == {"soon"}
 
 
+def test_replayed_events_that_are_no_longer_news_ring_no_bell() -> None:
+    """A workbench resuming from its cursor after a night away gets the night's events again."""
+    state = WorkbenchState(agent_id="a1")
+    later = T0 + timedelta(hours=8)
+    assigned = merchant_pb2.SessionAssigned(session=session("old"))
+    assert [n.bell for n in state.apply(event(1, session_id="old", session_assigned=assigned), later)] == [False]
+    reminder = merchant_pb2.ReplyReminder(session_id="old", reply_deadline=ts(T0 + timedelta(seconds=30)))
+    assert [n.bell for n in state.apply(event(2, session_id="old", reply_reminder=reminder), later)] == [False]
+    # The same events live still ring.
+    fresh = WorkbenchState(agent_id="a1")
+    assert [n.bell for n in fresh.apply(event(1, session_id="old", session_assigned=assigned), T0)] == [True]
+    assert [n.bell for n in fresh.apply(event(2, session_id="old", reply_reminder=reminder), T0)] == [True]
+
+
 def render(renderable: object) -> str:
     console = Console(width=80, record=True, color_system=None, file=io.StringIO())
     console.print(renderable)
