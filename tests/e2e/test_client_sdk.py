@@ -25,8 +25,10 @@ from escalation.client import (
     MerchantClient,
     PlatformClient,
     Retry,
+    TlsOptions,
 )
 from escalation.v1 import common_pb2, merchant_pb2
+from tests.certificates import CertificateAuthority
 from tests.e2e import replicas
 from tests.e2e.tcp_proxy import TcpProxy
 from tests.integration.grpc_harness import token
@@ -199,3 +201,59 @@ async def test_errors_carry_reason_and_field_violations(database_url: str, tmp_p
             with pytest.raises(ClientError) as denied:
                 await anext(merchant.events())
             assert denied.value.code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.NOT_FOUND)
+
+
+async def test_over_mtls_a_refreshable_token_outlives_its_expiry_and_a_fixed_one_fails_typed(
+    database_url: str, tmp_path: Path
+) -> None:
+    server_ca, client_ca = CertificateAuthority("server-ca"), CertificateAuthority("client-ca")
+    cert, key = server_ca.issue("localhost", server=True).write(tmp_path, "server")
+    client_cert, client_key = client_ca.issue("sdk", server=False).write(tmp_path, "client")
+    env = {
+        "ESCALATION_GRPC_TLS_CERT_FILE": str(cert),
+        "ESCALATION_GRPC_TLS_KEY_FILE": str(key),
+        "ESCALATION_GRPC_TLS_CLIENT_CA_FILE": str(client_ca.write(tmp_path, "clients")),
+        "ESCALATION_JWT_LEEWAY_SECONDS": "0",  # a stream ends at its token's exp
+    }
+    tls = TlsOptions.from_files(ca=server_ca.write(tmp_path, "roots"), cert=client_cert, key=client_key)
+    with replicas.serving(database_url, tmp_path / "logs", count=1, **env) as (a,):
+        await replicas.wait_serving(a, credentials=tls.credentials())
+        minted: list[str] = []
+
+        async def short_lived() -> str:  # as an identity provider would hand out, 2 s each
+            minted.append(token("merchant", f"{SHOP}-main", SHOP, ttl=2))
+            return minted[-1]
+
+        async with grpc.aio.secure_channel(a.grpc_addr, tls.credentials()) as channel:
+            await make_shop(channel, agents={f"{SHOP}-sub-1": 50})
+        failures: list[str] = []
+        token_expired = asyncio.Event()
+
+        def record(state: ConnectionState, _: int | None) -> None:
+            if state is ConnectionState.RECONNECTING and merchant.last_error is not None:
+                failures.append(merchant.last_error.reason)
+                if merchant.last_error.reason == "TOKEN_EXPIRED":
+                    token_expired.set()
+
+        merchant = MerchantClient(
+            a.grpc_addr, short_lived, cursor_store=MemoryCursorStore(0), tls=tls, backoff=FAST, on_state=record
+        )
+        seen: list[int] = []
+        async with merchant, PlatformClient(a.grpc_addr, PLATFORM_TOKEN, tls=tls) as platform:
+            consumer = asyncio.create_task(consume(merchant, 5, seen))
+            sid = (await platform.open_session(merchant_id=SHOP, category=common_pb2.CATEGORY_REFUND, text="q")).session
+            await platform.send(sid.session_id, text="before expiry")
+            async with asyncio.timeout(20):
+                await token_expired.wait()  # the server ended the stream at the first token's exp
+            await platform.send(sid.session_id, text="after expiry, 1")
+            await platform.send(sid.session_id, text="after expiry, 2")
+            async with asyncio.timeout(20):
+                await consumer
+        assert seen == [1, 2, 3, 4, 5]
+        assert "TOKEN_EXPIRED" in failures
+        assert len(minted) >= 2
+        fixed = MerchantClient(a.grpc_addr, token("merchant", f"{SHOP}-main", SHOP, ttl=-5), tls=tls)
+        async with fixed:
+            with pytest.raises(ClientError) as expired:
+                await anext(fixed.events())
+        assert expired.value.code is grpc.StatusCode.UNAUTHENTICATED
