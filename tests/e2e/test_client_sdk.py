@@ -159,6 +159,40 @@ async def test_cursor_expired_yields_cursor_expired_with_open_sessions_then_live
         assert await store.load() == events[0].cursor
 
 
+async def test_a_stream_without_cursor_lost_before_its_first_event_resyncs_as_cursor_unknown(
+    database_url: str, tmp_path: Path
+) -> None:
+    with replicas.serving(database_url, tmp_path, count=1) as (a,):
+        await replicas.wait_serving(a)
+        async with grpc.aio.insecure_channel(a.grpc_addr) as channel:
+            await make_shop(channel, agents={f"{SHOP}-sub-1": 50})
+        connected = asyncio.Event()
+
+        def record(state: ConnectionState, _: int | None) -> None:
+            if state is ConnectionState.CONNECTED:
+                connected.set()
+
+        async with TcpProxy(a.grpc_addr) as proxy, PlatformClient(a.grpc_addr, PLATFORM_TOKEN) as platform:
+            # A first start: no cursor yet, so the stream begins at live events.
+            merchant = MerchantClient(proxy.addr, MAIN_TOKEN, backoff=FAST, on_state=record)
+            async with merchant:
+                items = merchant.events()
+                first = asyncio.ensure_future(anext(items))
+                async with asyncio.timeout(20):
+                    await connected.wait()
+                proxy.refusing = True
+                proxy.cut()
+                # Written while the client is away: without a cursor it cannot ask for it.
+                opened = await platform.open_session(merchant_id=SHOP, category=common_pb2.CATEGORY_REFUND, text="q")
+                proxy.refusing = False
+                async with asyncio.timeout(20):
+                    resync = await first
+                await items.aclose()
+        assert isinstance(resync, CursorExpired)
+        assert (resync.reason, resync.oldest_cursor) == ("CURSOR_UNKNOWN", None)
+        assert [s.session_id for s in resync.sessions] == [opened.session.session_id]
+
+
 async def test_open_session_retried_after_losing_its_answer_makes_one_session(
     database_url: str, pool: asyncpg.Pool, tmp_path: Path
 ) -> None:
