@@ -48,7 +48,11 @@ CURSOR_UNKNOWN = "CURSOR_UNKNOWN"
 
 
 class ConnectionState(enum.Enum):
-    """Where the stream is, for a status line: reported through ``on_state``."""
+    """Where the stream is, for a status line: reported through ``on_state``.
+
+    CONNECTED means the server confirmed the stream's position (its StreamStarted frame): from then on
+    every event after the reported cursor reaches the caller, and a ListSessions made now misses nothing.
+    """
 
     CONNECTING = "connecting"
     CONNECTED = "connected"
@@ -166,22 +170,32 @@ class MerchantClient:
         self._set_state(ConnectionState.CONNECTING)
         try:
             while True:
-                started = loop.time()
+                connected_at = loop.time()
                 opened_without_cursor = processed is None
                 connection = self._connection = Connection(
                     self._transport.channel(), await self._transport.metadata(), processed
                 )
-                ready = asyncio.create_task(self._mark_connected(connection))
                 failure: ClientError | None = None
+                positioned = False
                 try:
                     for session_id, seq in self._unconfirmed_reads.items():
                         connection.send(_read_receipt(session_id, seq))
-                    if resync is not None:
-                        sessions = await self._open_sessions()
-                        yield CursorExpired(reason=resync[0], oldest_cursor=resync[1], sessions=sessions)
-                        resync = None
                     while (frame := await connection.read(self._idle_timeout)) is not None:
                         kind = frame.WhichOneof("frame")
+                        if not positioned:
+                            # The first frame, StreamStarted from this server: the stream is positioned.
+                            positioned = True
+                            self._set_state(ConnectionState.CONNECTED)
+                            if resync is not None:
+                                # Listed after the stream's position was taken: nothing falls between.
+                                sessions = await self._open_sessions()
+                                yield CursorExpired(reason=resync[0], oldest_cursor=resync[1], sessions=sessions)
+                                resync = None
+                            if kind == "started" and processed is None:
+                                # Nothing before the live head is owed: resume from it from now on.
+                                processed = frame.started.cursor
+                                seen = processed if seen is None else max(seen, processed)
+                                await self._save(processed)
                         if kind == "heartbeat":
                             # Answer with what was processed: the server's view of this agent stays fresh.
                             if processed is not None:
@@ -191,11 +205,9 @@ class MerchantClient:
                             continue
                         event = frame.event
                         seen = event.cursor
-                        self._set_state(ConnectionState.CONNECTED)
                         yield event
                         processed = event.cursor
-                        await self._store.save(processed)
-                        self._cursor = processed
+                        await self._save(processed)
                         connection.send(_ack(processed))
                         self._confirm_read(event)
                 except grpc.aio.AioRpcError as rpc_error:
@@ -205,7 +217,6 @@ class MerchantClient:
                 except IdleTimeout:
                     failure = None
                 finally:
-                    ready.cancel()
                     connection.close()
                     self._connection = None
                 self.last_error = failure
@@ -220,7 +231,7 @@ class MerchantClient:
                     resync = (CURSOR_UNKNOWN, None)
                 if failure is not None and not self._reconnectable(failure):
                     raise failure
-                if loop.time() - started >= self._backoff.reset_after:
+                if loop.time() - connected_at >= self._backoff.reset_after:
                     attempt = 0
                 self._set_state(ConnectionState.RECONNECTING)
                 if failure is not None and failure.reason == TOKEN_EXPIRED:
@@ -236,9 +247,9 @@ class MerchantClient:
             return failure.reason == TOKEN_EXPIRED and self._transport.refreshable
         return failure.code in RECONNECT_CODES
 
-    async def _mark_connected(self, connection: Connection) -> None:
-        if await connection.established():
-            self._set_state(ConnectionState.CONNECTED)
+    async def _save(self, cursor: int) -> None:
+        await self._store.save(cursor)
+        self._cursor = cursor
 
     def _confirm_read(self, event: merchant_pb2.MerchantEvent) -> None:
         if event.WhichOneof("kind") == "read_receipt":

@@ -115,8 +115,8 @@ async def test_slow_consumer_cut_off_with_resource_exhausted_resumes_without_gap
         platform = PlatformClient(a.grpc_addr, PLATFORM_TOKEN)
         seen: list[int] = []
         async with merchant, platform:
-            # 40 ms of work per event while messages arrive faster: the stream falls behind and is cut.
-            consumer = asyncio.create_task(consume(merchant, messages + 2, seen, pace=0.04))
+            # 20 ms of work per event while messages arrive faster: the stream falls behind and is cut.
+            consumer = asyncio.create_task(consume(merchant, messages + 2, seen, pace=0.02))
             sid = (await platform.open_session(merchant_id=SHOP, category=common_pb2.CATEGORY_REFUND, text="q")).session
             await asyncio.gather(*(platform.send(sid.session_id, text="x" * 1900 + str(n)) for n in range(messages)))
             async with asyncio.timeout(30):
@@ -159,7 +159,7 @@ async def test_cursor_expired_yields_cursor_expired_with_open_sessions_then_live
         assert await store.load() == events[0].cursor
 
 
-async def test_a_stream_without_cursor_lost_before_its_first_event_resyncs_as_cursor_unknown(
+async def test_a_fresh_stream_lost_before_its_position_resyncs_and_after_it_resumes(
     database_url: str, tmp_path: Path
 ) -> None:
     with replicas.serving(database_url, tmp_path, count=1) as (a,):
@@ -172,25 +172,39 @@ async def test_a_stream_without_cursor_lost_before_its_first_event_resyncs_as_cu
             if state is ConnectionState.CONNECTED:
                 connected.set()
 
+        store = MemoryCursorStore()  # a first start: no cursor, the stream begins at the live head
         async with TcpProxy(a.grpc_addr) as proxy, PlatformClient(a.grpc_addr, PLATFORM_TOKEN) as platform:
-            # A first start: no cursor yet, so the stream begins at live events.
-            merchant = MerchantClient(proxy.addr, MAIN_TOKEN, backoff=FAST, on_state=record)
+            merchant = MerchantClient(proxy.addr, MAIN_TOKEN, cursor_store=store, backoff=FAST, on_state=record)
             async with merchant:
                 items = merchant.events()
+                proxy.hold_answers()  # the server's StreamStarted never arrives
                 first = asyncio.ensure_future(anext(items))
                 async with asyncio.timeout(20):
-                    await connected.wait()
+                    while proxy.connections == 0:  # noqa: ASYNC110 (the proxy has no event to wait on)
+                        await asyncio.sleep(0.02)
+                one = await platform.open_session(merchant_id=SHOP, category=common_pb2.CATEGORY_REFUND, text="1")
+                proxy.cut()  # lost before the position was known: what was written meanwhile is unknown
+                async with asyncio.timeout(20):
+                    unknown = await first
+                assert isinstance(unknown, CursorExpired)
+                assert (unknown.reason, unknown.oldest_cursor) == ("CURSOR_UNKNOWN", None)
+                assert [s.session_id for s in unknown.sessions] == [one.session.session_id]
+
+                after = asyncio.ensure_future(anext(items))  # processes the resync
+                async with asyncio.timeout(20):
+                    while await store.load() is None:  # noqa: ASYNC110 (the store has no event either)
+                        await asyncio.sleep(0.02)
+                positioned_at = await store.load()
                 proxy.refusing = True
-                proxy.cut()
-                # Written while the client is away: without a cursor it cannot ask for it.
-                opened = await platform.open_session(merchant_id=SHOP, category=common_pb2.CATEGORY_REFUND, text="q")
+                proxy.cut()  # positioned now: a loss is resumed from the head the server confirmed
+                two = await platform.open_session(merchant_id=SHOP, category=common_pb2.CATEGORY_REFUND, text="2")
                 proxy.refusing = False
                 async with asyncio.timeout(20):
-                    resync = await first
+                    event = await after
                 await items.aclose()
-        assert isinstance(resync, CursorExpired)
-        assert (resync.reason, resync.oldest_cursor) == ("CURSOR_UNKNOWN", None)
-        assert [s.session_id for s in resync.sessions] == [opened.session.session_id]
+        assert positioned_at == 2  # SessionAssigned and the opening message of the first session
+        assert isinstance(event, merchant_pb2.MerchantEvent)
+        assert (event.cursor, event.session_assigned.session.session_id) == (3, two.session.session_id)
 
 
 async def test_open_session_retried_after_losing_its_answer_makes_one_session(
