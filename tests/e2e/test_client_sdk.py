@@ -8,6 +8,7 @@ RESOURCE_EXHAUSTED, a cursor past retention; and a platform OpenSession whose an
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from pathlib import Path
 
 import asyncpg
@@ -74,11 +75,23 @@ async def test_stream_survives_sigkill_and_sigterm_of_its_replica_with_every_eve
         )
         # Writes go through C only, so they go on while A and B die.
         platform = PlatformClient(c.grpc_addr, PLATFORM_TOKEN)
+        watcher = PlatformClient(targets(a, b, c), PLATFORM_TOKEN, backoff=FAST)
         seen: list[int] = []
-        async with merchant, platform:
+        watched: list[int] = []
+
+        async def watch(session_id: str) -> None:
+            async with contextlib.aclosing(watcher.watch(session_id)) as frames:
+                async for frame in frames:
+                    if frame.HasField("message_added"):
+                        watched.append(frame.message_added.seq)
+                        if frame.message_added.seq == messages + 1:
+                            return
+
+        async with merchant, platform, watcher:
             consumer = asyncio.create_task(consume(merchant, messages + 2, seen))
             opened = await platform.open_session(merchant_id=SHOP, category=common_pb2.CATEGORY_REFUND, text="refund?")
             sid = opened.session.session_id
+            watching = asyncio.create_task(watch(sid))
             for n in range(messages):
                 await platform.send(sid, text=f"m{n}")
                 if n == messages // 3:
@@ -87,8 +100,9 @@ async def test_stream_survives_sigkill_and_sigterm_of_its_replica_with_every_eve
                     assert b.terminate() == 0, b.output()  # then on B: ended with UNAVAILABLE SHUTTING_DOWN
                 await asyncio.sleep(0.02)
             async with asyncio.timeout(30):
-                await consumer
+                await asyncio.gather(consumer, watching)
         assert seen == list(range(1, messages + 3)), "every event once, in cursor order"
+        assert watched == list(range(1, messages + 2)), "WatchSession resumes the same way"
         # The last event was yielded but the consumer never asked for the next one: not yet processed.
         assert await store.load() == messages + 1
         assert states.count(ConnectionState.RECONNECTING) >= 2, states

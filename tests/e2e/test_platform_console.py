@@ -64,7 +64,11 @@ async def test_console_opens_with_an_order_card_sees_the_reply_live_and_closes(
         with harness.started([*PLATFORM, "watch", sid, *where, "--json"], env, tmp_path, "watch") as watch:
             await _wait_for_line(watch, '"seq": "2"')  # the replay: both opening messages
             async with MerchantClient(server.grpc_addr, token("merchant", agent, SHOP)) as merchant:
+                stream = asyncio.create_task(anext(merchant.events()))  # read receipts travel on the stream
+                await merchant.mark_read(sid, 2)
+                await _wait_for_line(watch, '"read_receipt"')
                 await merchant.reply(sid, text="Yes, it leaves at 5 pm.")
+                stream.cancel()
             await _wait_for_line(watch, "Yes, it leaves at 5 pm.")
             closed = harness.run([*PLATFORM, "close", sid, "--resolved", *where, "--json"], env)
             assert closed.returncode == 0, closed.stderr
