@@ -8,6 +8,7 @@ failures, and a ``CursorExpired`` when it cannot (SPEC R8).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import uuid
 from collections.abc import AsyncGenerator, Callable
@@ -113,6 +114,7 @@ class MerchantClient:
         self._cursor: int | None = None
         self._connection: Connection | None = None
         self.last_error: ClientError | None = None  # what ended the last connection (None: a silent drop)
+        self._closing = asyncio.Event()
         self._unconfirmed_reads: dict[str, int] = {}  # session_id → seq sent, until its ReadReceipt event
 
     async def __aenter__(self) -> MerchantClient:
@@ -124,7 +126,8 @@ class MerchantClient:
         await self.close()
 
     async def close(self) -> None:
-        """Ends the stream and closes the channel (also ``aclose``)."""
+        """Ends the stream (a running ``events()`` then ends normally) and closes the channel (also ``aclose``)."""
+        self._closing.set()
         if self._connection is not None:
             self._connection.close()
         await self._transport.close()
@@ -169,7 +172,7 @@ class MerchantClient:
         attempt = 0
         self._set_state(ConnectionState.CONNECTING)
         try:
-            while True:
+            while not self._closing.is_set():
                 connected_at = loop.time()
                 opened_without_cursor = processed is None
                 connection = self._connection = Connection(
@@ -219,6 +222,8 @@ class MerchantClient:
                 finally:
                     connection.close()
                     self._connection = None
+                if self._closing.is_set():
+                    return
                 self.last_error = failure
                 if failure is not None and failure.code is grpc.StatusCode.OUT_OF_RANGE:
                     if failure.reason != CURSOR_EXPIRED:
@@ -237,7 +242,8 @@ class MerchantClient:
                 if failure is not None and failure.reason == TOKEN_EXPIRED:
                     continue  # a fresh token is asked for at once
                 retry_after = failure.retry_delay if failure is not None and failure.retry_delay else 0.0
-                await asyncio.sleep(self._backoff.delay(attempt, at_least=retry_after))
+                with contextlib.suppress(TimeoutError):  # close() ends the wait at once
+                    await asyncio.wait_for(self._closing.wait(), self._backoff.delay(attempt, at_least=retry_after))
                 attempt += 1
         finally:
             self._set_state(ConnectionState.CLOSED)

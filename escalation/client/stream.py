@@ -34,6 +34,7 @@ class Connection:
         hello = merchant_pb2.Hello(send_started=True)
         if last_cursor is not None:
             hello.last_cursor = last_cursor
+        self._closed = False
         self._outbox: asyncio.Queue[merchant_pb2.ConnectRequest | None] = asyncio.Queue()
         self._outbox.put_nowait(merchant_pb2.ConnectRequest(hello=hello))
         stub = cast(Any, merchant_pb2_grpc.MerchantServiceStub(channel))
@@ -57,11 +58,18 @@ class Connection:
                 frame = await self.call.read()
         except TimeoutError:
             raise IdleTimeout(f"no frame for {idle_timeout:g} s") from None
+        except asyncio.CancelledError:
+            # grpc.aio raises CancelledError from a call cancelled locally: by close(), that is the end.
+            task = asyncio.current_task()
+            if self._closed and task is not None and not task.cancelling():
+                return None
+            raise
         if frame is EOF_:
             return None
         return cast(merchant_pb2.ConnectResponse, frame)
 
     def close(self) -> None:
+        self._closed = True
         self._outbox.put_nowait(None)
         with contextlib.suppress(Exception):
             self.call.cancel()

@@ -250,7 +250,7 @@ async def test_open_session_retried_after_losing_its_answer_makes_one_session(
         assert proxy.connections >= 2
 
 
-async def test_errors_carry_reason_and_field_violations(database_url: str, tmp_path: Path) -> None:
+async def test_errors_are_typed_and_close_ends_a_running_stream(database_url: str, tmp_path: Path) -> None:
     with replicas.serving(database_url, tmp_path, count=1) as (a,):
         await replicas.wait_serving(a)
         async with PlatformClient(a.grpc_addr, PLATFORM_TOKEN) as platform:
@@ -259,10 +259,30 @@ async def test_errors_carry_reason_and_field_violations(database_url: str, tmp_p
             assert bad.value.code is grpc.StatusCode.INVALID_ARGUMENT
             assert bad.value.reason == "INVALID_FIELDS"
             assert {v.field for v in bad.value.violations} >= {"merchant_id", "messages[0].text.body"}
-        async with MerchantClient(a.grpc_addr, token("merchant", "nobody", SHOP)) as merchant:
+        async with MerchantClient(a.grpc_addr, token("merchant", "nobody", SHOP)) as stranger:
             with pytest.raises(ClientError) as denied:
-                await anext(merchant.events())
+                await anext(stranger.events())
             assert denied.value.code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.NOT_FOUND)
+
+        async with grpc.aio.insecure_channel(a.grpc_addr) as channel:
+            await make_shop(channel, agents={f"{SHOP}-sub-1": 50})
+        connected = asyncio.Event()
+        merchant = MerchantClient(
+            a.grpc_addr, MAIN_TOKEN, on_state=lambda s, _: connected.set() if s is ConnectionState.CONNECTED else None
+        )
+        items: list[object] = []
+        running = asyncio.create_task(consume_all(merchant, items))
+        async with asyncio.timeout(20):
+            await connected.wait()
+            await merchant.close()
+            await running  # ends normally: no error, no reconnect
+        assert items == []
+        assert merchant.state is ConnectionState.CLOSED
+
+
+async def consume_all(client: MerchantClient, items: list[object]) -> None:
+    async for item in client.events():
+        items.append(item)
 
 
 async def test_over_mtls_a_refreshable_token_outlives_its_expiry_and_a_fixed_one_fails_typed(
