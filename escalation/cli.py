@@ -1,4 +1,4 @@
-"""`escalation serve | worker … | tickets tail | migrate | token | dev | workbench`: the one entry point."""
+"""`escalation serve | worker … | tickets tail | migrate | token | dev | platform | workbench`: the one entry."""
 
 from __future__ import annotations
 
@@ -281,6 +281,15 @@ def _parser() -> argparse.ArgumentParser:
     outbox_sub = outbox.add_subparsers(dest="outbox_command", required=True)
     retry = outbox_sub.add_parser("retry", help="re-drive parked outbox rows (all, or one with --id); prints each")
     retry.add_argument("--id", type=int, default=None, dest="outbox_id", help="only this outbox row")
+    from escalation.consoles.platform import add_arguments as platform_arguments
+
+    platform_arguments(
+        sub.add_parser(
+            "platform",
+            help="a platform agent's console: open, send, watch, close, list sessions",
+            description="A platform support agent's console on the public API (docs/clients.md).",
+        )
+    )
     dev = sub.add_parser("dev", help="run everything locally: embedded PostgreSQL and broker, migrate, seed, serve")
     dev.add_argument("--data-dir", default=".data", help="where PostgreSQL keeps its data (default .data)")
     dev.add_argument(
@@ -306,6 +315,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.command == "token":
         _token(args)
         return
+    if args.command == "platform":
+        from escalation.consoles.platform import run as run_platform
+
+        raise SystemExit(run_platform(args))
     if args.command == "dev":
         from escalation.devenv.runner import run_dev
 

@@ -149,6 +149,11 @@ class MerchantStream:
             # Wakes the pump when the reader ends, so a frame that does not decode ends the stream at once.
             reader.add_done_callback(lambda _: sub.wake.set())
             log.info("stream.connected", merchant_id=self._merchant_id, cursor=cursor, main_account=self._main)
+            if hello.send_started:
+                # Before any event: the pump delivers everything after ``cursor``, whatever was written
+                # since the position was read, so the client may resume from it (docs/realtime.md).
+                started = merchant_pb2.StreamStarted(cursor=cursor)
+                await _write(self._context, merchant_pb2.ConnectResponse(started=started), self._config)
             await self._pump(sub, cursor, reader)
         finally:
             if reader is not None:

@@ -8,6 +8,7 @@ failures, and a ``CursorExpired`` when it cannot (SPEC R8).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import uuid
 from collections.abc import AsyncGenerator, Callable
@@ -48,7 +49,11 @@ CURSOR_UNKNOWN = "CURSOR_UNKNOWN"
 
 
 class ConnectionState(enum.Enum):
-    """Where the stream is, for a status line: reported through ``on_state``."""
+    """Where the stream is, for a status line: reported through ``on_state``.
+
+    CONNECTED means the server confirmed the stream's position (its StreamStarted frame): from then on
+    every event after the reported cursor reaches the caller, and a ListSessions made now misses nothing.
+    """
 
     CONNECTING = "connecting"
     CONNECTED = "connected"
@@ -109,6 +114,7 @@ class MerchantClient:
         self._cursor: int | None = None
         self._connection: Connection | None = None
         self.last_error: ClientError | None = None  # what ended the last connection (None: a silent drop)
+        self._closing = asyncio.Event()
         self._unconfirmed_reads: dict[str, int] = {}  # session_id → seq sent, until its ReadReceipt event
 
     async def __aenter__(self) -> MerchantClient:
@@ -120,7 +126,8 @@ class MerchantClient:
         await self.close()
 
     async def close(self) -> None:
-        """Ends the stream and closes the channel (also ``aclose``)."""
+        """Ends the stream (a running ``events()`` then ends normally) and closes the channel (also ``aclose``)."""
+        self._closing.set()
         if self._connection is not None:
             self._connection.close()
         await self._transport.close()
@@ -165,23 +172,33 @@ class MerchantClient:
         attempt = 0
         self._set_state(ConnectionState.CONNECTING)
         try:
-            while True:
-                started = loop.time()
+            while not self._closing.is_set():
+                connected_at = loop.time()
                 opened_without_cursor = processed is None
                 connection = self._connection = Connection(
                     self._transport.channel(), await self._transport.metadata(), processed
                 )
-                ready = asyncio.create_task(self._mark_connected(connection))
                 failure: ClientError | None = None
+                positioned = False
                 try:
                     for session_id, seq in self._unconfirmed_reads.items():
                         connection.send(_read_receipt(session_id, seq))
-                    if resync is not None:
-                        sessions = await self._open_sessions()
-                        yield CursorExpired(reason=resync[0], oldest_cursor=resync[1], sessions=sessions)
-                        resync = None
                     while (frame := await connection.read(self._idle_timeout)) is not None:
                         kind = frame.WhichOneof("frame")
+                        if not positioned:
+                            # The first frame, StreamStarted from this server: the stream is positioned.
+                            positioned = True
+                            self._set_state(ConnectionState.CONNECTED)
+                            if resync is not None:
+                                # Listed after the stream's position was taken: nothing falls between.
+                                sessions = await self._open_sessions()
+                                yield CursorExpired(reason=resync[0], oldest_cursor=resync[1], sessions=sessions)
+                                resync = None
+                            if kind == "started" and processed is None:
+                                # Nothing before the live head is owed: resume from it from now on.
+                                processed = frame.started.cursor
+                                seen = processed if seen is None else max(seen, processed)
+                                await self._save(processed)
                         if kind == "heartbeat":
                             # Answer with what was processed: the server's view of this agent stays fresh.
                             if processed is not None:
@@ -191,11 +208,9 @@ class MerchantClient:
                             continue
                         event = frame.event
                         seen = event.cursor
-                        self._set_state(ConnectionState.CONNECTED)
                         yield event
                         processed = event.cursor
-                        await self._store.save(processed)
-                        self._cursor = processed
+                        await self._save(processed)
                         connection.send(_ack(processed))
                         self._confirm_read(event)
                 except grpc.aio.AioRpcError as rpc_error:
@@ -205,9 +220,10 @@ class MerchantClient:
                 except IdleTimeout:
                     failure = None
                 finally:
-                    ready.cancel()
                     connection.close()
                     self._connection = None
+                if self._closing.is_set():
+                    return
                 self.last_error = failure
                 if failure is not None and failure.code is grpc.StatusCode.OUT_OF_RANGE:
                     if failure.reason != CURSOR_EXPIRED:
@@ -220,13 +236,14 @@ class MerchantClient:
                     resync = (CURSOR_UNKNOWN, None)
                 if failure is not None and not self._reconnectable(failure):
                     raise failure
-                if loop.time() - started >= self._backoff.reset_after:
+                if loop.time() - connected_at >= self._backoff.reset_after:
                     attempt = 0
                 self._set_state(ConnectionState.RECONNECTING)
                 if failure is not None and failure.reason == TOKEN_EXPIRED:
                     continue  # a fresh token is asked for at once
                 retry_after = failure.retry_delay if failure is not None and failure.retry_delay else 0.0
-                await asyncio.sleep(self._backoff.delay(attempt, at_least=retry_after))
+                with contextlib.suppress(TimeoutError):  # close() ends the wait at once
+                    await asyncio.wait_for(self._closing.wait(), self._backoff.delay(attempt, at_least=retry_after))
                 attempt += 1
         finally:
             self._set_state(ConnectionState.CLOSED)
@@ -236,9 +253,9 @@ class MerchantClient:
             return failure.reason == TOKEN_EXPIRED and self._transport.refreshable
         return failure.code in RECONNECT_CODES
 
-    async def _mark_connected(self, connection: Connection) -> None:
-        if await connection.established():
-            self._set_state(ConnectionState.CONNECTED)
+    async def _save(self, cursor: int) -> None:
+        await self._store.save(cursor)
+        self._cursor = cursor
 
     def _confirm_read(self, event: merchant_pb2.MerchantEvent) -> None:
         if event.WhichOneof("kind") == "read_receipt":

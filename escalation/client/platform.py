@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncGenerator, Sequence
 from types import TracebackType
@@ -55,6 +56,7 @@ class PlatformClient:
         self._transport = Transport(target, token, tls, retry or Retry())
         self._backoff = backoff or Backoff()
         self._idle_timeout = idle_timeout
+        self._closing = asyncio.Event()
 
     async def __aenter__(self) -> PlatformClient:
         return self
@@ -65,7 +67,8 @@ class PlatformClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Closes the channel (``close`` is the CloseSession call)."""
+        """Closes the channel and ends running ``watch()`` iterations (``close`` is the CloseSession call)."""
+        self._closing.set()
         await self._transport.close()
 
     def _stub(self) -> Any:
@@ -189,7 +192,7 @@ class PlatformClient:
         """
         loop = asyncio.get_running_loop()
         attempt = 0
-        while True:
+        while not self._closing.is_set():
             started = loop.time()
             stub = self._stub()
             call = stub.WatchSession(
@@ -217,8 +220,15 @@ class PlatformClient:
                 failure = from_rpc_error(rpc_error)
             except TimeoutError:
                 failure = None
+            except asyncio.CancelledError:
+                # grpc.aio raises CancelledError from a call cancelled locally: by aclose(), that is the end.
+                task = asyncio.current_task()
+                if not self._closing.is_set() or task is None or task.cancelling():
+                    raise
             finally:
                 call.cancel()
+            if self._closing.is_set():
+                return
             if failure is not None:
                 expired = failure.code is grpc.StatusCode.UNAUTHENTICATED and failure.reason == TOKEN_EXPIRED
                 if expired and self._transport.refreshable:
@@ -228,5 +238,6 @@ class PlatformClient:
             if loop.time() - started >= self._backoff.reset_after:
                 attempt = 0
             retry_after = failure.retry_delay if failure is not None and failure.retry_delay else 0.0
-            await asyncio.sleep(self._backoff.delay(attempt, at_least=retry_after))
+            with contextlib.suppress(TimeoutError):  # aclose() ends the wait at once
+                await asyncio.wait_for(self._closing.wait(), self._backoff.delay(attempt, at_least=retry_after))
             attempt += 1

@@ -30,7 +30,11 @@ class Connection:
         metadata: tuple[tuple[str, str], ...],
         last_cursor: int | None,
     ) -> None:
-        hello = merchant_pb2.Hello() if last_cursor is None else merchant_pb2.Hello(last_cursor=last_cursor)
+        # send_started: the server confirms the stream's position before any event (merchant.proto).
+        hello = merchant_pb2.Hello(send_started=True)
+        if last_cursor is not None:
+            hello.last_cursor = last_cursor
+        self._closed = False
         self._outbox: asyncio.Queue[merchant_pb2.ConnectRequest | None] = asyncio.Queue()
         self._outbox.put_nowait(merchant_pb2.ConnectRequest(hello=hello))
         stub = cast(Any, merchant_pb2_grpc.MerchantServiceStub(channel))
@@ -43,14 +47,6 @@ class Connection:
     def send(self, frame: merchant_pb2.ConnectRequest) -> None:
         self._outbox.put_nowait(frame)
 
-    async def established(self) -> bool:
-        """Waits until the call reached the server's transport; False if it failed first."""
-        try:
-            await self.call.wait_for_connection()
-        except grpc.aio.AioRpcError:
-            return False
-        return not self.call.done()
-
     async def read(self, idle_timeout: float) -> merchant_pb2.ConnectResponse | None:
         """The next server frame; None at a clean end of the stream.
 
@@ -62,11 +58,18 @@ class Connection:
                 frame = await self.call.read()
         except TimeoutError:
             raise IdleTimeout(f"no frame for {idle_timeout:g} s") from None
+        except asyncio.CancelledError:
+            # grpc.aio raises CancelledError from a call cancelled locally: by close(), that is the end.
+            task = asyncio.current_task()
+            if self._closed and task is not None and not task.cancelling():
+                return None
+            raise
         if frame is EOF_:
             return None
         return cast(merchant_pb2.ConnectResponse, frame)
 
     def close(self) -> None:
+        self._closed = True
         self._outbox.put_nowait(None)
         with contextlib.suppress(Exception):
             self.call.cancel()

@@ -67,18 +67,25 @@ class Hello(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     LAST_CURSOR_FIELD_NUMBER: _builtins.int
+    SEND_STARTED_FIELD_NUMBER: _builtins.int
     last_cursor: _builtins.int
     """The cursor of the last event the client processed. Unset: start with live events only.
     Older than retention: OUT_OF_RANGE (CURSOR_EXPIRED).
+    """
+    send_started: _builtins.bool
+    """Ask for a StreamStarted frame once the stream is positioned, before any event. A client that
+    started without a cursor learns the cursor to resume from; one that resynchronises with
+    ListSessions lists after it, so no event falls between the listing and the stream.
     """
     def __init__(
         self,
         *,
         last_cursor: _builtins.int | None = ...,
+        send_started: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_last_cursor", b"_last_cursor", "last_cursor", b"last_cursor"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_last_cursor", b"_last_cursor", "last_cursor", b"last_cursor"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_last_cursor", b"_last_cursor", "last_cursor", b"last_cursor", "send_started", b"send_started"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__last_cursor: _TypeAlias = _typing.Literal["last_cursor"]  # noqa: Y015
     _WhichOneofArgType__last_cursor: _TypeAlias = _typing.Literal["_last_cursor", b"_last_cursor"]  # noqa: Y015
@@ -328,6 +335,30 @@ class MerchantEvent(_message.Message):
 Global___MerchantEvent: _TypeAlias = MerchantEvent  # noqa: Y015
 
 @_typing.final
+class StreamStarted(_message.Message):
+    """The stream is positioned: every event with a cursor greater than this one follows on it, none at or
+    below it. Sent once, first, when Hello.send_started is set.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CURSOR_FIELD_NUMBER: _builtins.int
+    cursor: _builtins.int
+    """Hello.last_cursor, or the log's head when it was unset."""
+    def __init__(
+        self,
+        *,
+        cursor: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cursor", b"cursor"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamStarted: _TypeAlias = StreamStarted  # noqa: Y015
+
+@_typing.final
 class ReplyResult(_message.Message):
     """The answer to a reply sent over the stream."""
 
@@ -368,24 +399,28 @@ class ConnectResponse(_message.Message):
     EVENT_FIELD_NUMBER: _builtins.int
     REPLY_RESULT_FIELD_NUMBER: _builtins.int
     HEARTBEAT_FIELD_NUMBER: _builtins.int
+    STARTED_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def event(self) -> Global___MerchantEvent: ...
     @_builtins.property
     def reply_result(self) -> Global___ReplyResult: ...
     @_builtins.property
     def heartbeat(self) -> _platform_pb2.Heartbeat: ...
+    @_builtins.property
+    def started(self) -> Global___StreamStarted: ...
     def __init__(
         self,
         *,
         event: Global___MerchantEvent | None = ...,
         reply_result: Global___ReplyResult | None = ...,
         heartbeat: _platform_pb2.Heartbeat | None = ...,
+        started: Global___StreamStarted | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "frame", b"frame", "heartbeat", b"heartbeat", "reply_result", b"reply_result"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "frame", b"frame", "heartbeat", b"heartbeat", "reply_result", b"reply_result", "started", b"started"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "frame", b"frame", "heartbeat", b"heartbeat", "reply_result", b"reply_result"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "frame", b"frame", "heartbeat", b"heartbeat", "reply_result", b"reply_result", "started", b"started"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_frame: _TypeAlias = _typing.Literal["event", "reply_result", "heartbeat"]  # noqa: Y015
+    _WhichOneofReturnType_frame: _TypeAlias = _typing.Literal["event", "reply_result", "heartbeat", "started"]  # noqa: Y015
     _WhichOneofArgType_frame: _TypeAlias = _typing.Literal["frame", b"frame"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_frame) -> _WhichOneofReturnType_frame | None: ...
 

@@ -1,7 +1,8 @@
 """A TCP proxy for tests that lose a connection at a chosen instant: hold the server's answers, then cut.
 
 ``hold_answers()`` stops forwarding server → client bytes (they are dropped with the connection later);
-``cut()`` closes every proxied connection at once and forwards normally again. So a test can let a
+``cut()`` closes every proxied connection at once and forwards normally again; ``refusing = True``
+closes every new connection at once (a server that is down). So a test can let a
 request reach the server, see it committed, and make the client lose the answer on the way back.
 """
 
@@ -23,6 +24,7 @@ class TcpProxy:
         self._holding = False
         self._tasks: set[asyncio.Task[None]] = set()
         self.connections = 0
+        self.refusing = False
         self.addr = ""
 
     async def __aenter__(self) -> TcpProxy:
@@ -51,6 +53,9 @@ class TcpProxy:
         self._writers.clear()
 
     async def _accept(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        if self.refusing:
+            client_writer.transport.abort()
+            return
         self.connections += 1
         server_reader, server_writer = await asyncio.open_connection(*self._upstream)
         self._writers.update((client_writer, server_writer))

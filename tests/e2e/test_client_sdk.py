@@ -8,6 +8,7 @@ RESOURCE_EXHAUSTED, a cursor past retention; and a platform OpenSession whose an
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from pathlib import Path
 
 import asyncpg
@@ -25,8 +26,10 @@ from escalation.client import (
     MerchantClient,
     PlatformClient,
     Retry,
+    TlsOptions,
 )
 from escalation.v1 import common_pb2, merchant_pb2
+from tests.certificates import CertificateAuthority
 from tests.e2e import replicas
 from tests.e2e.tcp_proxy import TcpProxy
 from tests.integration.grpc_harness import token
@@ -72,11 +75,23 @@ async def test_stream_survives_sigkill_and_sigterm_of_its_replica_with_every_eve
         )
         # Writes go through C only, so they go on while A and B die.
         platform = PlatformClient(c.grpc_addr, PLATFORM_TOKEN)
+        watcher = PlatformClient(targets(a, b, c), PLATFORM_TOKEN, backoff=FAST)
         seen: list[int] = []
-        async with merchant, platform:
+        watched: list[int] = []
+
+        async def watch(session_id: str) -> None:
+            async with contextlib.aclosing(watcher.watch(session_id)) as frames:
+                async for frame in frames:
+                    if frame.HasField("message_added"):
+                        watched.append(frame.message_added.seq)
+                        if frame.message_added.seq == messages + 1:
+                            return
+
+        async with merchant, platform, watcher:
             consumer = asyncio.create_task(consume(merchant, messages + 2, seen))
             opened = await platform.open_session(merchant_id=SHOP, category=common_pb2.CATEGORY_REFUND, text="refund?")
             sid = opened.session.session_id
+            watching = asyncio.create_task(watch(sid))
             for n in range(messages):
                 await platform.send(sid, text=f"m{n}")
                 if n == messages // 3:
@@ -85,8 +100,9 @@ async def test_stream_survives_sigkill_and_sigterm_of_its_replica_with_every_eve
                     assert b.terminate() == 0, b.output()  # then on B: ended with UNAVAILABLE SHUTTING_DOWN
                 await asyncio.sleep(0.02)
             async with asyncio.timeout(30):
-                await consumer
+                await asyncio.gather(consumer, watching)
         assert seen == list(range(1, messages + 3)), "every event once, in cursor order"
+        assert watched == list(range(1, messages + 2)), "WatchSession resumes the same way"
         # The last event was yielded but the consumer never asked for the next one: not yet processed.
         assert await store.load() == messages + 1
         assert states.count(ConnectionState.RECONNECTING) >= 2, states
@@ -113,8 +129,8 @@ async def test_slow_consumer_cut_off_with_resource_exhausted_resumes_without_gap
         platform = PlatformClient(a.grpc_addr, PLATFORM_TOKEN)
         seen: list[int] = []
         async with merchant, platform:
-            # 40 ms of work per event while messages arrive faster: the stream falls behind and is cut.
-            consumer = asyncio.create_task(consume(merchant, messages + 2, seen, pace=0.04))
+            # 20 ms of work per event while messages arrive faster: the stream falls behind and is cut.
+            consumer = asyncio.create_task(consume(merchant, messages + 2, seen, pace=0.02))
             sid = (await platform.open_session(merchant_id=SHOP, category=common_pb2.CATEGORY_REFUND, text="q")).session
             await asyncio.gather(*(platform.send(sid.session_id, text="x" * 1900 + str(n)) for n in range(messages)))
             async with asyncio.timeout(30):
@@ -157,6 +173,54 @@ async def test_cursor_expired_yields_cursor_expired_with_open_sessions_then_live
         assert await store.load() == events[0].cursor
 
 
+async def test_a_fresh_stream_lost_before_its_position_resyncs_and_after_it_resumes(
+    database_url: str, tmp_path: Path
+) -> None:
+    with replicas.serving(database_url, tmp_path, count=1) as (a,):
+        await replicas.wait_serving(a)
+        async with grpc.aio.insecure_channel(a.grpc_addr) as channel:
+            await make_shop(channel, agents={f"{SHOP}-sub-1": 50})
+        connected = asyncio.Event()
+
+        def record(state: ConnectionState, _: int | None) -> None:
+            if state is ConnectionState.CONNECTED:
+                connected.set()
+
+        store = MemoryCursorStore()  # a first start: no cursor, the stream begins at the live head
+        async with TcpProxy(a.grpc_addr) as proxy, PlatformClient(a.grpc_addr, PLATFORM_TOKEN) as platform:
+            merchant = MerchantClient(proxy.addr, MAIN_TOKEN, cursor_store=store, backoff=FAST, on_state=record)
+            async with merchant:
+                items = merchant.events()
+                proxy.hold_answers()  # the server's StreamStarted never arrives
+                first = asyncio.ensure_future(anext(items))
+                async with asyncio.timeout(20):
+                    while proxy.connections == 0:  # noqa: ASYNC110 (the proxy has no event to wait on)
+                        await asyncio.sleep(0.02)
+                one = await platform.open_session(merchant_id=SHOP, category=common_pb2.CATEGORY_REFUND, text="1")
+                proxy.cut()  # lost before the position was known: what was written meanwhile is unknown
+                async with asyncio.timeout(20):
+                    unknown = await first
+                assert isinstance(unknown, CursorExpired)
+                assert (unknown.reason, unknown.oldest_cursor) == ("CURSOR_UNKNOWN", None)
+                assert [s.session_id for s in unknown.sessions] == [one.session.session_id]
+
+                after = asyncio.ensure_future(anext(items))  # processes the resync
+                async with asyncio.timeout(20):
+                    while await store.load() is None:  # noqa: ASYNC110 (the store has no event either)
+                        await asyncio.sleep(0.02)
+                positioned_at = await store.load()
+                proxy.refusing = True
+                proxy.cut()  # positioned now: a loss is resumed from the head the server confirmed
+                two = await platform.open_session(merchant_id=SHOP, category=common_pb2.CATEGORY_REFUND, text="2")
+                proxy.refusing = False
+                async with asyncio.timeout(20):
+                    event = await after
+                await items.aclose()
+        assert positioned_at == 2  # SessionAssigned and the opening message of the first session
+        assert isinstance(event, merchant_pb2.MerchantEvent)
+        assert (event.cursor, event.session_assigned.session.session_id) == (3, two.session.session_id)
+
+
 async def test_open_session_retried_after_losing_its_answer_makes_one_session(
     database_url: str, pool: asyncpg.Pool, tmp_path: Path
 ) -> None:
@@ -186,7 +250,7 @@ async def test_open_session_retried_after_losing_its_answer_makes_one_session(
         assert proxy.connections >= 2
 
 
-async def test_errors_carry_reason_and_field_violations(database_url: str, tmp_path: Path) -> None:
+async def test_errors_are_typed_and_close_ends_a_running_stream(database_url: str, tmp_path: Path) -> None:
     with replicas.serving(database_url, tmp_path, count=1) as (a,):
         await replicas.wait_serving(a)
         async with PlatformClient(a.grpc_addr, PLATFORM_TOKEN) as platform:
@@ -195,7 +259,83 @@ async def test_errors_carry_reason_and_field_violations(database_url: str, tmp_p
             assert bad.value.code is grpc.StatusCode.INVALID_ARGUMENT
             assert bad.value.reason == "INVALID_FIELDS"
             assert {v.field for v in bad.value.violations} >= {"merchant_id", "messages[0].text.body"}
-        async with MerchantClient(a.grpc_addr, token("merchant", "nobody", SHOP)) as merchant:
+        async with MerchantClient(a.grpc_addr, token("merchant", "nobody", SHOP)) as stranger:
             with pytest.raises(ClientError) as denied:
-                await anext(merchant.events())
+                await anext(stranger.events())
             assert denied.value.code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.NOT_FOUND)
+
+        async with grpc.aio.insecure_channel(a.grpc_addr) as channel:
+            await make_shop(channel, agents={f"{SHOP}-sub-1": 50})
+        connected = asyncio.Event()
+        merchant = MerchantClient(
+            a.grpc_addr, MAIN_TOKEN, on_state=lambda s, _: connected.set() if s is ConnectionState.CONNECTED else None
+        )
+        items: list[object] = []
+        running = asyncio.create_task(consume_all(merchant, items))
+        async with asyncio.timeout(20):
+            await connected.wait()
+            await merchant.close()
+            await running  # ends normally: no error, no reconnect
+        assert items == []
+        assert merchant.state is ConnectionState.CLOSED
+
+
+async def consume_all(client: MerchantClient, items: list[object]) -> None:
+    async for item in client.events():
+        items.append(item)
+
+
+async def test_over_mtls_a_refreshable_token_outlives_its_expiry_and_a_fixed_one_fails_typed(
+    database_url: str, tmp_path: Path
+) -> None:
+    server_ca, client_ca = CertificateAuthority("server-ca"), CertificateAuthority("client-ca")
+    cert, key = server_ca.issue("localhost", server=True).write(tmp_path, "server")
+    client_cert, client_key = client_ca.issue("sdk", server=False).write(tmp_path, "client")
+    env = {
+        "ESCALATION_GRPC_TLS_CERT_FILE": str(cert),
+        "ESCALATION_GRPC_TLS_KEY_FILE": str(key),
+        "ESCALATION_GRPC_TLS_CLIENT_CA_FILE": str(client_ca.write(tmp_path, "clients")),
+        "ESCALATION_JWT_LEEWAY_SECONDS": "0",  # a stream ends at its token's exp
+    }
+    tls = TlsOptions.from_files(ca=server_ca.write(tmp_path, "roots"), cert=client_cert, key=client_key)
+    with replicas.serving(database_url, tmp_path / "logs", count=1, **env) as (a,):
+        await replicas.wait_serving(a, credentials=tls.credentials())
+        minted: list[str] = []
+
+        async def short_lived() -> str:  # as an identity provider would hand out, 2 s each
+            minted.append(token("merchant", f"{SHOP}-main", SHOP, ttl=2))
+            return minted[-1]
+
+        async with grpc.aio.secure_channel(a.grpc_addr, tls.credentials()) as channel:
+            await make_shop(channel, agents={f"{SHOP}-sub-1": 50})
+        failures: list[str] = []
+        token_expired = asyncio.Event()
+
+        def record(state: ConnectionState, _: int | None) -> None:
+            if state is ConnectionState.RECONNECTING and merchant.last_error is not None:
+                failures.append(merchant.last_error.reason)
+                if merchant.last_error.reason == "TOKEN_EXPIRED":
+                    token_expired.set()
+
+        merchant = MerchantClient(
+            a.grpc_addr, short_lived, cursor_store=MemoryCursorStore(0), tls=tls, backoff=FAST, on_state=record
+        )
+        seen: list[int] = []
+        async with merchant, PlatformClient(a.grpc_addr, PLATFORM_TOKEN, tls=tls) as platform:
+            consumer = asyncio.create_task(consume(merchant, 5, seen))
+            sid = (await platform.open_session(merchant_id=SHOP, category=common_pb2.CATEGORY_REFUND, text="q")).session
+            await platform.send(sid.session_id, text="before expiry")
+            async with asyncio.timeout(20):
+                await token_expired.wait()  # the server ended the stream at the first token's exp
+            await platform.send(sid.session_id, text="after expiry, 1")
+            await platform.send(sid.session_id, text="after expiry, 2")
+            async with asyncio.timeout(20):
+                await consumer
+        assert seen == [1, 2, 3, 4, 5]
+        assert "TOKEN_EXPIRED" in failures
+        assert len(minted) >= 2
+        fixed = MerchantClient(a.grpc_addr, token("merchant", f"{SHOP}-main", SHOP, ttl=-5), tls=tls)
+        async with fixed:
+            with pytest.raises(ClientError) as expired:
+                await anext(fixed.events())
+        assert expired.value.code is grpc.StatusCode.UNAUTHENTICATED
