@@ -126,6 +126,13 @@ class Service:
             metadata=metadata,
         )
 
+    async def list_open_sessions(self) -> list[common_pb2.Session]:
+        """The open sessions the harness's platform agent opened."""
+        answer = await platform_pb2_grpc.PlatformServiceStub(self.channel).ListSessions(
+            platform_pb2.ListSessionsRequest(state=common_pb2.SESSION_STATE_OPEN), metadata=PLATFORM
+        )
+        return list(answer.sessions)
+
     async def messages(self, session_id: str) -> list[common_pb2.Message]:
         answer = await platform_pb2_grpc.PlatformServiceStub(self.channel).ListMessages(
             platform_pb2.ListMessagesRequest(session_id=session_id), metadata=PLATFORM

@@ -6,11 +6,12 @@ from __future__ import annotations
 import asyncio
 import os
 import stat
+import sys
 from pathlib import Path
 
 import jwt
-from escalation.client import PlatformClient
 
+from escalation.client import PlatformClient
 from escalation.devenv import demo, seed
 from escalation.devenv.runner import _demo_note
 from escalation.v1 import common_pb2, merchant_pb2, merchant_pb2_grpc
@@ -68,3 +69,46 @@ def test_the_demo_banner_gives_each_demo_agent_a_workbench_command_and_a_private
     assert jwt.decode(tokens["DEMO_MAIN_TOKEN"], secret, algorithms=["HS256"])["sub"] == seed.DEMO_MAIN_ACCOUNT
     assert secret not in note
     assert tokens["DEMO_AGENT_1_TOKEN"] not in note
+
+
+async def test_the_demo_agent_runs_as_the_process_make_demo_starts(service: Service) -> None:
+    """`escalation dev --demo` runs `python -m escalation.devenv.demo` with the token in its environment."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "escalation.devenv.demo",
+        "--target",
+        service.target,
+        "--count",
+        "2",
+        "--interval",
+        "0",
+        env={**os.environ, demo.TOKEN_VARIABLE: PLATFORM_AGENT_TOKEN},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    async with asyncio.timeout(60):
+        out, err = await process.communicate()
+    assert process.returncode == 0, err.decode()
+    opened = [line for line in out.decode().splitlines() if "opened session" in line]
+    assert len(opened) == 2
+    assert "demo-order-1" in opened[0]
+    assert "demo-order-2" in opened[1]
+    sessions = await service.list_open_sessions()
+    assert len(sessions) == 2
+
+
+async def test_the_demo_agent_without_a_token_says_which_variable(service: Service) -> None:
+    env = {k: v for k, v in os.environ.items() if k != demo.TOKEN_VARIABLE}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "escalation.devenv.demo",
+        "--target",
+        service.target,
+        env=env,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await process.communicate()
+    assert process.returncode == 2
+    assert demo.TOKEN_VARIABLE in err.decode()
