@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 
 import structlog
 from rich.console import Console, RenderableType
+from textual import events
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical, VerticalScroll
@@ -104,6 +105,8 @@ class Workbench(App[None]):
         self.notices: list[Notice] = []
         self.bells = 0
         self._history_loaded: set[str] = set()
+        # The session list's rows as last drawn: (session id, height in lines), top to bottom.
+        self._rows: list[tuple[str, int]] = []
 
     def compose(self) -> ComposeResult:
         with Horizontal():
@@ -138,7 +141,7 @@ class Workbench(App[None]):
                 await asyncio.sleep(RETRY_SECONDS)
             async for item in self.backend.events():
                 if isinstance(item, CursorGap):
-                    self._show(Notice("", "Missed events expired: reloaded the open sessions", bell=False))
+                    self._show(Notice("", "Could not resume the event stream: reloaded the open sessions", bell=False))
                     await self._resync(replace=True, sessions=item.sessions)
                 else:
                     await self._apply(item)
@@ -240,13 +243,25 @@ class Workbench(App[None]):
 
     async def _read(self, view: SessionView) -> None:
         newest = max(view.messages, default=0)
-        if newest > view.read_seq:
+        # A closed session takes no read receipt (the service ignores it; the SDK would resend it).
+        if view.is_open and newest > view.read_seq:
             try:
                 await self.backend.mark_read(view.session_id, newest)
             except Exception:  # sent again with the next message or selection
                 log.warning("workbench.read_receipt_failed", session_id=view.session_id, exc_info=True)
                 return
             view.read_seq = newest
+
+    async def on_click(self, event: events.Click) -> None:
+        """A click on a row of the session list selects that session."""
+        if event.widget is None or event.widget.id != "sessions":
+            return
+        line = event.y - event.widget.styles.padding.top
+        for session_id, height in self._rows:
+            if line < height:
+                await self.select(session_id)
+                return
+            line -= height
 
     async def action_select(self, step: int) -> None:
         ordered = [v.session_id for v in self.state.ordered(self.clock())]
@@ -311,7 +326,8 @@ class Workbench(App[None]):
         if not self.is_running or not self.screen.query("#sessions"):
             return  # before the screen is up, or after the app ended (the SDK reports its close)
         now = self.clock()
-        self.query_one("#sessions", Static).update(views.session_list(self.state, now, self.selected))
+        listed, self._rows = views.session_list(self.state, now, self.selected)
+        self.query_one("#sessions", Static).update(listed)
         view = self.state.sessions.get(self.selected) if self.selected else None
         conversation = self.query_one("#conversation", Static)
         closed = self.query_one("#closed", Static)

@@ -14,20 +14,26 @@ from escalation.workbench.state import SessionView, WorkbenchState, close_reason
 from escalation.workbench.urgency import STYLES, Urgency, countdown
 
 
-def session_list(state: WorkbenchState, now: datetime, selected: str | None) -> RenderableType:
+def session_list(
+    state: WorkbenchState, now: datetime, selected: str | None
+) -> tuple[RenderableType, list[tuple[str, int]]]:
     """One row per session: the countdown coloured by urgency (escalation.workbench.urgency), the
-    session, unread platform messages, and the assigned agent when it is not this one (main account)."""
+    session, unread platform messages, and the assigned agent when it is not this one (main account).
+    Also returns each row's session id and height in lines, top to bottom (what a click hits)."""
     views = state.ordered(now)
     if not views:
-        return Text("No open sessions. New ones appear here with a bell.", style="dim")
+        return Text("No open sessions. New ones appear here with a bell.", style="dim"), []
     table = Table.grid(padding=(0, 1))
     table.add_column(width=1)
     table.add_column(width=6, justify="right")
     table.add_column(no_wrap=True, overflow="ellipsis")
+    rows = []
     for view in views:
         marker = Text("▶" if view.session_id == selected else " ", style="bold")
-        table.add_row(marker, _clock(state, view, now), _label(state, view))
-    return table
+        label = _label(state, view)
+        table.add_row(marker, _clock(state, view, now), label)
+        rows.append((view.session_id, len(label.split("\n"))))
+    return table, rows
 
 
 def _clock(state: WorkbenchState, view: SessionView, now: datetime) -> Text:

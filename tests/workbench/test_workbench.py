@@ -173,6 +173,10 @@ async def test_the_main_account_sees_the_whole_shop(service: Service) -> None:
         for agent in seed.DEMO_AGENTS:
             assert f"→ {agent}" in text
         assert_matches_snapshot("main-account", text, [timed_out, answered, waiting], ticket_id=ticket_id)
+        # A click on the second row (two lines each) opens the answered session.
+        await pilot.click("#sessions", offset=(3, 2))
+        await until(pilot, lambda: app.selected == answered.session_id, "the clicked session")
+        assert "Yes, it is dishwasher safe." in screen_text(app)
 
 
 async def test_a_server_restart_loses_and_repeats_nothing(service: Service, tmp_path: Path) -> None:
