@@ -82,11 +82,10 @@ def message(
     tz: tzinfo | None,
     *,
     me: str,
-    peer_read_seq: int = 0,
     template_titles: dict[str, str] | None = None,
 ) -> Group:
-    """One message under a header: time, who sent it (``you`` for this agent), the quick reply used
-    (its title when known), and ``✓ read`` once the platform read it (SPEC R8 read receipts)."""
+    """One message under a header: time, who sent it (``you`` for this agent) and the quick reply used
+    (its title when known)."""
     platform = message.sender == common_pb2.SENDER_PLATFORM
     who = "platform " if platform else ""
     who += "you" if message.sender_id == me and not platform else one_line(message.sender_id)
@@ -95,6 +94,4 @@ def message(
     if message.template_id:
         title = (template_titles or {}).get(message.template_id, message.template_id)
         header.append(f"  quick reply “{one_line(title)}”", style="dim")
-    if not platform and message.seq <= peer_read_seq:
-        header.append("  ✓ read", style="dim")
     return Group(header, content(message, tz))

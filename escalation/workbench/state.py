@@ -59,8 +59,6 @@ class SessionView:
     messages: dict[int, common_pb2.Message] = field(default_factory=dict)  # by seq
     # The highest seq this agent sent a read receipt for.
     read_seq: int = 0
-    # The highest seq of the agent's own messages the platform has read.
-    peer_read_seq: int = 0
     # When the platform message the pending deadline counts from was sent (R5); None: unknown or none.
     waiting_since: datetime | None = None
     # Seconds between waiting_since and the deadline, once both were seen.
@@ -198,8 +196,9 @@ class WorkbenchState:
         elif kind == "read_receipt":
             receipt = event.read_receipt
             view_or_none = self.sessions.get(receipt.session_id)
-            if view_or_none is not None and receipt.reader == common_pb2.SENDER_PLATFORM:
-                view_or_none.peer_read_seq = max(view_or_none.peer_read_seq, receipt.seq)
+            if view_or_none is not None and receipt.reader_id == self.agent_id:
+                # This agent's read mark, maybe from another of its workbenches: unread counts agree.
+                view_or_none.read_seq = max(view_or_none.read_seq, receipt.seq)
         return notices
 
     def replace_open(self, sessions: list[common_pb2.Session]) -> None:

@@ -83,7 +83,6 @@ def conversation(
                 view.messages[seq],
                 tz,
                 me=state.agent_id,
-                peer_read_seq=view.peer_read_seq,
                 template_titles=template_titles,
             )
         )

@@ -194,6 +194,10 @@ def test_events_build_the_sessions_and_learn_the_reply_window() -> None:
     assert view.deadline == T0 + timedelta(seconds=70)
     assert view.unread == 2
     assert state.cursor == 4
+    # The agent read it on another of its workbenches: the unread count follows its read mark.
+    receipt = common_pb2.ReadReceipt(session_id="s1", seq=3, reader=common_pb2.SENDER_MERCHANT, reader_id="a1")
+    state.apply(event(5, session_id="s1", read_receipt=receipt))
+    assert view.unread == 0
 
 
 def test_a_closed_session_never_reopens_and_keeps_its_ticket() -> None:
