@@ -107,6 +107,8 @@ class Workbench(App[None]):
         self._history_loaded: set[str] = set()
         # The session list's rows as last drawn: (session id, height in lines), top to bottom.
         self._rows: list[tuple[str, int]] = []
+        # The session and newest message seq the conversation pane last showed.
+        self._shown: tuple[str, int] | None = None
 
     def compose(self) -> ComposeResult:
         with Horizontal():
@@ -339,6 +341,10 @@ class Workbench(App[None]):
         else:
             titles = {t.template_id: t.title for t in self.templates}
             conversation.update(views.conversation(self.state, view, now, self.tz, titles))
+            shown = (view.session_id, max(view.messages, default=0))
+            if shown != self._shown:  # another session, or a new message: show its end
+                self._shown = shown
+                self.query_one("#scroll", VerticalScroll).scroll_end(animate=False)
             closed.set_class(not view.is_open, "shown")
             if not view.is_open:
                 closed.update(views.closed_banner(view))
