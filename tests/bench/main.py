@@ -8,8 +8,11 @@ tests/bench/last-results.md). ``--quick`` is a one-minute smoke run with smaller
 Measurements, in SPEC §5 order (the table keeps it):
 1. a bare grpc.aio unary echo server (its own process), 64 calls in flight for 8 s → calls/s, the baseline;
 2. OpenSession on ``escalation serve`` (its own process) spread over 50 merchants × 3 agents, same client
-   → opens/s and ratio; one merchant alone for information (its opens serialize on its row by design);
-3. SendMessage on 200 open sessions, same client → msgs/s and ratio;
+   → opens/s and ratio; one merchant alone (its opens serialize on its row) → opens/s; OpenSession at
+   100/s on a fixed schedule (open loop) → p50/p99 from each call's scheduled send time;
+3. SendMessage on 200 open sessions, same client → msgs/s and ratio; then the SQL ceiling: the statements
+   of one OpenSession and of one SendMessage (tests/bench/pgbench/*.sql) run by 20 pgbench clients
+   without the service → transactions/s, next to the service's rate through gRPC (sqlceiling.py);
 4. event fan-out: Connect streams of the 50 main accounts on replica A, OpenSession through replica B;
 5. 100,000 deadlines spread over 60 s plus 10,000 due in one second, ended by two
    ``escalation worker deadlines`` processes → lateness, early count, time to clear the burst;
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import math
 import os
 import sys
@@ -39,10 +43,10 @@ import asyncpg
 import grpc
 
 from escalation.observability import logging as obs_logging
-from tests.bench import api, cpu, deadlines, isolation, realtime, tickets_flow
+from tests.bench import api, cpu, deadlines, isolation, realtime, sqlceiling, tickets_flow
 from tests.bench.env import REPO, BenchEnv, BenchError, Child, say
 from tests.bench.load import LoadResult, percentile
-from tests.bench.report import Report, code_version
+from tests.bench.report import NONE, Report, code_version
 from tests.bench.sizes import FULL, QUICK, Sizes
 
 RESULTS = Path(__file__).resolve().parent / "last-results.md"
@@ -52,6 +56,9 @@ T = TypeVar("T")
 OPEN_TARGET, SEND_TARGET, RELAY_TARGET = 0.2, 0.3, 0.2
 LATENESS_P99_TARGET, BURST_TARGET, TICKET_P99_TARGET = 1.0, 10.0, 0.5
 FAN_OUT_P99_TARGET, MEMORY_TARGET_MB = 0.020, 500.0
+SQL_OPEN_TARGET = 1_500.0  # transactions/s: the PostgreSQL work of one OpenSession, 20 clients, durable
+ONE_MERCHANT_TARGET = 500.0  # one merchant's OpenSession per second
+OPEN_LOOP_P99_TARGET = 0.010  # seconds, OpenSession at 100/s open loop
 ISOLATION_TARGET = 2.0  # another tenant's unary p99, loaded ÷ quiet (SPEC §3 Limits)
 BACKGROUND_WARNING = 0.2  # cores busy before the bench starts that make its numbers suspect
 
@@ -132,6 +139,16 @@ class Run:
             say(f"{sizes.merchants} merchants with {sizes.agents_per_merchant} designated agents each")
             if self.only == "isolation":
                 await self._isolation(api_url)
+            elif self.only == "sql-ceiling":
+                await self._sql_ceiling(None, None)
+            elif self.only in ("throughput", "open-loop"):
+                serve, addr = await self.env.serve("escalation-serve", api_url)
+                async with grpc.aio.insecure_channel(addr) as channel:
+                    if self.only == "throughput":
+                        await self._throughput(channel, serve, pool)
+                    else:
+                        await self._open_loop(channel, serve)
+                self.env.stop_child(serve)
             elif self.only == "fan-out":
                 serve, addr = await self.env.serve("escalation-serve", api_url)
                 fan = await self.step(
@@ -151,83 +168,11 @@ class Run:
 
     async def _all(self, api_url: str, pool: asyncpg.Pool) -> None:
         """Every measurement, in SPEC §5 order (the report's rows follow it)."""
-        sizes, report = self.sizes, self.report
-        echo_result = await self.step("1. baseline: bare grpc.aio unary echo", self._echo)
-        echo = echo_result[0] if echo_result else None
-        if echo_result:
-            result, used = echo_result
-            report.info(
-                f"Baseline: bare grpc.aio unary echo ({len(api.open_request('m', 0))} B in/out)",
-                f"{result.rate:,.0f} calls/s (p50 {_ms(percentile(result.latencies, 50))}, p99 "
-                f"{_ms(percentile(result.latencies, 99))}; {cpu.per_call(used, result.rate)})",
-            )
+        sizes = self.sizes
         say("== starting `escalation serve` (replica A)")
         serve, addr = await self.env.serve("escalation-serve", api_url)
         async with grpc.aio.insecure_channel(addr) as channel:
-            opens = await self.step(
-                f"2. OpenSession over {sizes.merchants} merchants",
-                lambda: self.measured(
-                    serve,
-                    lambda: api.run_opens(
-                        channel,
-                        sizes,
-                        self.metadata,
-                        merchants=sizes.merchants,
-                        duration=sizes.duration,
-                        label="OpenSession",
-                    ),
-                ),
-            )
-            self._ratio(
-                f"OpenSession, {sizes.merchants} merchants × {sizes.agents_per_merchant} agents",
-                "opens/s",
-                opens,
-                echo,
-                OPEN_TARGET,
-            )
-            single = await self.step(
-                "2b. OpenSession, one merchant (information)",
-                lambda: self.measured(
-                    serve,
-                    lambda: api.run_opens(
-                        channel,
-                        sizes,
-                        self.metadata,
-                        merchants=1,
-                        duration=sizes.single_merchant_duration,
-                        label="OpenSession/1 merchant",
-                    ),
-                ),
-            )
-            if single:
-                report.info(
-                    "OpenSession, one merchant (its opens serialize on its row lock by design)",
-                    f"{single[0].rate:,.0f} opens/s (p50 {_ms(percentile(single[0].latencies, 50))}, p99 "
-                    f"{_ms(percentile(single[0].latencies, 99))})",
-                )
-            session_ids = [
-                str(r["session_id"])
-                for r in await pool.fetch(
-                    "SELECT session_id FROM sessions WHERE state = 'OPEN' ORDER BY open_time LIMIT $1",
-                    sizes.send_sessions,
-                )
-            ]
-            sends = None
-            if len(session_ids) < sizes.send_sessions:
-                say(f"!! only {len(session_ids)} open sessions: SendMessage skipped")
-            else:
-                sends = await self.step(
-                    f"3. SendMessage on {sizes.send_sessions} sessions",
-                    lambda: self.measured(serve, lambda: api.run_sends(channel, sizes, self.metadata, session_ids)),
-                )
-            self._ratio(
-                f"SendMessage, {sizes.send_sessions} open sessions (with client_msg_id)",
-                "msgs/s",
-                sends,
-                echo,
-                SEND_TARGET,
-            )
-
+            session_ids = await self._throughput(channel, serve, pool)
             fan = await self.step(
                 "4. event fan-out across two replicas",
                 lambda: realtime.fan_out(self.env, sizes, api_url, addr, self.metadata),
@@ -252,6 +197,171 @@ class Run:
         )
         self._report_memory(memory)
         await self._isolation(api_url)
+
+    async def _throughput(self, channel: grpc.aio.Channel, serve: Child, pool: asyncpg.Pool) -> list[str]:
+        """Echo, OpenSession (50 merchants, one merchant, open loop), SendMessage and the SQL ceiling.
+
+        Returns the sessions SendMessage wrote to (the close → ticket step leaves them alone). The echo
+        server runs while ``serve`` idles: the service's background loops are part of what it costs.
+        """
+        sizes, report = self.sizes, self.report
+        echo_result = await self.step("1. baseline: bare grpc.aio unary echo", self._echo)
+        echo = echo_result[0] if echo_result else None
+        if echo_result:
+            result, used = echo_result
+            report.info(
+                f"Baseline: bare grpc.aio unary echo ({len(api.open_request('m', 0))} B in/out)",
+                f"{result.rate:,.0f} calls/s (p50 {_ms(percentile(result.latencies, 50))}, p99 "
+                f"{_ms(percentile(result.latencies, 99))}; {cpu.per_call(used, result.rate)})",
+            )
+        opens = await self.step(
+            f"2. OpenSession over {sizes.merchants} merchants",
+            lambda: self.measured(
+                serve,
+                lambda: api.run_opens(
+                    channel,
+                    sizes,
+                    self.metadata,
+                    merchants=sizes.merchants,
+                    duration=sizes.duration,
+                    label="OpenSession",
+                ),
+            ),
+        )
+        self._ratio(
+            f"OpenSession, {sizes.merchants} merchants × {sizes.agents_per_merchant} agents",
+            "opens/s",
+            opens,
+            echo,
+            OPEN_TARGET,
+        )
+        single = await self.step(
+            "2b. OpenSession, one merchant",
+            lambda: self.measured(
+                serve,
+                lambda: api.run_opens(
+                    channel,
+                    sizes,
+                    self.metadata,
+                    merchants=1,
+                    duration=sizes.single_merchant_duration,
+                    label="OpenSession/1 merchant",
+                ),
+            ),
+        )
+        self._report_one_merchant(single)
+        await self._open_loop(channel, serve)
+        session_ids = [
+            str(r["session_id"])
+            for r in await pool.fetch(
+                "SELECT session_id FROM sessions WHERE state = 'OPEN' ORDER BY open_time LIMIT $1",
+                sizes.send_sessions,
+            )
+        ]
+        sends = None
+        if len(session_ids) < sizes.send_sessions:
+            say(f"!! only {len(session_ids)} open sessions: SendMessage skipped")
+        else:
+            sends = await self.step(
+                f"3. SendMessage on {sizes.send_sessions} sessions",
+                lambda: self.measured(serve, lambda: api.run_sends(channel, sizes, self.metadata, session_ids)),
+            )
+        self._ratio(
+            f"SendMessage, {sizes.send_sessions} open sessions (with client_msg_id)",
+            "msgs/s",
+            sends,
+            echo,
+            SEND_TARGET,
+        )
+        await self._sql_ceiling(opens[0] if opens else None, sends[0] if sends else None)
+        return session_ids
+
+    async def _open_loop(self, channel: grpc.aio.Channel, serve: Child) -> None:
+        sizes = self.sizes
+        measured = await self.step(
+            f"2c. OpenSession at {sizes.open_loop_rate:.0f}/s, open loop",
+            lambda: self.measured(serve, lambda: api.run_open_loop(channel, sizes, self.metadata)),
+        )
+        measure = (
+            f"OpenSession at {sizes.open_loop_rate:.0f}/s open loop ({sizes.open_loop_seconds:.0f} s on a fixed "
+            "schedule over all the merchants; latency from each call's scheduled send time)"
+        )
+        target = f"p99 ≤ {_ms(OPEN_LOOP_P99_TARGET)}"
+        if measured is None:
+            self.report.failed(measure, "see the log above", target)
+            return
+        result, used = measured
+        p99 = percentile(result.latencies, 99)
+        verdict = self.report.target(
+            measure,
+            f"p50 {percentile(result.latencies, 50) * 1000:.1f} ms, **p99 {p99 * 1000:.1f} ms**, max "
+            f"{max(result.latencies, default=math.nan) * 1000:.1f} ms; {result.calls:,} calls, {result.errors} "
+            f"errors ({cpu.per_call(used, result.rate)})",
+            target,
+            p99 <= OPEN_LOOP_P99_TARGET and not result.errors,
+        )
+        say(f"  open loop: p99 {p99 * 1000:.1f} ms (target ≤ {_ms(OPEN_LOOP_P99_TARGET)}): {verdict}")
+
+    def _report_one_merchant(self, measured: tuple[LoadResult, dict[str, float]] | None) -> None:
+        measure = "OpenSession, one merchant (its opens queue on its row lock)"
+        target = f"≥ {ONE_MERCHANT_TARGET:,.0f}/s"
+        if measured is None:
+            self.report.failed(measure, "see the log above", target)
+            return
+        result, used = measured
+        verdict = self.report.target(
+            measure,
+            f"**{result.rate:,.0f} opens/s** (p50 {_ms(percentile(result.latencies, 50))}, p99 "
+            f"{_ms(percentile(result.latencies, 99))}; {cpu.per_call(used, result.rate)})",
+            target,
+            result.rate >= ONE_MERCHANT_TARGET,
+        )
+        say(f"  one merchant: {result.rate:,.0f} opens/s (target {target}): {verdict}")
+
+    async def _sql_ceiling(self, opens: LoadResult | None, sends: LoadResult | None) -> None:
+        """The PostgreSQL work of each RPC without the service, next to the service's rate (SPEC §5)."""
+        sizes = self.sizes
+        prepared = await self.step(
+            f"3b. SQL ceiling: setting up a database with {sizes.sql_send_sessions:,} sessions",
+            lambda: sqlceiling.prepare(self.env, sizes),
+        )
+        for script, rpc, grpc_result, target in (
+            (sqlceiling.OPEN_SCRIPT, "OpenSession", opens, SQL_OPEN_TARGET),
+            (sqlceiling.SEND_SCRIPT, "SendMessage", sends, None),
+        ):
+            statements = len(sqlceiling.statements(script))
+            measure = (
+                f"SQL ceiling: the PostgreSQL work of one {rpc} ({script.name}, {statements} round trips), "
+                f"{sizes.sql_clients} pgbench clients, prepared, durable, without the service"
+            )
+            wanted = f"≥ {target:,.0f} tps" if target else NONE
+            if prepared is None:
+                self.report.failed(measure, "see the log above", wanted)
+                continue
+            url, values = prepared
+            result = await self.step(
+                f"3b. SQL ceiling of {rpc}",
+                functools.partial(sqlceiling.run, self.env, sizes, url, values, script, rpc),
+            )
+            if result is None:
+                self.report.failed(measure, "see the log above", wanted)
+                continue
+            text = f"**{result.rate:,.0f} tps** (latency average {result.latency_ms:.1f} ms; {result.per_call()})"
+            if result.failed:
+                text += f"; {result.failed} transactions failed"
+            if grpc_result is not None:
+                text += (
+                    f"; the service through gRPC in this run: {grpc_result.rate:,.0f}/s = "
+                    f"{grpc_result.rate / result.rate:.2f} × this ceiling"
+                )
+            else:
+                text += "; the service's rate through gRPC was not measured in this run"
+            if target is None:
+                self.report.info(measure, text)
+                say(f"  SQL ceiling of {rpc}: {result.rate:,.0f} tps")
+            else:
+                verdict = self.report.target(measure, text, wanted, result.rate >= target and not result.failed)
+                say(f"  SQL ceiling of {rpc}: {result.rate:,.0f} tps (target {wanted}): {verdict}")
 
     async def _isolation(self, api_url: str) -> None:
         sizes = self.sizes
@@ -482,7 +592,10 @@ def main(argv: list[str] | None = None) -> None:
         "--output", type=Path, default=RESULTS, help=f"where to write the Markdown table (default {RESULTS})"
     )
     parser.add_argument(
-        "--only", choices=["isolation", "fan-out"], help="run one measurement only (the merchants are still set up)"
+        "--only",
+        choices=["throughput", "open-loop", "sql-ceiling", "fan-out", "isolation"],
+        help="run one part only (the merchants are still set up): throughput = echo, OpenSession (50 merchants, "
+        "one merchant, open loop), SendMessage and the SQL ceiling",
     )
     args = parser.parse_args(argv)
     sizes = QUICK if args.quick else FULL
