@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import functools
 import math
 import os
 import sys
@@ -46,7 +45,7 @@ from escalation.observability import logging as obs_logging
 from tests.bench import api, cpu, deadlines, isolation, realtime, sqlceiling, tickets_flow
 from tests.bench.env import REPO, BenchEnv, BenchError, Child, say
 from tests.bench.load import LoadResult, percentile
-from tests.bench.report import NONE, Report, code_version
+from tests.bench.report import Report, code_version
 from tests.bench.sizes import FULL, QUICK, Sizes
 
 RESULTS = Path(__file__).resolve().parent / "last-results.md"
@@ -56,7 +55,6 @@ T = TypeVar("T")
 OPEN_TARGET, SEND_TARGET, RELAY_TARGET = 0.2, 0.3, 0.2
 LATENESS_P99_TARGET, BURST_TARGET, TICKET_P99_TARGET = 1.0, 10.0, 0.5
 FAN_OUT_P99_TARGET, MEMORY_TARGET_MB = 0.020, 500.0
-SQL_OPEN_TARGET = 1_500.0  # transactions/s: the PostgreSQL work of one OpenSession, 20 clients, durable
 ONE_MERCHANT_TARGET = 500.0  # one merchant's OpenSession per second
 OPEN_LOOP_P99_TARGET = 0.010  # seconds, OpenSession at 100/s open loop
 ISOLATION_TARGET = 2.0  # another tenant's unary p99, loaded ÷ quiet (SPEC §3 Limits)
@@ -320,48 +318,8 @@ class Run:
 
     async def _sql_ceiling(self, opens: LoadResult | None, sends: LoadResult | None) -> None:
         """The PostgreSQL work of each RPC without the service, next to the service's rate (SPEC §5)."""
-        sizes = self.sizes
-        prepared = await self.step(
-            f"3b. SQL ceiling: setting up a database with {sizes.sql_send_sessions:,} sessions",
-            lambda: sqlceiling.prepare(self.env, sizes),
-        )
-        for script, rpc, grpc_result, target in (
-            (sqlceiling.OPEN_SCRIPT, "OpenSession", opens, SQL_OPEN_TARGET),
-            (sqlceiling.SEND_SCRIPT, "SendMessage", sends, None),
-        ):
-            statements = len(sqlceiling.statements(script))
-            measure = (
-                f"SQL ceiling: the PostgreSQL work of one {rpc} ({script.name}, {statements} round trips), "
-                f"{sizes.sql_clients} pgbench clients, prepared, durable, without the service"
-            )
-            wanted = f"≥ {target:,.0f} tps" if target else NONE
-            if prepared is None:
-                self.report.failed(measure, "see the log above", wanted)
-                continue
-            url, values = prepared
-            result = await self.step(
-                f"3b. SQL ceiling of {rpc}",
-                functools.partial(sqlceiling.run, self.env, sizes, url, values, script, rpc),
-            )
-            if result is None:
-                self.report.failed(measure, "see the log above", wanted)
-                continue
-            text = f"**{result.rate:,.0f} tps** (latency average {result.latency_ms:.1f} ms; {result.per_call()})"
-            if result.failed:
-                text += f"; {result.failed} transactions failed"
-            if grpc_result is not None:
-                text += (
-                    f"; the service through gRPC in this run: {grpc_result.rate:,.0f}/s = "
-                    f"{grpc_result.rate / result.rate:.2f} × this ceiling"
-                )
-            else:
-                text += "; the service's rate through gRPC was not measured in this run"
-            if target is None:
-                self.report.info(measure, text)
-                say(f"  SQL ceiling of {rpc}: {result.rate:,.0f} tps")
-            else:
-                verdict = self.report.target(measure, text, wanted, result.rate >= target and not result.failed)
-                say(f"  SQL ceiling of {rpc}: {result.rate:,.0f} tps (target {wanted}): {verdict}")
+        rates = {"OpenSession": opens.rate if opens else None, "SendMessage": sends.rate if sends else None}
+        await sqlceiling.measure(self, self.env, self.sizes, self.report, rates)
 
     async def _isolation(self, api_url: str) -> None:
         sizes = self.sizes

@@ -17,11 +17,12 @@ import re
 import subprocess
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Protocol, TypeVar, cast
 
 import asyncpg
 
@@ -32,11 +33,18 @@ from escalation.v1 import common_pb2
 from tests.bench import cpu
 from tests.bench.api import FOLLOW_UP_TEXT, OPENING_TEXT, PLATFORM_AGENT, make_merchant
 from tests.bench.env import BenchEnv, BenchError, say
+from tests.bench.report import NONE, Report
 from tests.bench.sizes import Sizes
 
 PGBENCH = Path("/usr/lib/postgresql/15/bin/pgbench")
-SCRIPTS = Path(__file__).resolve().parent / "pgbench"
-OPEN_SCRIPT, SEND_SCRIPT = SCRIPTS / "open_session.sql", SCRIPTS / "send_message.sql"
+SCRIPT_DIR = Path(__file__).resolve().parent / "pgbench"
+OPEN_SCRIPT, SEND_SCRIPT = SCRIPT_DIR / "open_session.sql", SCRIPT_DIR / "send_message.sql"
+OPEN_TARGET = 1_500.0  # transactions/s, the PostgreSQL work of one OpenSession (SPEC §5)
+# Each script, the RPC it reproduces and its SPEC §5 target (None: measured for information).
+SCRIPTS: tuple[tuple[Path, str, float | None], ...] = (
+    (OPEN_SCRIPT, "OpenSession", OPEN_TARGET),
+    (SEND_SCRIPT, "SendMessage", None),
+)
 AGENTS = 3  # per merchant: agents m*10+1 .. m*10+3 (the scripts rely on it)
 REPLY_TIMEOUT = 120.0  # seconds, the reception settings' default
 REMIND_BEFORE = 60.0  # seconds, SessionPolicy's default
@@ -47,6 +55,7 @@ BENCH_UUID = """
 CREATE FUNCTION bench_uuid(n bigint) RETURNS uuid LANGUAGE sql IMMUTABLE STRICT
 AS $$ SELECT lpad(to_hex(n), 32, '0')::uuid $$
 """
+T = TypeVar("T")
 _VARIABLE = re.compile(r"(?<!:):([a-z_][a-z0-9_]*)")
 
 
@@ -275,7 +284,9 @@ def _number(pattern: str, output: str) -> float:
     return float(found.group(1))
 
 
-async def run(env: BenchEnv, sizes: Sizes, url: str, values: Mapping[str, str], script: Path, label: str) -> SqlResult:
+async def run_script(
+    env: BenchEnv, sizes: Sizes, url: str, values: Mapping[str, str], script: Path, label: str
+) -> SqlResult:
     """``sizes.sql_clients`` pgbench clients run ``script`` for a warm-up, then for ``sizes.duration``."""
     pg_pid = env.pg.pid if env.pg is not None else None
     clients = sizes.sql_clients
@@ -307,3 +318,105 @@ async def run(env: BenchEnv, sizes: Sizes, url: str, values: Mapping[str, str], 
         f"  {label}: {result.rate:,.0f} transactions/s, latency average {result.latency_ms:.1f} ms; {result.per_call()}"
     )
     return result
+
+
+class Stepper(Protocol):
+    """Runs one named measurement; a failure is reported and yields None (main.Run.step)."""
+
+    async def step(self, name: str, work: Callable[[], Awaitable[T]]) -> T | None: ...
+
+
+async def measure(
+    run: Stepper, env: BenchEnv, sizes: Sizes, report: Report, grpc_rates: Mapping[str, float | None]
+) -> None:
+    """Both scripts with the database as it is, then without its NOTIFY triggers; one report line each.
+
+    ``grpc_rates``: the service's rate through gRPC for each RPC in this run (None: not measured).
+    """
+    prepared = await run.step(
+        f"3b. SQL ceiling: setting up a database with {sizes.sql_send_sessions:,} sessions",
+        lambda: prepare(env, sizes),
+    )
+    facts = await env.server_facts()
+    durable = f"fsync={facts['fsync']}, synchronous_commit={facts['synchronous_commit']}"
+    measured: dict[str, SqlResult] = {}
+    for script, rpc, target in SCRIPTS:
+        measure = (
+            f"SQL ceiling: the PostgreSQL work of one {rpc} ({script.name}, {len(statements(script))} round trips), "
+            f"{sizes.sql_clients} pgbench clients, prepared statements, {durable}, without the service"
+        )
+        wanted = f"≥ {target:,.0f} tps" if target else NONE
+        result = None
+        if prepared is not None:
+            url, values = prepared
+            result = await run.step(
+                f"3b. SQL ceiling of {rpc}", partial(run_script, env, sizes, url, values, script, rpc)
+            )
+        if result is None:
+            report.failed(measure, "see the log above", wanted)
+            continue
+        measured[rpc] = result
+        text = f"**{result.rate:,.0f} tps** (latency average {result.latency_ms:.1f} ms; {result.per_call()})"
+        if result.failed:
+            text += f"; {result.failed} transactions failed"
+        rate = grpc_rates.get(rpc)
+        if rate is not None:
+            text += f"; the service through gRPC in this run: {rate:,.0f}/s = {rate / result.rate:.2f} × this ceiling"
+        else:
+            text += "; the service's rate through gRPC was not measured in this run"
+        if target is None:
+            report.info(measure, text)
+            say(f"  SQL ceiling of {rpc}: {result.rate:,.0f} tps")
+        else:
+            verdict = report.target(measure, text, wanted, result.rate >= target and not result.failed)
+            say(f"  SQL ceiling of {rpc}: {result.rate:,.0f} tps (target {wanted}): {verdict}")
+    if prepared is not None and measured:
+        await _without_notify(run, env, sizes, report, prepared, measured)
+
+
+async def _without_notify(
+    run: Stepper,
+    env: BenchEnv,
+    sizes: Sizes,
+    report: Report,
+    prepared: tuple[str, dict[str, str]],
+    measured: Mapping[str, SqlResult],
+) -> None:
+    """The same scripts again with every trigger that calls pg_notify disabled: what NOTIFY costs."""
+    url, values = prepared
+    disabled = await run.step("3c. SQL ceiling without NOTIFY triggers", lambda: disable_notify_triggers(url))
+    measure = "Same PostgreSQL work without the triggers that NOTIFY (information: what per-commit NOTIFY costs)"
+    if disabled is None:
+        report.failed(measure, "see the log above")
+        return
+    if not disabled:
+        report.info(measure, "no trigger calls pg_notify: nothing to compare")
+        return
+    parts = []
+    for script, rpc, _ in SCRIPTS:
+        if rpc not in measured:
+            continue
+        result = await run.step(
+            f"3c. {rpc} without NOTIFY triggers", partial(run_script, env, sizes, url, values, script, rpc)
+        )
+        if result is not None:
+            parts.append(
+                f"{rpc} **{result.rate:,.0f} tps** = {result.rate / measured[rpc].rate:.2f} × with them "
+                f"({result.per_call()})"
+            )
+    report.info(measure, "; ".join(parts) + f" (disabled: {', '.join(disabled)})" if parts else "see the log above")
+
+
+async def disable_notify_triggers(url: str) -> list[str]:
+    """Disables every user trigger whose function calls pg_notify; returns them as ``table.trigger``."""
+    conn = await asyncpg.connect(url)
+    try:
+        rows = await conn.fetch(
+            "SELECT t.tgrelid::regclass::text AS tbl, t.tgname FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid "
+            "WHERE NOT t.tgisinternal AND p.prosrc ILIKE '%pg_notify%' ORDER BY 1, 2"
+        )
+        for row in rows:
+            await conn.execute(f'ALTER TABLE {row["tbl"]} DISABLE TRIGGER "{row["tgname"]}"')
+    finally:
+        await conn.close()
+    return [f"{r['tbl']}.{r['tgname']}" for r in rows]
