@@ -140,10 +140,11 @@ class Run:
             elif self.only == "sql-ceiling":
                 await self._sql_ceiling(None, None)
             elif self.only in ("throughput", "open-loop"):
+                echo = await self._echo_baseline() if self.only == "throughput" else None
                 serve, addr = await self.env.serve("escalation-serve", api_url)
                 async with grpc.aio.insecure_channel(addr) as channel:
                     if self.only == "throughput":
-                        await self._throughput(channel, serve, pool)
+                        await self._throughput(channel, serve, pool, echo)
                     else:
                         await self._open_loop(channel, serve)
                 self.env.stop_child(serve)
@@ -167,10 +168,11 @@ class Run:
     async def _all(self, api_url: str, pool: asyncpg.Pool) -> None:
         """Every measurement, in SPEC §5 order (the report's rows follow it)."""
         sizes = self.sizes
+        echo = await self._echo_baseline()
         say("== starting `escalation serve` (replica A)")
         serve, addr = await self.env.serve("escalation-serve", api_url)
         async with grpc.aio.insecure_channel(addr) as channel:
-            session_ids = await self._throughput(channel, serve, pool)
+            session_ids = await self._throughput(channel, serve, pool, echo)
             fan = await self.step(
                 "4. event fan-out across two replicas",
                 lambda: realtime.fan_out(self.env, sizes, api_url, addr, self.metadata),
@@ -196,22 +198,26 @@ class Run:
         self._report_memory(memory)
         await self._isolation(api_url)
 
-    async def _throughput(self, channel: grpc.aio.Channel, serve: Child, pool: asyncpg.Pool) -> list[str]:
-        """Echo, OpenSession (50 merchants, one merchant, open loop), SendMessage and the SQL ceiling.
-
-        Returns the sessions SendMessage wrote to (the close → ticket step leaves them alone). The echo
-        server runs while ``serve`` idles: the service's background loops are part of what it costs.
-        """
-        sizes, report = self.sizes, self.report
+    async def _echo_baseline(self) -> LoadResult | None:
+        """Step 1, before any server of ours runs."""
         echo_result = await self.step("1. baseline: bare grpc.aio unary echo", self._echo)
-        echo = echo_result[0] if echo_result else None
-        if echo_result:
-            result, used = echo_result
-            report.info(
-                f"Baseline: bare grpc.aio unary echo ({len(api.open_request('m', 0))} B in/out)",
-                f"{result.rate:,.0f} calls/s (p50 {_ms(percentile(result.latencies, 50))}, p99 "
-                f"{_ms(percentile(result.latencies, 99))}; {cpu.per_call(used, result.rate)})",
-            )
+        if echo_result is None:
+            return None
+        result, used = echo_result
+        self.report.info(
+            f"Baseline: bare grpc.aio unary echo ({len(api.open_request('m', 0))} B in/out)",
+            f"{result.rate:,.0f} calls/s (p50 {_ms(percentile(result.latencies, 50))}, p99 "
+            f"{_ms(percentile(result.latencies, 99))}; {cpu.per_call(used, result.rate)})",
+        )
+        return result
+
+    async def _throughput(
+        self, channel: grpc.aio.Channel, serve: Child, pool: asyncpg.Pool, echo: LoadResult | None
+    ) -> list[str]:
+        """OpenSession (50 merchants, one merchant, open loop), SendMessage and the SQL ceiling; the
+        ratios are to ``echo``. Returns the sessions SendMessage wrote to (the close → ticket step
+        leaves them alone)."""
+        sizes = self.sizes
         opens = await self.step(
             f"2. OpenSession over {sizes.merchants} merchants",
             lambda: self.measured(

@@ -50,10 +50,16 @@ REPLY_TIMEOUT = 120.0  # seconds, the reception settings' default
 REMIND_BEFORE = 60.0  # seconds, SessionPolicy's default
 PRESENCE_WINDOW = 45.0  # seconds, SessionPolicy's default
 
-# Session n of the scripts: the number as the uuid's 32 hex digits (pgbench variables are numbers).
-BENCH_UUID = """
+# pgbench variables are numbers. bench_uuid(n): a new session's id made of a random number (today's
+# open_session.sql chooses the id, as the service does). bench_session(n): the id of the n-th session
+# set_up() opened, whatever chose it, which send_message.sql writes to: an indexed lookup (a few
+# microseconds against the millisecond of the transaction), so the setup works with any open script.
+BENCH_HELPERS = """
 CREATE FUNCTION bench_uuid(n bigint) RETURNS uuid LANGUAGE sql IMMUTABLE STRICT
-AS $$ SELECT lpad(to_hex(n), 32, '0')::uuid $$
+AS $$ SELECT lpad(to_hex(n), 32, '0')::uuid $$;
+CREATE TABLE bench_sessions (n bigint PRIMARY KEY, session_id uuid NOT NULL);
+CREATE FUNCTION bench_session(n bigint) RETURNS uuid LANGUAGE sql STABLE STRICT
+AS $$ SELECT session_id FROM bench_sessions b WHERE b.n = bench_session.n $$;
 """
 T = TypeVar("T")
 _VARIABLE = re.compile(r"(?<!:):([a-z_][a-z0-9_]*)")
@@ -210,6 +216,10 @@ def variables(merchants: int, sessions: int) -> dict[str, str]:
         "send_payloads": _bytea_array([_payload(e) for e in sent]),
         "opening": _bytea(opening),
         "follow_up": _bytea(follow_up),
+        # What a one-call-per-RPC script (migration 0010) binds instead of rows and payloads built in Python.
+        "message_kinds": "{TEXT}",
+        "open_contents": _bytea_array([opening]),
+        "rule_version": assignment.RULE_VERSION,
     }
 
 
@@ -235,9 +245,11 @@ async def prepare(env: BenchEnv, sizes: Sizes, name: str = "bench_sql") -> tuple
 
 async def set_up(pool: asyncpg.Pool, *, merchants: int, sessions: int) -> dict[str, str]:
     """Merchants 1..``merchants`` with their agents, and the sessions 1..``sessions`` send_message.sql
-    writes to (opened by open_session.sql's own statements); returns the variables to pass to pgbench."""
+    writes to: session n opened by open_session.sql for merchant n % merchants + 1 (its agent
+    merchant*10+1 when the script lets the bench choose), found by bench_session(n). Returns the
+    variables to pass to pgbench."""
     values = variables(merchants, sessions)
-    await pool.execute(BENCH_UUID)
+    await pool.execute(BENCH_HELPERS)
     for m in range(1, merchants + 1):
         await make_merchant(pool, str(m), str(m * 10), [str(m * 10 + a) for a in range(1, AGENTS + 1)])
     async with pool.acquire() as conn, conn.transaction():
@@ -247,6 +259,13 @@ async def set_up(pool: asyncpg.Pool, *, merchants: int, sessions: int) -> dict[s
                 conn,
                 OPEN_SCRIPT,
                 {**values, "session": n, "request": n, "merchant": merchant, "agent": merchant * 10 + 1},
+            )
+            await conn.execute(
+                "INSERT INTO bench_sessions (n, session_id) SELECT $1, session_id FROM sessions "
+                "WHERE platform_agent_id = $2 AND request_id = $3",
+                n,
+                PLATFORM_AGENT,
+                str(n),
             )
     return values
 

@@ -1,10 +1,11 @@
 -- The PostgreSQL work of one SendMessage from a platform agent (with a client_msg_id), statement for
 -- statement as escalation/services/sessions.py (add_message) sends it today: 6 round trips, BEGIN and
 -- COMMIT included (a platform caller's scope needs no directory read). Conventions as in
--- open_session.sql: :variables are bound parameters (pgbench -M prepared), ids are numbers, session n
--- is bench_uuid(n). The bench opens sessions 1..:sessions beforehand, session n for merchant
--- n % :merchants + 1 and its first agent; each message goes to one of them at random (more sessions
--- than clients, so rarely two wait on one row, as in the gRPC measurement).
+-- open_session.sql: :variables are bound parameters (pgbench -M prepared), ids are numbers. The bench
+-- opens sessions 1..:sessions beforehand with open_session.sql, session n for merchant
+-- n % :merchants + 1 and its first agent, and bench_session(n) is its id (an indexed lookup in the
+-- bench database); each message goes to one of them at random (more sessions than clients, so
+-- rarely two wait on one row, as in the gRPC measurement).
 --
 -- When SendMessage becomes one server-side function call, this file becomes that one SELECT.
 \set session random(1, :sessions)
@@ -22,14 +23,14 @@ FROM sessions s
 JOIN reception_settings rs ON rs.merchant_id = s.merchant_id
 LEFT JOIN tickets t ON t.session_id = s.session_id
 LEFT JOIN agents ca ON ca.merchant_id = s.merchant_id AND ca.agent_id = :platform_agent
-WHERE s.session_id = bench_uuid(:session)
+WHERE s.session_id = bench_session(:session)
   AND (NULL::text IS NULL OR s.merchant_id = NULL)
   AND (NULL::text IS NULL OR s.assigned_agent_id = NULL)
   AND (:platform_agent::text IS NULL OR s.platform_agent_id = :platform_agent)
 FOR UPDATE OF s;
 -- name: find_message_by_client_id
 SELECT session_id, seq, sender, sender_id, kind, client_msg_id, template_id, content, send_time
-FROM messages WHERE session_id = bench_uuid(:session) AND sender = :sender AND sender_id = :platform_agent AND client_msg_id = :client_msg;
+FROM messages WHERE session_id = bench_session(:session) AND sender = :sender AND sender_id = :platform_agent AND client_msg_id = :client_msg;
 -- name: append_message
 WITH t AS (SELECT clock_timestamp() AS at),
 s AS (
@@ -43,7 +44,7 @@ s AS (
             WHEN :sender = 'MERCHANT' THEN NULL
             WHEN reply_deadline IS NOT NULL THEN remind_time
             ELSE greatest((SELECT at FROM t), (SELECT at FROM t) + make_interval(secs => :reply_timeout::float8 - :remind_before)) END
-    WHERE session_id = bench_uuid(:session) AND state = 'OPEN'
+    WHERE session_id = bench_session(:session) AND state = 'OPEN'
       AND last_seq < :max_messages AND content_bytes + octet_length(:follow_up::bytea) <= :max_content_bytes
     RETURNING session_id, last_seq
 )
@@ -59,6 +60,6 @@ WITH bump AS (
 INSERT INTO merchant_events (merchant_id, cursor, session_id, agent_id, kind, payload, event_time)
 SELECT :merchant, bump.base + e.ord, e.session_id, e.agent_id, e.kind, e.payload, bump.at
 FROM bump,
-     unnest(:send_kinds::text[], ARRAY[bench_uuid(:session)]::uuid[], ARRAY[:agent]::text[], :send_payloads::bytea[]) WITH ORDINALITY AS e(kind, session_id, agent_id, payload, ord)
+     unnest(:send_kinds::text[], ARRAY[bench_session(:session)]::uuid[], ARRAY[:agent]::text[], :send_payloads::bytea[]) WITH ORDINALITY AS e(kind, session_id, agent_id, payload, ord)
 RETURNING cursor;
 COMMIT;
