@@ -52,14 +52,16 @@ PRESENCE_WINDOW = 45.0  # seconds, SessionPolicy's default
 
 # pgbench variables are numbers. bench_uuid(n): a new session's id made of a random number (today's
 # open_session.sql chooses the id, as the service does). bench_session(n): the id of the n-th session
-# set_up() opened, whatever chose it, which send_message.sql writes to: an indexed lookup (a few
-# microseconds against the millisecond of the transaction), so the setup works with any open script.
-BENCH_HELPERS = """
+# set_up() opened, whatever chose it, which send_message.sql writes to; so the setup works with any
+# open script. Both are expressions without FROM, so PostgreSQL inlines them into the statement:
+# bench_session is a subscript of a constant array, no table read.
+BENCH_UUID = """
 CREATE FUNCTION bench_uuid(n bigint) RETURNS uuid LANGUAGE sql IMMUTABLE STRICT
-AS $$ SELECT lpad(to_hex(n), 32, '0')::uuid $$;
-CREATE TABLE bench_sessions (n bigint PRIMARY KEY, session_id uuid NOT NULL);
-CREATE FUNCTION bench_session(n bigint) RETURNS uuid LANGUAGE sql STABLE STRICT
-AS $$ SELECT session_id FROM bench_sessions b WHERE b.n = bench_session.n $$;
+AS $$ SELECT lpad(to_hex(n), 32, '0')::uuid $$
+"""
+BENCH_SESSION = """
+CREATE FUNCTION bench_session(n bigint) RETURNS uuid LANGUAGE sql IMMUTABLE STRICT
+AS $$ SELECT ('{ids}'::uuid[])[n] $$
 """
 T = TypeVar("T")
 _VARIABLE = re.compile(r"(?<!:):([a-z_][a-z0-9_]*)")
@@ -249,7 +251,7 @@ async def set_up(pool: asyncpg.Pool, *, merchants: int, sessions: int) -> dict[s
     merchant*10+1 when the script lets the bench choose), found by bench_session(n). Returns the
     variables to pass to pgbench."""
     values = variables(merchants, sessions)
-    await pool.execute(BENCH_HELPERS)
+    await pool.execute(BENCH_UUID)
     for m in range(1, merchants + 1):
         await make_merchant(pool, str(m), str(m * 10), [str(m * 10 + a) for a in range(1, AGENTS + 1)])
     async with pool.acquire() as conn, conn.transaction():
@@ -260,13 +262,15 @@ async def set_up(pool: asyncpg.Pool, *, merchants: int, sessions: int) -> dict[s
                 OPEN_SCRIPT,
                 {**values, "session": n, "request": n, "merchant": merchant, "agent": merchant * 10 + 1},
             )
-            await conn.execute(
-                "INSERT INTO bench_sessions (n, session_id) SELECT $1, session_id FROM sessions "
-                "WHERE platform_agent_id = $2 AND request_id = $3",
-                n,
-                PLATFORM_AGENT,
-                str(n),
-            )
+    opened = await pool.fetch(
+        "SELECT request_id, session_id FROM sessions WHERE platform_agent_id = $1 AND request_id = ANY($2::text[])",
+        PLATFORM_AGENT,
+        [str(n) for n in range(1, sessions + 1)],
+    )
+    ids = {int(r["request_id"]): str(r["session_id"]) for r in opened}
+    if sorted(ids) != list(range(1, sessions + 1)):
+        raise BenchError(f"open_session.sql opened {len(ids)} of the {sessions} sessions")
+    await pool.execute(BENCH_SESSION.replace("{ids}", "{" + ",".join(ids[n] for n in sorted(ids)) + "}"))
     return values
 
 

@@ -3,9 +3,9 @@
 -- COMMIT included (a platform caller's scope needs no directory read). Conventions as in
 -- open_session.sql: :variables are bound parameters (pgbench -M prepared), ids are numbers. The bench
 -- opens sessions 1..:sessions beforehand with open_session.sql, session n for merchant
--- n % :merchants + 1 and its first agent, and bench_session(n) is its id (an indexed lookup in the
--- bench database); each message goes to one of them at random (more sessions than clients, so
--- rarely two wait on one row, as in the gRPC measurement).
+-- n % :merchants + 1 and its first agent, and bench_session(n) is its id (a helper in the bench
+-- database, inlined: a subscript of a constant array); each message goes to one of them at random
+-- (more sessions than clients, so rarely two wait on one row, as in the gRPC measurement).
 --
 -- When SendMessage becomes one server-side function call, this file becomes that one SELECT.
 \set session random(1, :sessions)
