@@ -19,9 +19,9 @@ from escalation.auth import Identity, Role
 from escalation.domain.session import Kind
 from escalation.services import sessions
 from escalation.store.queries import sql
-from tests.bench import sqlceiling
+from tests.bench import pgbench_scripts, sqlceiling
 
-SCRIPTS = [sqlceiling.OPEN_SCRIPT, sqlceiling.SEND_SCRIPT]
+SCRIPTS = [pgbench_scripts.OPEN_SCRIPT, pgbench_scripts.SEND_SCRIPT]
 
 
 def _normal(text: str) -> str:
@@ -37,7 +37,7 @@ def _normal(text: str) -> str:
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
 def test_each_script_statement_is_the_services_query_but_for_its_parameters(script: Path) -> None:
-    found = sqlceiling.statements(script)
+    found = pgbench_scripts.statements(script)
     named = [(name, text) for name, text in found if name is not None]
     assert named, "the script names the queries it reproduces"
     assert all(text in ("BEGIN", "COMMIT") for name, text in found if name is None), "unnamed statements"
@@ -67,7 +67,7 @@ def _diff(after: tuple[int, ...], before: tuple[int, ...]) -> tuple[int, ...]:
 
 
 async def test_one_script_transaction_writes_what_one_rpc_writes(database_url: str, pool: asyncpg.Pool) -> None:
-    values = await sqlceiling.set_up(pool, merchants=3, sessions=4)
+    values = await pgbench_scripts.set_up(pool, merchants=3, sessions=4)
     platform = Identity(values["platform_agent"], Role.PLATFORM)
     policy = sessions.SessionPolicy()
     opening = bytes.fromhex(values["opening"].removeprefix("\\x"))
@@ -85,7 +85,7 @@ async def test_one_script_transaction_writes_what_one_rpc_writes(database_url: s
         )
         by_service = _diff(await _counts(pool), before)
         before = await _counts(pool)
-        _pgbench_once(database_url, sqlceiling.OPEN_SCRIPT, values)
+        _pgbench_once(database_url, pgbench_scripts.OPEN_SCRIPT, values)
         assert _diff(await _counts(pool), before) == by_service == (1, 1, 2, 1, 2, 0)
 
         before = await _counts(pool)
@@ -98,7 +98,7 @@ async def test_one_script_transaction_writes_what_one_rpc_writes(database_url: s
         )
         by_service = _diff(await _counts(pool), before)
         before = await _counts(pool)
-        _pgbench_once(database_url, sqlceiling.SEND_SCRIPT, values)
+        _pgbench_once(database_url, pgbench_scripts.SEND_SCRIPT, values)
         assert _diff(await _counts(pool), before) == by_service == (0, 1, 1, 0, 1, 0)
 
     # The scripts' rows look like the service's: an open session with a deadline, its messages in order.
