@@ -28,7 +28,7 @@ from escalation.client import RESOLVED, PlatformClient
 from escalation.devenv import seed
 from escalation.v1 import common_pb2
 
-TOKEN_VARIABLE = "DEMO_PLATFORM_TOKEN"  # noqa: S105  (the name of the variable holding it)
+JWT_VARIABLE = "DEMO_PLATFORM_TOKEN"  # the name of the variable that holds the platform agent's JWT
 PLATFORM_AGENT = "platform-demo"
 DEFAULT_INTERVAL_SECONDS = 30.0
 
@@ -197,9 +197,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--interval", type=float, default=DEFAULT_INTERVAL_SECONDS, help="seconds between opens")
     parser.add_argument("--count", type=int, default=None, help="stop after this many sessions")
     args = parser.parse_args(argv)
-    token = os.environ.get(TOKEN_VARIABLE, "")
+    token = os.environ.get(JWT_VARIABLE, "")
     if not token:
-        print(f"{parser.prog}: set {TOKEN_VARIABLE} to a platform agent's token", file=sys.stderr)
+        print(f"{parser.prog}: set {JWT_VARIABLE} to a platform agent's token", file=sys.stderr)
         return 2
 
     async def go() -> None:

@@ -367,7 +367,7 @@ def run_dev(data_dir: str = ".data", *, demo: bool = False) -> int:
                 log_path=None,
                 env={
                     **env,
-                    demo_script.TOKEN_VARIABLE: auth.mint(
+                    demo_script.JWT_VARIABLE: auth.mint(
                         key=secret,
                         algorithm="HS256",
                         subject=demo_script.PLATFORM_AGENT,

@@ -83,7 +83,7 @@ async def test_the_demo_agent_runs_as_the_process_make_demo_starts(service: Serv
         "2",
         "--interval",
         "0",
-        env={**os.environ, demo.TOKEN_VARIABLE: PLATFORM_AGENT_TOKEN},
+        env={**os.environ, demo.JWT_VARIABLE: PLATFORM_AGENT_TOKEN},
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
@@ -99,7 +99,7 @@ async def test_the_demo_agent_runs_as_the_process_make_demo_starts(service: Serv
 
 
 async def test_the_demo_agent_without_a_token_says_which_variable(service: Service) -> None:
-    env = {k: v for k, v in os.environ.items() if k != demo.TOKEN_VARIABLE}
+    env = {k: v for k, v in os.environ.items() if k != demo.JWT_VARIABLE}
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -111,4 +111,4 @@ async def test_the_demo_agent_without_a_token_says_which_variable(service: Servi
     )
     _, err = await process.communicate()
     assert process.returncode == 2
-    assert demo.TOKEN_VARIABLE in err.decode()
+    assert demo.JWT_VARIABLE in err.decode()
