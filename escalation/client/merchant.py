@@ -22,7 +22,7 @@ from escalation.client.backoff import Backoff
 from escalation.client.cursors import CursorStore, MemoryCursorStore
 from escalation.client.errors import ClientError, from_rpc_error
 from escalation.client.stream import Connection, IdleTimeout
-from escalation.client.transport import TOKEN_EXPIRED, Retry, TlsOptions, TokenSource, Transport
+from escalation.client.transport import EXPIRED_REASON, Retry, TlsOptions, TokenSource, Transport
 from escalation.v1 import common_pb2, merchant_pb2, merchant_pb2_grpc, platform_pb2
 
 __all__ = ["ConnectionState", "CursorExpired", "MerchantClient"]
@@ -66,9 +66,10 @@ class CursorExpired:
     """The client could not resume: rebuild your state from ``sessions`` before the next event.
 
     ``reason``: ``CURSOR_EXPIRED`` (the server no longer holds the events after the cursor, SPEC R8) or
-    ``CURSOR_UNKNOWN`` (a stream without a cursor was lost before its first event). ``oldest_cursor``:
+    ``CURSOR_UNKNOWN`` (a stream without a cursor was lost before the server confirmed its position). ``oldest_cursor``:
     the oldest cursor the server still holds (CURSOR_EXPIRED only). ``sessions``: every OPEN session the
-    agent sees, newest first, listed *after* the new stream started, so every change after the listing
+    agent sees, newest first, listed after the server confirmed the new stream's position (StreamStarted),
+    so every change after the listing
     arrives as a later event; an event may also repeat what the listing already shows (apply events
     idempotently: a MessageAdded whose seq ≤ the session's last_seq is already known).
     """
@@ -163,7 +164,7 @@ class MerchantClient:
         dropping any event at or below the last one yielded. On OUT_OF_RANGE CURSOR_EXPIRED it starts a
         live stream, lists the open sessions and yields ``CursorExpired`` (see there). Raises ClientError
         for a status a reconnect would only repeat (PERMISSION_DENIED, INVALID_ARGUMENT, …). Only one
-        ``events()`` iteration may run at a time.
+        ``events()`` iteration may run at a time. The contract in full: docs/clients.md (SPEC R8).
         """
         loop = asyncio.get_running_loop()
         processed = self._cursor = await self._store.load()
@@ -188,15 +189,21 @@ class MerchantClient:
                         if not positioned:
                             # The first frame, StreamStarted from this server: the stream is positioned.
                             positioned = True
+                            # Without a cursor nothing before the live head is owed: resume from it from
+                            # now on (after a resync only once the caller has taken the CursorExpired).
+                            head = frame.started.cursor if kind == "started" and processed is None else None
+                            if head is not None and resync is None:
+                                processed, head = head, None
+                                seen = processed if seen is None else max(seen, processed)
+                                await self._save(processed)
                             self._set_state(ConnectionState.CONNECTED)
                             if resync is not None:
                                 # Listed after the stream's position was taken: nothing falls between.
                                 sessions = await self._open_sessions()
                                 yield CursorExpired(reason=resync[0], oldest_cursor=resync[1], sessions=sessions)
                                 resync = None
-                            if kind == "started" and processed is None:
-                                # Nothing before the live head is owed: resume from it from now on.
-                                processed = frame.started.cursor
+                            if head is not None:
+                                processed = head
                                 seen = processed if seen is None else max(seen, processed)
                                 await self._save(processed)
                         if kind == "heartbeat":
@@ -239,7 +246,7 @@ class MerchantClient:
                 if loop.time() - connected_at >= self._backoff.reset_after:
                     attempt = 0
                 self._set_state(ConnectionState.RECONNECTING)
-                if failure is not None and failure.reason == TOKEN_EXPIRED:
+                if failure is not None and failure.reason == EXPIRED_REASON:
                     continue  # a fresh token is asked for at once
                 retry_after = failure.retry_delay if failure is not None and failure.retry_delay else 0.0
                 with contextlib.suppress(TimeoutError):  # close() ends the wait at once
@@ -250,7 +257,7 @@ class MerchantClient:
 
     def _reconnectable(self, failure: ClientError) -> bool:
         if failure.code is grpc.StatusCode.UNAUTHENTICATED:
-            return failure.reason == TOKEN_EXPIRED and self._transport.refreshable
+            return failure.reason == EXPIRED_REASON and self._transport.refreshable
         return failure.code in RECONNECT_CODES
 
     async def _save(self, cursor: int) -> None:

@@ -15,7 +15,7 @@ from escalation.client.backoff import Backoff
 from escalation.client.errors import ClientError, from_rpc_error
 from escalation.client.merchant import RECONNECT_CODES
 from escalation.client.stream import EOF_
-from escalation.client.transport import TOKEN_EXPIRED, Retry, TlsOptions, TokenSource, Transport
+from escalation.client.transport import EXPIRED_REASON, Retry, TlsOptions, TokenSource, Transport
 from escalation.v1 import common_pb2, platform_pb2, platform_pb2_grpc
 
 __all__ = ["ESCALATED", "RESOLVED", "PlatformClient"]
@@ -230,7 +230,7 @@ class PlatformClient:
             if self._closing.is_set():
                 return
             if failure is not None:
-                expired = failure.code is grpc.StatusCode.UNAUTHENTICATED and failure.reason == TOKEN_EXPIRED
+                expired = failure.code is grpc.StatusCode.UNAUTHENTICATED and failure.reason == EXPIRED_REASON
                 if expired and self._transport.refreshable:
                     continue
                 if failure.code not in RECONNECT_CODES:

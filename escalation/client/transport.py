@@ -38,7 +38,7 @@ CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 5_000),
 )
-TOKEN_EXPIRED = "TOKEN_EXPIRED"  # noqa: S105 (an ErrorInfo reason, not a secret)
+EXPIRED_REASON = "TOKEN_EXPIRED"  # the ErrorInfo reason of a stream or call past its token's exp
 
 
 @dataclass(frozen=True)
@@ -157,7 +157,7 @@ class Transport:
             except grpc.aio.AioRpcError as rpc_error:
                 err = from_rpc_error(rpc_error)
             attempt += 1
-            expired = err.code is grpc.StatusCode.UNAUTHENTICATED and err.reason == TOKEN_EXPIRED
+            expired = err.code is grpc.StatusCode.UNAUTHENTICATED and err.reason == EXPIRED_REASON
             if attempt >= self.retry.attempts or not (err.transient or (expired and self.refreshable)):
                 raise err
             if not expired:

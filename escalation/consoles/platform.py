@@ -25,7 +25,7 @@ from escalation.consoles import render
 from escalation.v1 import common_pb2
 
 DEFAULT_TARGET = "localhost:50051"
-DEFAULT_TOKEN_ENV = "PLATFORM_TOKEN"  # noqa: S105 (a variable name) what `make run` prints an export line for
+DEFAULT_ENV_VAR = "PLATFORM_TOKEN"  # what `make run` prints an export line for
 EXIT_REFUSED, EXIT_USAGE = 1, 2
 CATEGORIES = {
     name.removeprefix("CATEGORY_").lower().replace("_", "-"): value
@@ -43,13 +43,13 @@ def _common() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("--target", default=DEFAULT_TARGET, help=f"the service, HOST:PORT (default {DEFAULT_TARGET})")
     parser.add_argument(
-        "--token", help=f"the agent's bearer token (role platform); default: ${DEFAULT_TOKEN_ENV}, see --token-env"
+        "--token", help=f"the agent's bearer token (role platform); default: ${DEFAULT_ENV_VAR}, see --token-env"
     )
     parser.add_argument(
         "--token-env",
         metavar="NAME",
-        default=DEFAULT_TOKEN_ENV,
-        help=f"read the token from environment variable NAME (default {DEFAULT_TOKEN_ENV}; keeps it out of `ps`)",
+        default=DEFAULT_ENV_VAR,
+        help=f"read the token from environment variable NAME (default {DEFAULT_ENV_VAR}; keeps it out of `ps`)",
     )
     parser.add_argument("--json", action="store_true", help="one JSON object per line (proto field names)")
     parser.add_argument("--tls", action="store_true", help="connect with TLS (the system's trust store)")
