@@ -11,6 +11,7 @@ from typing import Any
 import asyncpg
 import pytest
 
+from escalation.bus import kafka
 from escalation.services.sessions import SessionPolicy
 from escalation.store import signals
 from escalation.store.queries import sql
@@ -19,6 +20,7 @@ from tests.integration.grpc_harness import bearer, running_server, settings
 from tests.integration.sessions_harness import PLATFORM, make_shop, open_request, text
 from tests.integration.test_realtime import MAIN, live, next_event, open_session, send
 from workers.deadlines import DeadlineConfig, DeadlineWorker
+from workers.outbox import OutboxConfig, OutboxRelay
 
 pytestmark = pytest.mark.integration
 
@@ -181,18 +183,49 @@ async def test_the_deadline_worker_is_woken_by_the_post_commit_signal(pool: asyn
         running = asyncio.create_task(worker.run(stop, database_url))
         try:
             call = await live(pool, channel, MAIN)
-            # The worker listens only once its first round is done; from then on it sleeps 60 s.
-            async with asyncio.timeout(10.0):
-                while not await pool.fetchval(  # noqa: ASYNC110 (the condition is in the database)
-                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
-                    f"escalation-wakeup-{signals.DEADLINE_CHANNEL}",
-                ):
-                    await asyncio.sleep(0.05)
+            await _listening(pool, signals.DEADLINE_CHANNEL)  # from now on it sleeps 60 s
             session = await open_session(channel)
             got = [await next_event(call, wait=10.0) for _ in range(3)]
             assert [e.WhichOneof("kind") for e in got] == ["session_assigned", "message_added", "reply_reminder"]
             assert got[2].reply_reminder.session_id == session.session_id
             call.cancel()
+        finally:
+            stop.set()
+            await running
+
+
+async def _listening(pool: asyncpg.Pool, channel: str) -> None:
+    """Returns once a worker's LISTEN connection on ``channel`` is up (its first round is done)."""
+    async with asyncio.timeout(10.0):
+        while not await pool.fetchval(  # noqa: ASYNC110 (the condition is in the database)
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1", f"escalation-wakeup-{channel}"
+        ):
+            await asyncio.sleep(0.05)
+
+
+async def test_the_relay_is_woken_by_the_closes_post_commit_signal(
+    pool: asyncpg.Pool, database_url: str, kafka_settings: kafka.KafkaSettings
+) -> None:
+    """An escalated close's ticket is published long before the relay's 60 s poll interval."""
+    relay = OutboxRelay(pool, kafka_settings, OutboxConfig(ack_timeout=10, poll_interval=60.0))
+    stop = asyncio.Event()
+    async with running_server(pool) as channel:
+        await make_shop(channel, agents={"shop-a-sub-1": 10})
+        session = await open_session(channel)
+        running = asyncio.create_task(relay.run(stop, database_url))
+        try:
+            await _listening(pool, signals.OUTBOX_CHANNEL)
+            await platform_pb2_grpc.PlatformServiceStub(channel).CloseSession(
+                platform_pb2.CloseSessionRequest(
+                    session_id=session.session_id, outcome=platform_pb2.CloseSessionRequest.OUTCOME_ESCALATED
+                ),
+                metadata=PLATFORM,
+            )
+            async with asyncio.timeout(10.0):
+                while not await pool.fetchval(  # noqa: ASYNC110 (the condition is in the database)
+                    "SELECT count(*) FROM outbox WHERE published_time IS NOT NULL"
+                ):
+                    await asyncio.sleep(0.05)
         finally:
             stop.set()
             await running
