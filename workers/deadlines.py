@@ -7,7 +7,9 @@ Any number of replicas may run: a row one of them holds is skipped by the others
 holds a session's lock first wins (the worker looks again next round and finds nothing due).
 
 Between rounds it sleeps until the nearest deadline or reminder, woken early by NOTIFY on
-``escalation_deadline`` when a nearer one is written, and never longer than ``poll_interval``.
+``escalation_deadline`` when a nearer one may have been written, and never longer than ``poll_interval``.
+The writers send that NOTIFY after their commit (store/signals.py, issue 13 §1); a lost one costs at
+most ``poll_interval`` of lateness, and only for a deadline or reminder written less than that ahead.
 """
 
 from __future__ import annotations
@@ -26,14 +28,14 @@ from escalation.domain.session import CloseReason
 from escalation.observability import metrics, tracing
 from escalation.services import ending, records
 from escalation.services.sessions import SessionPolicy
-from escalation.store import events
+from escalation.store import events, signals
 from escalation.store.queries import sql
 from escalation.v1 import merchant_pb2
 from workers.loop import Wakeup, run_forever
 
 log = structlog.get_logger(__name__)
 
-CHANNEL = "escalation_deadline"
+CHANNEL = signals.DEADLINE_CHANNEL
 # The span of a round's closes: its traceparent goes with each ticket's outbox row (docs/tracing.md).
 CLOSE_SPAN = "deadlines.end_sessions"
 
@@ -104,6 +106,7 @@ class DeadlineWorker:
         finally:
             if span is not None:
                 span.end()
+        signals.touch(self._pool, *{r["merchant_id"] for r in claimed}, outbox=True)
         for row in claimed:
             metrics.DEADLINE_LATENESS.observe((row["close_time"] - row["reply_deadline"]).total_seconds())
         metrics.SESSIONS_CLOSED.labels(reason=CloseReason.MERCHANT_TIMEOUT.value).inc(len(claimed))
@@ -133,6 +136,7 @@ class DeadlineWorker:
                     for r in due
                 ],
             )
+        signals.touch(self._pool, *{r["merchant_id"] for r in due})
         log.info("deadlines.reminded", sessions=len(due))
         return len(due)
 

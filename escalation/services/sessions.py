@@ -22,7 +22,7 @@ from escalation.domain.session import CloseReason, Kind, Sender, State
 from escalation.domain.tickets import DEFAULT_SLA
 from escalation.observability import metrics
 from escalation.services import callers, ending, records
-from escalation.store import events
+from escalation.store import events, signals
 from escalation.store.queries import sql
 from escalation.v1 import common_pb2
 
@@ -40,6 +40,11 @@ class SessionPolicy:
     reply_timeout_override: float | None = None
     # A Connect stream counts as live while its server refreshed it this recently (seconds).
     presence_window: float = 45.0
+
+    def first_due(self, reply_timeout: float) -> float:
+        """Seconds from a platform message until the earliest instant its deadline or reminder can fall
+        due (SPEC R5: the reminder, ``remind_before`` ahead of the deadline, never before the message)."""
+        return max(0.0, reply_timeout - self.remind_before.total_seconds())
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SessionPolicy:
@@ -166,6 +171,7 @@ async def open_session(pool: asyncpg.Pool, caller: Identity, req: OpenRequest, p
             existing = await conn.fetchrow(sql("find_session_by_request"), caller.subject, req.request_id)
             assert existing is not None
             return await _replay(conn, caller, existing["session_id"], existing["request_hash"], req)
+    signals.touch(pool, req.merchant_id, due_in=policy.first_due(timeout) if req.messages else None)
     structlog.contextvars.bind_contextvars(session_id=str(opened.session["session_id"]))
     metrics.SESSIONS_OPENED.labels(category=req.category).inc()
     metrics.ASSIGNMENT_SATURATION.observe(saturation)
@@ -333,6 +339,7 @@ async def add_message(
         await events.append(conn=conn, events=[events.message_added(session, records.message(row))])
         if sender is Sender.MERCHANT and s["awaiting_first_reply"]:
             first_reply = (row["send_time"] - s["open_time"]).total_seconds()
+    signals.touch(pool, s["merchant_id"], due_in=policy.first_due(timeout) if sender is Sender.PLATFORM else None)
     if first_reply is not None:
         metrics.FIRST_REPLY.observe(first_reply)
     return row
@@ -364,6 +371,7 @@ async def mark_read(pool: asyncpg.Pool, caller: Identity, session_id: uuid.UUID,
             read_time=records.timestamp(marked["at"]),
         )
         await events.append(conn=conn, events=[events.read_receipt(session, receipt)])
+    signals.touch(pool, s["merchant_id"])
 
 
 # --- ending --------------------------------------------------------------------------------------
@@ -390,6 +398,7 @@ async def close_session(
             if s["state"] == State.ENDED:
                 raise _closed(s)
             await end_locked(conn, session_id, reason, policy)
+        signals.touch(pool, s["merchant_id"], outbox=reason.makes_ticket)
         metrics.SESSIONS_CLOSED.labels(reason=reason.value).inc()
         session: asyncpg.Record = await conn.fetchrow(sql("get_session"), session_id)
         return session

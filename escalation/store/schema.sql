@@ -6,35 +6,11 @@ BEGIN
     PERFORM pg_notify('escalation_agents', NEW.merchant_id || E'\t' || NEW.agent_id);
     RETURN NULL;
 END $$;
-CREATE FUNCTION public.notify_deadline() RETURNS trigger
-    LANGUAGE plpgsql
-    AS $$
-BEGIN
-    PERFORM pg_notify('escalation_deadline',
-                      extract(epoch FROM least(NEW.remind_time, NEW.reply_deadline))::text);
-    RETURN NULL;
-END $$;
 CREATE FUNCTION public.notify_merchant_access() RETURNS trigger
     LANGUAGE plpgsql
     AS $$
 BEGIN
     PERFORM pg_notify('escalation_agents', NEW.merchant_id || E'\t');
-    RETURN NULL;
-END $$;
-CREATE FUNCTION public.notify_merchant_event() RETURNS trigger
-    LANGUAGE plpgsql
-    AS $$
-BEGIN
-    -- Identical payloads within one transaction are folded into one notification.
-    PERFORM pg_notify('escalation_events', NEW.merchant_id);
-    RETURN NULL;
-END $$;
-CREATE FUNCTION public.notify_outbox() RETURNS trigger
-    LANGUAGE plpgsql
-    AS $$
-BEGIN
-    -- Identical notifications within one transaction are folded into one by PostgreSQL.
-    PERFORM pg_notify('escalation_outbox', '');
     RETURN NULL;
 END $$;
 CREATE TABLE public.agents (
@@ -246,10 +222,7 @@ CREATE INDEX sessions_remind_due ON public.sessions USING btree (remind_time) WH
 CREATE UNIQUE INDEX sessions_request_id ON public.sessions USING btree (platform_agent_id, request_id);
 CREATE INDEX tickets_merchant_create_time ON public.tickets USING btree (merchant_id, create_time);
 CREATE TRIGGER agents_notify_access AFTER UPDATE OF im_permission, disabled, reception_agent, main_account ON public.agents FOR EACH ROW WHEN (((old.im_permission IS DISTINCT FROM new.im_permission) OR (old.disabled IS DISTINCT FROM new.disabled) OR (old.reception_agent IS DISTINCT FROM new.reception_agent) OR (old.main_account IS DISTINCT FROM new.main_account))) EXECUTE FUNCTION public.notify_agent_access();
-CREATE TRIGGER merchant_events_notify AFTER INSERT ON public.merchant_events FOR EACH ROW EXECUTE FUNCTION public.notify_merchant_event();
 CREATE TRIGGER merchants_notify_access AFTER UPDATE OF main_account_id ON public.merchants FOR EACH ROW WHEN ((old.main_account_id IS DISTINCT FROM new.main_account_id)) EXECUTE FUNCTION public.notify_merchant_access();
-CREATE TRIGGER outbox_notify AFTER INSERT ON public.outbox FOR EACH ROW EXECUTE FUNCTION public.notify_outbox();
-CREATE TRIGGER sessions_notify_deadline AFTER UPDATE OF reply_deadline, remind_time ON public.sessions FOR EACH ROW WHEN ((((new.reply_deadline IS NOT NULL) AND (new.reply_deadline IS DISTINCT FROM old.reply_deadline)) OR ((new.remind_time IS NOT NULL) AND (new.remind_time IS DISTINCT FROM old.remind_time)))) EXECUTE FUNCTION public.notify_deadline();
 ALTER TABLE ONLY public.agents
     ADD CONSTRAINT agents_merchant_id_fkey FOREIGN KEY (merchant_id) REFERENCES public.merchants(merchant_id) ON DELETE CASCADE;
 ALTER TABLE ONLY public.merchant_events
