@@ -1,4 +1,94 @@
 -- The declared schema: `make schema` writes this file from the migrations; do not edit it.
+CREATE FUNCTION public.append_merchant_events(p_merchant_id text, p_kinds text[], p_session_ids uuid[], p_agent_ids text[], p_payloads bytea[]) RETURNS void
+    LANGUAGE sql
+    AS $$
+    WITH bump AS (
+        UPDATE merchants SET last_event_cursor = last_event_cursor + cardinality(p_kinds)
+        WHERE merchant_id = p_merchant_id
+        RETURNING last_event_cursor - cardinality(p_kinds) AS base, clock_timestamp() AS at
+    )
+    INSERT INTO merchant_events (merchant_id, cursor, session_id, agent_id, kind, payload, event_time)
+    SELECT p_merchant_id, bump.base + e.ord, e.session_id, e.agent_id, e.kind, e.payload, bump.at
+    FROM bump, unnest(p_kinds, p_session_ids, p_agent_ids, p_payloads) WITH ORDINALITY
+               AS e(kind, session_id, agent_id, payload, ord)
+$$;
+CREATE TABLE public.messages (
+    session_id uuid NOT NULL,
+    seq bigint NOT NULL,
+    sender text NOT NULL,
+    sender_id text NOT NULL,
+    kind text NOT NULL,
+    client_msg_id text,
+    template_id text,
+    content bytea NOT NULL,
+    send_time timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT messages_kind_known CHECK ((kind = ANY (ARRAY['TEXT'::text, 'ORDER_CARD'::text, 'IMAGE'::text, 'EMOJI'::text]))),
+    CONSTRAINT messages_sender_known CHECK ((sender = ANY (ARRAY['PLATFORM'::text, 'MERCHANT'::text]))),
+    CONSTRAINT messages_seq_positive CHECK ((seq >= 1))
+);
+CREATE FUNCTION public.append_message_locked(p_session_id uuid, p_sender text, p_sender_id text, p_kind text, p_client_msg_id text, p_template_id text, p_content bytea, p_reply_timeout double precision, p_remind_before double precision, p_max_messages bigint, p_max_content_bytes bigint) RETURNS public.messages
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    at timestamptz := clock_timestamp();
+    next_seq bigint;
+    appended messages;
+BEGIN
+    UPDATE sessions s SET
+        last_seq = s.last_seq + 1,
+        content_bytes = s.content_bytes + octet_length(p_content),
+        -- ===== SPEC R5, the reply deadline: the one place a message moves it =====================
+        -- A platform message starts the deadline unless one is running; a merchant message clears it
+        -- (domain/session.py after_message is the rule). The reminder is due p_remind_before earlier.
+        reply_deadline = CASE
+            WHEN p_sender = 'MERCHANT' THEN NULL
+            ELSE coalesce(s.reply_deadline, at + make_interval(secs => p_reply_timeout)) END,
+        remind_time = CASE
+            WHEN p_sender = 'MERCHANT' THEN NULL
+            WHEN s.reply_deadline IS NOT NULL THEN s.remind_time
+            ELSE greatest(at, at + make_interval(secs => p_reply_timeout - p_remind_before)) END
+        -- ===== end of the deadline rule ==========================================================
+    WHERE s.session_id = p_session_id AND s.state = 'OPEN'
+      AND s.last_seq < p_max_messages AND s.content_bytes + octet_length(p_content) <= p_max_content_bytes
+    RETURNING s.last_seq INTO next_seq;
+    IF NOT FOUND THEN
+        -- The caller holds the lock and saw the session open, so only the size bound refuses.
+        PERFORM raise_refusal('SESSION_FULL', CASE
+            WHEN (SELECT s.last_seq FROM sessions s WHERE s.session_id = p_session_id) >= p_max_messages
+            THEN 'messages' ELSE 'content_bytes:' || octet_length(p_content) END);
+    END IF;
+    INSERT INTO messages (session_id, seq, sender, sender_id, kind, client_msg_id, template_id, content, send_time)
+    VALUES (p_session_id, next_seq, p_sender, p_sender_id, p_kind, p_client_msg_id, p_template_id, p_content, at)
+    RETURNING * INTO appended;
+    RETURN appended;
+END $$;
+CREATE FUNCTION public.assignment_precedes(a_open integer, a_capacity integer, a_last timestamp with time zone, a_agent text, b_open integer, b_capacity integer, b_last timestamp with time zone, b_agent text) RETURNS boolean
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    AS $$
+    SELECT CASE
+        WHEN a_open::bigint * b_capacity <> b_open::bigint * a_capacity
+            THEN a_open::bigint * b_capacity < b_open::bigint * a_capacity
+        WHEN (a_last IS NULL) <> (b_last IS NULL) THEN a_last IS NULL
+        WHEN a_last <> b_last THEN a_last < b_last
+        ELSE a_agent COLLATE "C" < b_agent COLLATE "C" END
+$$;
+CREATE FUNCTION public.merchant_event_pb(session_id uuid, kind_field integer, body bytea) RETURNS bytea
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    AS $$
+    SELECT pb_string_field(3, session_id::text) || pb_len_field(kind_field, body)
+$$;
+CREATE FUNCTION public.message_pb(m public.messages) RETURNS bytea
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    AS $$
+    SELECT pb_string_field(1, m.session_id::text)
+        || pb_uint_field(2, m.seq)
+        || pb_uint_field(3, CASE m.sender WHEN 'PLATFORM' THEN 1 WHEN 'MERCHANT' THEN 2 END)
+        || pb_string_field(4, m.sender_id)
+        || pb_string_field(5, m.client_msg_id)
+        || pb_timestamp_field(6, m.send_time)
+        || pb_len_field(7, m.content)
+        || pb_string_field(8, m.template_id)
+$$;
 CREATE FUNCTION public.notify_agent_access() RETURNS trigger
     LANGUAGE plpgsql
     AS $$
@@ -37,6 +127,315 @@ BEGIN
     PERFORM pg_notify('escalation_outbox', '');
     RETURN NULL;
 END $$;
+CREATE TABLE public.sessions (
+    session_id uuid NOT NULL,
+    merchant_id text NOT NULL,
+    assigned_agent_id text NOT NULL,
+    platform_agent_id text NOT NULL,
+    order_id text,
+    category text NOT NULL,
+    state text DEFAULT 'OPEN'::text NOT NULL,
+    close_reason text,
+    open_time timestamp with time zone DEFAULT now() NOT NULL,
+    close_time timestamp with time zone,
+    reply_deadline timestamp with time zone,
+    remind_time timestamp with time zone,
+    last_seq bigint DEFAULT 0 NOT NULL,
+    merchant_read_seq bigint DEFAULT 0 NOT NULL,
+    platform_read_seq bigint DEFAULT 0 NOT NULL,
+    request_id text NOT NULL,
+    request_hash bytea NOT NULL,
+    assignment bytea NOT NULL,
+    content_bytes bigint DEFAULT 0 NOT NULL,
+    CONSTRAINT sessions_category_known CHECK ((category = ANY (ARRAY['REFUND'::text, 'ORDER_OPERATION'::text, 'EXCHANGE'::text, 'PRODUCT'::text, 'NEGOTIATED_REFUND'::text, 'LOGISTICS'::text]))),
+    CONSTRAINT sessions_close_reason_known CHECK ((close_reason = ANY (ARRAY['RESOLVED'::text, 'PLATFORM_ESCALATED'::text, 'MERCHANT_TIMEOUT'::text]))),
+    CONSTRAINT sessions_end_consistent CHECK ((((state = 'OPEN'::text) AND (close_reason IS NULL) AND (close_time IS NULL)) OR ((state = 'ENDED'::text) AND (close_reason IS NOT NULL) AND (close_time IS NOT NULL) AND (reply_deadline IS NULL) AND (remind_time IS NULL)))),
+    CONSTRAINT sessions_state_known CHECK ((state = ANY (ARRAY['OPEN'::text, 'ENDED'::text])))
+);
+CREATE FUNCTION public.open_session(p_platform_agent_id text, p_request_id text, p_request_hash bytea, p_merchant_id text, p_category text, p_order_id text, p_kinds text[], p_contents bytea[], p_rule_version text, p_presence_window double precision, p_reply_timeout_override double precision, p_remind_before double precision, p_max_messages bigint, p_max_content_bytes bigint, OUT replayed boolean, OUT opened_session public.sessions, OUT session_pb bytea, OUT opened_messages public.messages[], OUT message_pbs bytea[], OUT saturation double precision) RETURNS record
+    LANGUAGE plpgsql
+    AS $$
+#variable_conflict use_column
+DECLARE
+    merchant record;
+    merchant_found boolean;
+    prior record;
+    c record;
+    best record;
+    have_best boolean := false;
+    candidates bytea := '\x'::bytea;
+    decision bytea;
+    new_id uuid := gen_random_uuid();
+    msg messages;
+    i int;
+BEGIN
+    SELECT m.disabled, rs.reply_timeout_seconds INTO merchant
+    FROM merchants m JOIN reception_settings rs ON rs.merchant_id = m.merchant_id
+    WHERE m.merchant_id = p_merchant_id
+    FOR UPDATE OF m;
+    merchant_found := FOUND;
+    SELECT s.session_id, s.request_hash INTO prior FROM sessions s
+    WHERE s.platform_agent_id = p_platform_agent_id AND s.request_id = p_request_id;
+    IF NOT FOUND THEN
+        IF NOT merchant_found THEN
+            PERFORM raise_refusal('MERCHANT_NOT_FOUND');
+        END IF;
+        IF merchant.disabled THEN
+            PERFORM raise_refusal('MERCHANT_DISABLED');
+        END IF;
+        -- R2: every eligible candidate, in agent id order (the order the decision lists them in).
+        FOR c IN
+            SELECT e.agent_id, e.open_sessions, e.capacity, e.last_assign_time,
+                   EXISTS (SELECT 1 FROM agent_presence p
+                           WHERE p.merchant_id = e.merchant_id AND p.agent_id = e.agent_id
+                             AND p.seen_time > clock_timestamp() - make_interval(secs => p_presence_window))
+                       AS connected
+            FROM agent_eligibility e
+            WHERE e.merchant_id = p_merchant_id AND e.eligible
+            ORDER BY e.agent_id COLLATE "C"
+        LOOP
+            -- escalation.v1.AssignmentCandidate
+            candidates := candidates || pb_len_field(4,
+                pb_string_field(1, c.agent_id) || pb_uint_field(2, c.open_sessions) || pb_uint_field(3, c.capacity)
+                || pb_double_field(4, c.open_sessions::float8 / c.capacity)
+                || pb_timestamp_field(5, c.last_assign_time));
+            IF NOT have_best THEN
+                best := c;
+                have_best := true;
+            ELSIF assignment_precedes(
+                c.open_sessions, c.capacity, c.last_assign_time, c.agent_id,
+                best.open_sessions, best.capacity, best.last_assign_time, best.agent_id) THEN
+                best := c;
+            END IF;
+        END LOOP;
+        IF NOT have_best THEN
+            PERFORM raise_refusal('NO_ELIGIBLE_AGENT');
+        END IF;
+        -- escalation.v1.AssignmentDecision: stored for audit; agent_connected is recorded, never used
+        -- to choose (R1: online status is not considered).
+        decision := pb_string_field(1, p_rule_version) || pb_string_field(2, best.agent_id)
+            || pb_uint_field(3, best.connected::int) || candidates || pb_timestamp_field(5, clock_timestamp());
+        INSERT INTO sessions (session_id, merchant_id, assigned_agent_id, platform_agent_id, order_id, category,
+                              request_id, request_hash, assignment, open_time)
+        VALUES (new_id, p_merchant_id, best.agent_id, p_platform_agent_id, p_order_id, p_category,
+                p_request_id, p_request_hash, decision, clock_timestamp())
+        ON CONFLICT (platform_agent_id, request_id) DO NOTHING;
+        IF FOUND THEN
+            UPDATE agents a SET open_sessions = a.open_sessions + 1, last_assign_time = clock_timestamp()
+            WHERE a.merchant_id = p_merchant_id AND a.agent_id = best.agent_id;
+            FOR i IN 1 .. coalesce(cardinality(p_contents), 0) LOOP
+                msg := append_message_locked(
+                    new_id, 'PLATFORM', p_platform_agent_id, p_kinds[i], NULL, NULL, p_contents[i],
+                    coalesce(p_reply_timeout_override, merchant.reply_timeout_seconds), p_remind_before,
+                    p_max_messages, p_max_content_bytes);
+                opened_messages := opened_messages || msg;
+                message_pbs := message_pbs || message_pb(msg);
+            END LOOP;
+            replayed := false;
+            SELECT s.* INTO opened_session FROM sessions s WHERE s.session_id = new_id;
+            session_pb := session_pb(opened_session, NULL);
+            saturation := best.open_sessions::float8 / best.capacity;
+            PERFORM append_merchant_events(
+                p_merchant_id,
+                ARRAY['session_assigned'] || array_fill('message_added'::text, ARRAY[cardinality(message_pbs)]),
+                array_fill(new_id, ARRAY[cardinality(message_pbs) + 1]),
+                array_fill(best.agent_id, ARRAY[cardinality(message_pbs) + 1]),
+                ARRAY[merchant_event_pb(new_id, 10, pb_len_field(1, session_pb))]
+                    || ARRAY(SELECT merchant_event_pb(new_id, 11, pb_len_field(1, p))
+                             FROM unnest(message_pbs) WITH ORDINALITY AS u(p, n) ORDER BY n));
+            RETURN;
+        END IF;
+        -- A twin with this request id committed meanwhile (for another merchant): replay it.
+        SELECT s.session_id, s.request_hash INTO prior FROM sessions s
+        WHERE s.platform_agent_id = p_platform_agent_id AND s.request_id = p_request_id;
+    END IF;
+    -- AIP-155 replay: the same request id returns the session as it is now, with its opening messages.
+    IF prior.request_hash <> p_request_hash THEN
+        PERFORM raise_refusal('REQUEST_ID_REUSED');
+    END IF;
+    replayed := true;
+    SELECT s.* INTO opened_session FROM sessions s WHERE s.session_id = prior.session_id;
+    session_pb := session_pb(opened_session, (SELECT t.ticket_id FROM tickets t WHERE t.session_id = prior.session_id));
+    -- seq is gapless from 1: the opening messages are the first cardinality(p_contents).
+    SELECT coalesce(array_agg(m ORDER BY m.seq), '{}'), coalesce(array_agg(message_pb(m) ORDER BY m.seq), '{}')
+    INTO opened_messages, message_pbs
+    FROM messages m
+    WHERE m.session_id = prior.session_id AND m.seq <= coalesce(cardinality(p_contents), 0);
+END $$;
+CREATE FUNCTION public.pb_double_field(field integer, value double precision) RETURNS bytea
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    AS $$
+    SELECT CASE WHEN value IS NULL OR value = 0 THEN '\x'::bytea
+                ELSE pb_varint(field::bigint << 3 | 1)
+                     || substr(b, 8, 1) || substr(b, 7, 1) || substr(b, 6, 1) || substr(b, 5, 1)
+                     || substr(b, 4, 1) || substr(b, 3, 1) || substr(b, 2, 1) || substr(b, 1, 1) END
+    FROM (SELECT float8send(value) AS b) AS big_endian
+$$;
+CREATE FUNCTION public.pb_len_field(field integer, value bytea) RETURNS bytea
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    AS $$
+    SELECT CASE WHEN value IS NULL THEN '\x'::bytea
+                ELSE pb_varint(field::bigint << 3 | 2) || pb_varint(octet_length(value)) || value END
+$$;
+CREATE FUNCTION public.pb_string_field(field integer, value text) RETURNS bytea
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    AS $$
+    SELECT CASE WHEN value IS NULL OR value = '' THEN '\x'::bytea
+                ELSE pb_len_field(field, convert_to(value, 'UTF8')) END
+$$;
+CREATE FUNCTION public.pb_timestamp_field(field integer, value timestamp with time zone) RETURNS bytea
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    AS $$
+    SELECT CASE WHEN value IS NULL THEN '\x'::bytea
+                ELSE pb_len_field(field, pb_uint_field(1, floor(e)::bigint)
+                                         || pb_uint_field(2, ((e - floor(e)) * 1000000000)::bigint)) END
+    FROM (SELECT extract(epoch FROM value) AS e) AS epoch
+$$;
+CREATE FUNCTION public.pb_uint_field(field integer, value bigint) RETURNS bytea
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    AS $$
+    SELECT CASE WHEN value IS NULL OR value = 0 THEN '\x'::bytea
+                ELSE pb_varint(field::bigint << 3) || pb_varint(value) END
+$$;
+CREATE FUNCTION public.pb_varint(value bigint) RETURNS bytea
+    LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE
+    AS $$
+DECLARE
+    encoded bytea := '\x'::bytea;
+BEGIN
+    IF value < 0 THEN
+        -- Every value written here (sequence numbers, counts, lengths, times after 1970) is >= 0.
+        RAISE EXCEPTION 'pb_varint: % is negative', value;
+    END IF;
+    WHILE value >= 128 LOOP
+        encoded := encoded || set_byte('\x00'::bytea, 0, (value & 127)::int | 128);
+        value := value >> 7;
+    END LOOP;
+    RETURN encoded || set_byte('\x00'::bytea, 0, value::int);
+END $$;
+CREATE FUNCTION public.raise_refusal(reason text, detail text DEFAULT ''::text) RETURNS void
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    RAISE EXCEPTION 'refused: %', reason USING ERRCODE = 'EX001', HINT = reason, DETAIL = coalesce(detail, '');
+END $$;
+CREATE FUNCTION public.send_message(p_session_id uuid, p_sender text, p_sender_id text, p_caller_merchant_id text, p_scope_platform_agent_id text, p_kind text, p_client_msg_id text, p_template_id text, p_content bytea, p_reply_timeout_override double precision, p_remind_before double precision, p_max_messages bigint, p_max_content_bytes bigint, OUT session_id uuid, OUT seq bigint, OUT sender text, OUT sender_id text, OUT kind text, OUT client_msg_id text, OUT template_id text, OUT content bytea, OUT send_time timestamp with time zone, OUT message_pb bytea, OUT first_reply_seconds double precision) RETURNS record
+    LANGUAGE plpgsql
+    AS $$
+#variable_conflict use_column
+DECLARE
+    caller record;
+    scope_merchant text;
+    scope_agent text;
+    may_im boolean := false;
+    s record;
+    msg messages;
+    body text;
+    msg_kind text := p_kind;
+    msg_content bytea := p_content;
+    awaiting_first_reply boolean := false;
+BEGIN
+    IF p_caller_merchant_id IS NOT NULL THEN
+        -- Where the merchant agent stands in its shop now (SPEC R1, R9; services/callers.py).
+        SELECT a.disabled, a.im_permission, m.main_account_id = a.agent_id AS main_account INTO caller
+        FROM agents a JOIN merchants m ON m.merchant_id = a.merchant_id
+        WHERE a.merchant_id = p_caller_merchant_id AND a.agent_id = p_sender_id;
+        IF NOT FOUND THEN
+            PERFORM raise_refusal('IM_PERMISSION_REQUIRED', 'not_in_directory');
+        END IF;
+        IF caller.disabled THEN
+            PERFORM raise_refusal('AGENT_DISABLED');
+        END IF;
+        may_im := caller.im_permission;
+        scope_merchant := p_caller_merchant_id;
+        scope_agent := CASE WHEN caller.main_account THEN NULL ELSE p_sender_id END;
+    END IF;
+    SELECT ss.merchant_id, ss.assigned_agent_id, ss.state, ss.open_time, rs.reply_timeout_seconds INTO s
+    FROM sessions ss JOIN reception_settings rs ON rs.merchant_id = ss.merchant_id
+    WHERE ss.session_id = p_session_id
+      AND (scope_merchant IS NULL OR ss.merchant_id = scope_merchant)
+      AND (scope_agent IS NULL OR ss.assigned_agent_id = scope_agent)
+      AND (p_scope_platform_agent_id IS NULL OR ss.platform_agent_id = p_scope_platform_agent_id)
+    FOR UPDATE OF ss;
+    IF NOT FOUND THEN
+        PERFORM raise_refusal('SESSION_NOT_FOUND');
+    END IF;
+    IF p_client_msg_id IS NOT NULL THEN
+        -- R4: the key belongs to the session and the verified sender; a retry returns the original.
+        SELECT * INTO msg FROM messages m
+        WHERE m.session_id = p_session_id AND m.sender = p_sender AND m.sender_id = p_sender_id
+          AND m.client_msg_id = p_client_msg_id;
+        IF FOUND THEN
+            -- A template reply is the same when it names the same template (its body is whatever
+            -- the template said when the original was stored).
+            IF (p_template_id IS NOT NULL AND msg.template_id IS NOT DISTINCT FROM p_template_id)
+               OR (p_template_id IS NULL AND msg.template_id IS NULL AND msg.kind = p_kind AND msg.content = p_content)
+            THEN
+                SELECT msg.session_id, msg.seq, msg.sender, msg.sender_id, msg.kind, msg.client_msg_id,
+                       msg.template_id, msg.content, msg.send_time, message_pb(msg)
+                INTO session_id, seq, sender, sender_id, kind, client_msg_id, template_id, content, send_time,
+                     message_pb;
+                RETURN;
+            END IF;
+            PERFORM raise_refusal('CLIENT_MSG_ID_REUSED');
+        END IF;
+    END IF;
+    IF p_sender = 'MERCHANT' AND NOT may_im THEN
+        PERFORM raise_refusal('IM_PERMISSION_REQUIRED');
+    END IF;
+    IF p_template_id IS NOT NULL THEN
+        SELECT t.body INTO body FROM reply_templates t
+        WHERE t.merchant_id = s.merchant_id AND t.template_id = p_template_id;
+        IF NOT FOUND THEN
+            PERFORM raise_refusal('TEMPLATE_NOT_FOUND');
+        END IF;
+        -- MessageContent{text: Text{body}}, as MessageContent(text=Text(body=...)).SerializeToString().
+        msg_kind := 'TEXT';
+        msg_content := pb_len_field(1, pb_string_field(1, body));
+    END IF;
+    IF s.state = 'ENDED' THEN
+        PERFORM raise_refusal('SESSION_CLOSED',
+                              (SELECT t.ticket_id::text FROM tickets t WHERE t.session_id = p_session_id));
+    END IF;
+    IF p_sender = 'MERCHANT' THEN
+        awaiting_first_reply := NOT EXISTS (
+            SELECT 1 FROM messages m WHERE m.session_id = p_session_id AND m.sender = 'MERCHANT');
+    END IF;
+    msg := append_message_locked(
+        p_session_id, p_sender, p_sender_id, msg_kind, p_client_msg_id, p_template_id, msg_content,
+        coalesce(p_reply_timeout_override, s.reply_timeout_seconds), p_remind_before, p_max_messages,
+        p_max_content_bytes);
+    SELECT msg.session_id, msg.seq, msg.sender, msg.sender_id, msg.kind, msg.client_msg_id, msg.template_id,
+           msg.content, msg.send_time, message_pb(msg)
+    INTO session_id, seq, sender, sender_id, kind, client_msg_id, template_id, content, send_time, message_pb;
+    PERFORM append_merchant_events(
+        s.merchant_id, ARRAY['message_added'], ARRAY[p_session_id], ARRAY[s.assigned_agent_id],
+        ARRAY[merchant_event_pb(p_session_id, 11, pb_len_field(1, message_pb))]);
+    IF awaiting_first_reply THEN
+        first_reply_seconds := extract(epoch FROM msg.send_time - s.open_time)::float8;
+    END IF;
+END $$;
+CREATE FUNCTION public.session_pb(s public.sessions, ticket_id uuid) RETURNS bytea
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    AS $$
+    SELECT pb_string_field(1, s.session_id::text)
+        || pb_string_field(2, s.merchant_id)
+        || pb_string_field(3, s.assigned_agent_id)
+        || pb_string_field(4, s.platform_agent_id)
+        || pb_string_field(5, s.order_id)
+        || pb_uint_field(6, CASE s.category
+                                WHEN 'REFUND' THEN 1 WHEN 'ORDER_OPERATION' THEN 2 WHEN 'EXCHANGE' THEN 3
+                                WHEN 'PRODUCT' THEN 4 WHEN 'NEGOTIATED_REFUND' THEN 5 WHEN 'LOGISTICS' THEN 6 END)
+        || pb_uint_field(7, CASE s.state WHEN 'OPEN' THEN 1 WHEN 'ENDED' THEN 2 END)
+        || pb_uint_field(8, CASE s.close_reason
+                                WHEN 'RESOLVED' THEN 1 WHEN 'PLATFORM_ESCALATED' THEN 2 WHEN 'MERCHANT_TIMEOUT' THEN 3 END)
+        || pb_timestamp_field(9, s.open_time)
+        || pb_timestamp_field(10, s.close_time)
+        || pb_timestamp_field(11, s.reply_deadline)
+        || pb_uint_field(12, s.last_seq)
+        || pb_string_field(13, ticket_id::text)
+        || pb_len_field(14, s.assignment)
+$$;
 CREATE TABLE public.agents (
     merchant_id text NOT NULL,
     agent_id text NOT NULL,
@@ -106,20 +505,6 @@ CREATE TABLE public.merchants (
     create_time timestamp with time zone DEFAULT now() NOT NULL,
     update_time timestamp with time zone DEFAULT now() NOT NULL
 );
-CREATE TABLE public.messages (
-    session_id uuid NOT NULL,
-    seq bigint NOT NULL,
-    sender text NOT NULL,
-    sender_id text NOT NULL,
-    kind text NOT NULL,
-    client_msg_id text,
-    template_id text,
-    content bytea NOT NULL,
-    send_time timestamp with time zone DEFAULT now() NOT NULL,
-    CONSTRAINT messages_kind_known CHECK ((kind = ANY (ARRAY['TEXT'::text, 'ORDER_CARD'::text, 'IMAGE'::text, 'EMOJI'::text]))),
-    CONSTRAINT messages_sender_known CHECK ((sender = ANY (ARRAY['PLATFORM'::text, 'MERCHANT'::text]))),
-    CONSTRAINT messages_seq_positive CHECK ((seq >= 1))
-);
 CREATE TABLE public.outbox (
     id bigint NOT NULL,
     topic text NOT NULL,
@@ -160,31 +545,6 @@ CREATE TABLE public.schema_migrations (
     version integer NOT NULL,
     name text NOT NULL,
     applied_at timestamp with time zone DEFAULT now() NOT NULL
-);
-CREATE TABLE public.sessions (
-    session_id uuid NOT NULL,
-    merchant_id text NOT NULL,
-    assigned_agent_id text NOT NULL,
-    platform_agent_id text NOT NULL,
-    order_id text,
-    category text NOT NULL,
-    state text DEFAULT 'OPEN'::text NOT NULL,
-    close_reason text,
-    open_time timestamp with time zone DEFAULT now() NOT NULL,
-    close_time timestamp with time zone,
-    reply_deadline timestamp with time zone,
-    remind_time timestamp with time zone,
-    last_seq bigint DEFAULT 0 NOT NULL,
-    merchant_read_seq bigint DEFAULT 0 NOT NULL,
-    platform_read_seq bigint DEFAULT 0 NOT NULL,
-    request_id text NOT NULL,
-    request_hash bytea NOT NULL,
-    assignment bytea NOT NULL,
-    content_bytes bigint DEFAULT 0 NOT NULL,
-    CONSTRAINT sessions_category_known CHECK ((category = ANY (ARRAY['REFUND'::text, 'ORDER_OPERATION'::text, 'EXCHANGE'::text, 'PRODUCT'::text, 'NEGOTIATED_REFUND'::text, 'LOGISTICS'::text]))),
-    CONSTRAINT sessions_close_reason_known CHECK ((close_reason = ANY (ARRAY['RESOLVED'::text, 'PLATFORM_ESCALATED'::text, 'MERCHANT_TIMEOUT'::text]))),
-    CONSTRAINT sessions_end_consistent CHECK ((((state = 'OPEN'::text) AND (close_reason IS NULL) AND (close_time IS NULL)) OR ((state = 'ENDED'::text) AND (close_reason IS NOT NULL) AND (close_time IS NOT NULL) AND (reply_deadline IS NULL) AND (remind_time IS NULL)))),
-    CONSTRAINT sessions_state_known CHECK ((state = ANY (ARRAY['OPEN'::text, 'ENDED'::text])))
 );
 CREATE TABLE public.tickets (
     ticket_id uuid NOT NULL,

@@ -1,0 +1,460 @@
+-- 0010: one round trip per write RPC (issue 13 item 2). OpenSession and SendMessage/Reply each run
+-- as one call of a server-side function in its own implicit transaction, instead of 6-9 statements
+-- sent one at a time while the merchant or session row is locked. docs/performance.md explains the
+-- write path: locks taken and in which order, and how the event payloads are built.
+--
+-- The rules stay where they were specified: escalation/domain/assignment.py (R2) and
+-- escalation/domain/session.py (R5) are the pure specification, escalation/services/records.py the
+-- row -> protobuf conversion; the integration tests prove these functions agree with them.
+--
+-- A refusal is raised with SQLSTATE EX001, the domain error's reason in HINT and what its message
+-- needs in DETAIL; escalation/store/db.py translate() turns it into that domain error.
+
+-- --- protobuf wire format (https://protobuf.dev/programming-guides/encoding/) ------------------------
+-- proto3 leaves a scalar at its default (0, '', false) out; a set message field is always written,
+-- even when empty. These follow that, field by field in number order, as Python's serializer does, so
+-- a payload built here is byte for byte what records.py + SerializeToString() would have stored.
+
+CREATE FUNCTION pb_varint(value bigint) RETURNS bytea
+LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE AS $$
+DECLARE
+    encoded bytea := '\x'::bytea;
+BEGIN
+    IF value < 0 THEN
+        -- Every value written here (sequence numbers, counts, lengths, times after 1970) is >= 0.
+        RAISE EXCEPTION 'pb_varint: % is negative', value;
+    END IF;
+    WHILE value >= 128 LOOP
+        encoded := encoded || set_byte('\x00'::bytea, 0, (value & 127)::int | 128);
+        value := value >> 7;
+    END LOOP;
+    RETURN encoded || set_byte('\x00'::bytea, 0, value::int);
+END $$;
+
+-- A length-delimited field (wire type 2): a string's UTF-8 bytes, bytes, or an embedded message.
+-- NULL is "not set" (nothing written); an empty value is written, as a set message field is.
+CREATE FUNCTION pb_len_field(field int, value bytea) RETURNS bytea
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT CASE WHEN value IS NULL THEN '\x'::bytea
+                ELSE pb_varint(field::bigint << 3 | 2) || pb_varint(octet_length(value)) || value END
+$$;
+
+CREATE FUNCTION pb_string_field(field int, value text) RETURNS bytea
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT CASE WHEN value IS NULL OR value = '' THEN '\x'::bytea
+                ELSE pb_len_field(field, convert_to(value, 'UTF8')) END
+$$;
+
+-- int32/int64/enum/bool fields of non-negative values (wire type 0).
+CREATE FUNCTION pb_uint_field(field int, value bigint) RETURNS bytea
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT CASE WHEN value IS NULL OR value = 0 THEN '\x'::bytea
+                ELSE pb_varint(field::bigint << 3) || pb_varint(value) END
+$$;
+
+-- A double (wire type 1): IEEE 754, little-endian (float8send is big-endian).
+CREATE FUNCTION pb_double_field(field int, value float8) RETURNS bytea
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT CASE WHEN value IS NULL OR value = 0 THEN '\x'::bytea
+                ELSE pb_varint(field::bigint << 3 | 1)
+                     || substr(b, 8, 1) || substr(b, 7, 1) || substr(b, 6, 1) || substr(b, 5, 1)
+                     || substr(b, 4, 1) || substr(b, 3, 1) || substr(b, 2, 1) || substr(b, 1, 1) END
+    FROM (SELECT float8send(value) AS b) AS big_endian
+$$;
+
+-- google.protobuf.Timestamp as records.timestamp() sets it: seconds and nanos of the microsecond value.
+CREATE FUNCTION pb_timestamp_field(field int, value timestamptz) RETURNS bytea
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT CASE WHEN value IS NULL THEN '\x'::bytea
+                ELSE pb_len_field(field, pb_uint_field(1, floor(e)::bigint)
+                                         || pb_uint_field(2, ((e - floor(e)) * 1000000000)::bigint)) END
+    FROM (SELECT extract(epoch FROM value) AS e) AS epoch
+$$;
+
+-- --- rows -> escalation.v1 messages (the same fields as escalation/services/records.py) --------------
+
+-- escalation.v1.Message (records.message).
+CREATE FUNCTION message_pb(m messages) RETURNS bytea
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT pb_string_field(1, m.session_id::text)
+        || pb_uint_field(2, m.seq)
+        || pb_uint_field(3, CASE m.sender WHEN 'PLATFORM' THEN 1 WHEN 'MERCHANT' THEN 2 END)
+        || pb_string_field(4, m.sender_id)
+        || pb_string_field(5, m.client_msg_id)
+        || pb_timestamp_field(6, m.send_time)
+        || pb_len_field(7, m.content)
+        || pb_string_field(8, m.template_id)
+$$;
+
+-- escalation.v1.Session (records.session); ticket_id comes from the tickets row, when there is one.
+CREATE FUNCTION session_pb(s sessions, ticket_id uuid) RETURNS bytea
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT pb_string_field(1, s.session_id::text)
+        || pb_string_field(2, s.merchant_id)
+        || pb_string_field(3, s.assigned_agent_id)
+        || pb_string_field(4, s.platform_agent_id)
+        || pb_string_field(5, s.order_id)
+        || pb_uint_field(6, CASE s.category
+                                WHEN 'REFUND' THEN 1 WHEN 'ORDER_OPERATION' THEN 2 WHEN 'EXCHANGE' THEN 3
+                                WHEN 'PRODUCT' THEN 4 WHEN 'NEGOTIATED_REFUND' THEN 5 WHEN 'LOGISTICS' THEN 6 END)
+        || pb_uint_field(7, CASE s.state WHEN 'OPEN' THEN 1 WHEN 'ENDED' THEN 2 END)
+        || pb_uint_field(8, CASE s.close_reason
+                                WHEN 'RESOLVED' THEN 1 WHEN 'PLATFORM_ESCALATED' THEN 2 WHEN 'MERCHANT_TIMEOUT' THEN 3 END)
+        || pb_timestamp_field(9, s.open_time)
+        || pb_timestamp_field(10, s.close_time)
+        || pb_timestamp_field(11, s.reply_deadline)
+        || pb_uint_field(12, s.last_seq)
+        || pb_string_field(13, ticket_id::text)
+        || pb_len_field(14, s.assignment)
+$$;
+
+-- escalation.v1.MerchantEvent as store/events.py append() stores it: session_id (3) and the one kind
+-- field (10 session_assigned, 11 message_added, 13 session_closed, ...) holding ``body``; cursor and
+-- event_time are the row's columns, put in by readers (events.from_row).
+CREATE FUNCTION merchant_event_pb(session_id uuid, kind_field int, body bytea) RETURNS bytea
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT pb_string_field(3, session_id::text) || pb_len_field(kind_field, body)
+$$;
+
+-- --- shared steps ---------------------------------------------------------------------------------
+
+CREATE FUNCTION raise_refusal(reason text, detail text DEFAULT '') RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'refused: %', reason USING ERRCODE = 'EX001', HINT = reason, DETAIL = coalesce(detail, '');
+END $$;
+
+-- store/sql/events.sql append_events as a step of a function: appends events to one merchant's log.
+-- Bumping the merchant row locks it until commit, so cursors are gapless and commit in order.
+CREATE FUNCTION append_merchant_events(
+    p_merchant_id text, p_kinds text[], p_session_ids uuid[], p_agent_ids text[], p_payloads bytea[]
+) RETURNS void
+LANGUAGE sql AS $$
+    WITH bump AS (
+        UPDATE merchants SET last_event_cursor = last_event_cursor + cardinality(p_kinds)
+        WHERE merchant_id = p_merchant_id
+        RETURNING last_event_cursor - cardinality(p_kinds) AS base, clock_timestamp() AS at
+    )
+    INSERT INTO merchant_events (merchant_id, cursor, session_id, agent_id, kind, payload, event_time)
+    SELECT p_merchant_id, bump.base + e.ord, e.session_id, e.agent_id, e.kind, e.payload, bump.at
+    FROM bump, unnest(p_kinds, p_session_ids, p_agent_ids, p_payloads) WITH ORDINALITY
+               AS e(kind, session_id, agent_id, payload, ord)
+$$;
+
+-- Appends one message to a session whose row the caller has locked and seen OPEN (SPEC R4, R5, R7).
+-- One database instant per message: its send_time and the deadline it starts. Refuses with
+-- SESSION_FULL when the session already holds p_max_messages messages or the content would take its
+-- stored bytes past p_max_content_bytes (R7; DETAIL says which bound, and the message's size).
+CREATE FUNCTION append_message_locked(
+    p_session_id uuid, p_sender text, p_sender_id text, p_kind text, p_client_msg_id text, p_template_id text,
+    p_content bytea, p_reply_timeout float8, p_remind_before float8, p_max_messages bigint,
+    p_max_content_bytes bigint
+) RETURNS messages
+LANGUAGE plpgsql AS $$
+DECLARE
+    at timestamptz := clock_timestamp();
+    next_seq bigint;
+    appended messages;
+BEGIN
+    UPDATE sessions s SET
+        last_seq = s.last_seq + 1,
+        content_bytes = s.content_bytes + octet_length(p_content),
+        -- ===== SPEC R5, the reply deadline: the one place a message moves it =====================
+        -- A platform message starts the deadline unless one is running; a merchant message clears it
+        -- (domain/session.py after_message is the rule). The reminder is due p_remind_before earlier.
+        reply_deadline = CASE
+            WHEN p_sender = 'MERCHANT' THEN NULL
+            ELSE coalesce(s.reply_deadline, at + make_interval(secs => p_reply_timeout)) END,
+        remind_time = CASE
+            WHEN p_sender = 'MERCHANT' THEN NULL
+            WHEN s.reply_deadline IS NOT NULL THEN s.remind_time
+            ELSE greatest(at, at + make_interval(secs => p_reply_timeout - p_remind_before)) END
+        -- ===== end of the deadline rule ==========================================================
+    WHERE s.session_id = p_session_id AND s.state = 'OPEN'
+      AND s.last_seq < p_max_messages AND s.content_bytes + octet_length(p_content) <= p_max_content_bytes
+    RETURNING s.last_seq INTO next_seq;
+    IF NOT FOUND THEN
+        -- The caller holds the lock and saw the session open, so only the size bound refuses.
+        PERFORM raise_refusal('SESSION_FULL', CASE
+            WHEN (SELECT s.last_seq FROM sessions s WHERE s.session_id = p_session_id) >= p_max_messages
+            THEN 'messages' ELSE 'content_bytes:' || octet_length(p_content) END);
+    END IF;
+    INSERT INTO messages (session_id, seq, sender, sender_id, kind, client_msg_id, template_id, content, send_time)
+    VALUES (p_session_id, next_seq, p_sender, p_sender_id, p_kind, p_client_msg_id, p_template_id, p_content, at)
+    RETURNING * INTO appended;
+    RETURN appended;
+END $$;
+
+-- --- SendMessage, Reply, and a reply frame of Connect ------------------------------------------------
+
+-- Appends a platform message (p_sender 'PLATFORM') or a merchant reply ('MERCHANT') to a session in
+-- the caller's scope (SPEC R3, R4, R5, R7, R9), with its MessageAdded event (R8). Returns the message
+-- row, the escalation.v1.Message it is (message_pb) and, for the session's first merchant message,
+-- the seconds since it opened (first_reply_seconds, for the metric; NULL otherwise).
+--
+-- Scope: p_caller_merchant_id is the shop of a merchant caller (NULL for the platform), whose standing
+-- is read here; p_scope_platform_agent_id limits a platform caller to the sessions it opened (NULL:
+-- a supervisor, all). A session outside the scope is neither locked nor waited for: SESSION_NOT_FOUND.
+--
+-- Order (each step a statement of its own, so it sees what a transaction we waited for committed):
+-- caller's standing; session row lock; the client_msg_id replay (before every check of current
+-- state, R4); IM permission; template; session open (R6); append; event (merchant row lock).
+-- Refusals: IM_PERMISSION_REQUIRED, AGENT_DISABLED, SESSION_NOT_FOUND, CLIENT_MSG_ID_REUSED,
+-- TEMPLATE_NOT_FOUND, SESSION_CLOSED (DETAIL: the ticket id or ''), SESSION_FULL.
+CREATE FUNCTION send_message(
+    p_session_id uuid, p_sender text, p_sender_id text, p_caller_merchant_id text, p_scope_platform_agent_id text,
+    p_kind text, p_client_msg_id text, p_template_id text, p_content bytea,
+    p_reply_timeout_override float8, p_remind_before float8, p_max_messages bigint, p_max_content_bytes bigint,
+    OUT session_id uuid, OUT seq bigint, OUT sender text, OUT sender_id text, OUT kind text,
+    OUT client_msg_id text, OUT template_id text, OUT content bytea, OUT send_time timestamptz,
+    OUT message_pb bytea, OUT first_reply_seconds float8
+)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    caller record;
+    scope_merchant text;
+    scope_agent text;
+    may_im boolean := false;
+    s record;
+    msg messages;
+    body text;
+    msg_kind text := p_kind;
+    msg_content bytea := p_content;
+    awaiting_first_reply boolean := false;
+BEGIN
+    IF p_caller_merchant_id IS NOT NULL THEN
+        -- Where the merchant agent stands in its shop now (SPEC R1, R9; services/callers.py).
+        SELECT a.disabled, a.im_permission, m.main_account_id = a.agent_id AS main_account INTO caller
+        FROM agents a JOIN merchants m ON m.merchant_id = a.merchant_id
+        WHERE a.merchant_id = p_caller_merchant_id AND a.agent_id = p_sender_id;
+        IF NOT FOUND THEN
+            PERFORM raise_refusal('IM_PERMISSION_REQUIRED', 'not_in_directory');
+        END IF;
+        IF caller.disabled THEN
+            PERFORM raise_refusal('AGENT_DISABLED');
+        END IF;
+        may_im := caller.im_permission;
+        scope_merchant := p_caller_merchant_id;
+        scope_agent := CASE WHEN caller.main_account THEN NULL ELSE p_sender_id END;
+    END IF;
+
+    SELECT ss.merchant_id, ss.assigned_agent_id, ss.state, ss.open_time, rs.reply_timeout_seconds INTO s
+    FROM sessions ss JOIN reception_settings rs ON rs.merchant_id = ss.merchant_id
+    WHERE ss.session_id = p_session_id
+      AND (scope_merchant IS NULL OR ss.merchant_id = scope_merchant)
+      AND (scope_agent IS NULL OR ss.assigned_agent_id = scope_agent)
+      AND (p_scope_platform_agent_id IS NULL OR ss.platform_agent_id = p_scope_platform_agent_id)
+    FOR UPDATE OF ss;
+    IF NOT FOUND THEN
+        PERFORM raise_refusal('SESSION_NOT_FOUND');
+    END IF;
+
+    IF p_client_msg_id IS NOT NULL THEN
+        -- R4: the key belongs to the session and the verified sender; a retry returns the original.
+        SELECT * INTO msg FROM messages m
+        WHERE m.session_id = p_session_id AND m.sender = p_sender AND m.sender_id = p_sender_id
+          AND m.client_msg_id = p_client_msg_id;
+        IF FOUND THEN
+            -- A template reply is the same when it names the same template (its body is whatever
+            -- the template said when the original was stored).
+            IF (p_template_id IS NOT NULL AND msg.template_id IS NOT DISTINCT FROM p_template_id)
+               OR (p_template_id IS NULL AND msg.template_id IS NULL AND msg.kind = p_kind AND msg.content = p_content)
+            THEN
+                SELECT msg.session_id, msg.seq, msg.sender, msg.sender_id, msg.kind, msg.client_msg_id,
+                       msg.template_id, msg.content, msg.send_time, message_pb(msg)
+                INTO session_id, seq, sender, sender_id, kind, client_msg_id, template_id, content, send_time,
+                     message_pb;
+                RETURN;
+            END IF;
+            PERFORM raise_refusal('CLIENT_MSG_ID_REUSED');
+        END IF;
+    END IF;
+
+    IF p_sender = 'MERCHANT' AND NOT may_im THEN
+        PERFORM raise_refusal('IM_PERMISSION_REQUIRED');
+    END IF;
+    IF p_template_id IS NOT NULL THEN
+        SELECT t.body INTO body FROM reply_templates t
+        WHERE t.merchant_id = s.merchant_id AND t.template_id = p_template_id;
+        IF NOT FOUND THEN
+            PERFORM raise_refusal('TEMPLATE_NOT_FOUND');
+        END IF;
+        -- MessageContent{text: Text{body}}, as MessageContent(text=Text(body=...)).SerializeToString().
+        msg_kind := 'TEXT';
+        msg_content := pb_len_field(1, pb_string_field(1, body));
+    END IF;
+    IF s.state = 'ENDED' THEN
+        PERFORM raise_refusal('SESSION_CLOSED',
+                              (SELECT t.ticket_id::text FROM tickets t WHERE t.session_id = p_session_id));
+    END IF;
+    IF p_sender = 'MERCHANT' THEN
+        awaiting_first_reply := NOT EXISTS (
+            SELECT 1 FROM messages m WHERE m.session_id = p_session_id AND m.sender = 'MERCHANT');
+    END IF;
+
+    msg := append_message_locked(
+        p_session_id, p_sender, p_sender_id, msg_kind, p_client_msg_id, p_template_id, msg_content,
+        coalesce(p_reply_timeout_override, s.reply_timeout_seconds), p_remind_before, p_max_messages,
+        p_max_content_bytes);
+    SELECT msg.session_id, msg.seq, msg.sender, msg.sender_id, msg.kind, msg.client_msg_id, msg.template_id,
+           msg.content, msg.send_time, message_pb(msg)
+    INTO session_id, seq, sender, sender_id, kind, client_msg_id, template_id, content, send_time, message_pb;
+    PERFORM append_merchant_events(
+        s.merchant_id, ARRAY['message_added'], ARRAY[p_session_id], ARRAY[s.assigned_agent_id],
+        ARRAY[merchant_event_pb(p_session_id, 11, pb_len_field(1, message_pb))]);
+    IF awaiting_first_reply THEN
+        first_reply_seconds := extract(epoch FROM msg.send_time - s.open_time)::float8;
+    END IF;
+END $$;
+
+-- --- OpenSession ----------------------------------------------------------------------------------
+
+-- SPEC R2's order of two candidates, exactly (domain/assignment.py _key): lower saturation
+-- open/capacity, compared as open_a * capacity_b < open_b * capacity_a (no rounding: 1/3 and 2/6 tie);
+-- then the least recently assigned, never-assigned first; then agent id by code point (COLLATE "C",
+-- as Python compares strings, whatever the database's collation).
+CREATE FUNCTION assignment_precedes(
+    a_open int, a_capacity int, a_last timestamptz, a_agent text,
+    b_open int, b_capacity int, b_last timestamptz, b_agent text
+) RETURNS boolean
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT CASE
+        WHEN a_open::bigint * b_capacity <> b_open::bigint * a_capacity
+            THEN a_open::bigint * b_capacity < b_open::bigint * a_capacity
+        WHEN (a_last IS NULL) <> (b_last IS NULL) THEN a_last IS NULL
+        WHEN a_last <> b_last THEN a_last < b_last
+        ELSE a_agent COLLATE "C" < b_agent COLLATE "C" END
+$$;
+
+-- Opens a session for p_merchant_id and assigns it (SPEC R2) with its opening platform messages
+-- (p_kinds/p_contents, R4, R5) and their events (R8: SessionAssigned, then MessageAdded each), or
+-- replays the session this platform agent already opened with this request id (AIP-155).
+-- Returns replayed, the session (opened_session row, session_pb: escalation.v1.Session), the opening messages
+-- (opened_messages rows, message_pbs) and the winner's saturation before the open (NULL on a replay).
+--
+-- Locks, in order: the merchant row (FOR UPDATE: one pick at a time per shop, and the shop's event
+-- cursor later), the winner's agent row (the count increment). The request id lookup comes after the
+-- merchant lock, in a statement of its own, so it sees a twin that we waited for; a twin opened for
+-- another merchant at the same moment is caught by the unique index (ON CONFLICT DO NOTHING waits for
+-- it) and replayed too.
+-- Refusals: REQUEST_ID_REUSED, MERCHANT_NOT_FOUND, MERCHANT_DISABLED, NO_ELIGIBLE_AGENT, SESSION_FULL.
+CREATE FUNCTION open_session(
+    p_platform_agent_id text, p_request_id text, p_request_hash bytea, p_merchant_id text, p_category text,
+    p_order_id text, p_kinds text[], p_contents bytea[], p_rule_version text, p_presence_window float8,
+    p_reply_timeout_override float8, p_remind_before float8, p_max_messages bigint, p_max_content_bytes bigint,
+    OUT replayed boolean, OUT opened_session sessions, OUT session_pb bytea, OUT opened_messages messages[],
+    OUT message_pbs bytea[], OUT saturation float8
+)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    merchant record;
+    merchant_found boolean;
+    prior record;
+    c record;
+    best record;
+    have_best boolean := false;
+    candidates bytea := '\x'::bytea;
+    decision bytea;
+    new_id uuid := gen_random_uuid();
+    msg messages;
+    i int;
+BEGIN
+    SELECT m.disabled, rs.reply_timeout_seconds INTO merchant
+    FROM merchants m JOIN reception_settings rs ON rs.merchant_id = m.merchant_id
+    WHERE m.merchant_id = p_merchant_id
+    FOR UPDATE OF m;
+    merchant_found := FOUND;
+
+    SELECT s.session_id, s.request_hash INTO prior FROM sessions s
+    WHERE s.platform_agent_id = p_platform_agent_id AND s.request_id = p_request_id;
+    IF NOT FOUND THEN
+        IF NOT merchant_found THEN
+            PERFORM raise_refusal('MERCHANT_NOT_FOUND');
+        END IF;
+        IF merchant.disabled THEN
+            PERFORM raise_refusal('MERCHANT_DISABLED');
+        END IF;
+
+        -- R2: every eligible candidate, in agent id order (the order the decision lists them in).
+        FOR c IN
+            SELECT e.agent_id, e.open_sessions, e.capacity, e.last_assign_time,
+                   EXISTS (SELECT 1 FROM agent_presence p
+                           WHERE p.merchant_id = e.merchant_id AND p.agent_id = e.agent_id
+                             AND p.seen_time > clock_timestamp() - make_interval(secs => p_presence_window))
+                       AS connected
+            FROM agent_eligibility e
+            WHERE e.merchant_id = p_merchant_id AND e.eligible
+            ORDER BY e.agent_id COLLATE "C"
+        LOOP
+            -- escalation.v1.AssignmentCandidate
+            candidates := candidates || pb_len_field(4,
+                pb_string_field(1, c.agent_id) || pb_uint_field(2, c.open_sessions) || pb_uint_field(3, c.capacity)
+                || pb_double_field(4, c.open_sessions::float8 / c.capacity)
+                || pb_timestamp_field(5, c.last_assign_time));
+            IF NOT have_best THEN
+                best := c;
+                have_best := true;
+            ELSIF assignment_precedes(
+                c.open_sessions, c.capacity, c.last_assign_time, c.agent_id,
+                best.open_sessions, best.capacity, best.last_assign_time, best.agent_id) THEN
+                best := c;
+            END IF;
+        END LOOP;
+        IF NOT have_best THEN
+            PERFORM raise_refusal('NO_ELIGIBLE_AGENT');
+        END IF;
+        -- escalation.v1.AssignmentDecision: stored for audit; agent_connected is recorded, never used
+        -- to choose (R1: online status is not considered).
+        decision := pb_string_field(1, p_rule_version) || pb_string_field(2, best.agent_id)
+            || pb_uint_field(3, best.connected::int) || candidates || pb_timestamp_field(5, clock_timestamp());
+
+        INSERT INTO sessions (session_id, merchant_id, assigned_agent_id, platform_agent_id, order_id, category,
+                              request_id, request_hash, assignment, open_time)
+        VALUES (new_id, p_merchant_id, best.agent_id, p_platform_agent_id, p_order_id, p_category,
+                p_request_id, p_request_hash, decision, clock_timestamp())
+        ON CONFLICT (platform_agent_id, request_id) DO NOTHING;
+        IF FOUND THEN
+            UPDATE agents a SET open_sessions = a.open_sessions + 1, last_assign_time = clock_timestamp()
+            WHERE a.merchant_id = p_merchant_id AND a.agent_id = best.agent_id;
+            FOR i IN 1 .. coalesce(cardinality(p_contents), 0) LOOP
+                msg := append_message_locked(
+                    new_id, 'PLATFORM', p_platform_agent_id, p_kinds[i], NULL, NULL, p_contents[i],
+                    coalesce(p_reply_timeout_override, merchant.reply_timeout_seconds), p_remind_before,
+                    p_max_messages, p_max_content_bytes);
+                opened_messages := opened_messages || msg;
+                message_pbs := message_pbs || message_pb(msg);
+            END LOOP;
+            replayed := false;
+            SELECT s.* INTO opened_session FROM sessions s WHERE s.session_id = new_id;
+            session_pb := session_pb(opened_session, NULL);
+            saturation := best.open_sessions::float8 / best.capacity;
+            PERFORM append_merchant_events(
+                p_merchant_id,
+                ARRAY['session_assigned'] || array_fill('message_added'::text, ARRAY[cardinality(message_pbs)]),
+                array_fill(new_id, ARRAY[cardinality(message_pbs) + 1]),
+                array_fill(best.agent_id, ARRAY[cardinality(message_pbs) + 1]),
+                ARRAY[merchant_event_pb(new_id, 10, pb_len_field(1, session_pb))]
+                    || ARRAY(SELECT merchant_event_pb(new_id, 11, pb_len_field(1, p))
+                             FROM unnest(message_pbs) WITH ORDINALITY AS u(p, n) ORDER BY n));
+            RETURN;
+        END IF;
+        -- A twin with this request id committed meanwhile (for another merchant): replay it.
+        SELECT s.session_id, s.request_hash INTO prior FROM sessions s
+        WHERE s.platform_agent_id = p_platform_agent_id AND s.request_id = p_request_id;
+    END IF;
+
+    -- AIP-155 replay: the same request id returns the session as it is now, with its opening messages.
+    IF prior.request_hash <> p_request_hash THEN
+        PERFORM raise_refusal('REQUEST_ID_REUSED');
+    END IF;
+    replayed := true;
+    SELECT s.* INTO opened_session FROM sessions s WHERE s.session_id = prior.session_id;
+    session_pb := session_pb(opened_session, (SELECT t.ticket_id FROM tickets t WHERE t.session_id = prior.session_id));
+    -- seq is gapless from 1: the opening messages are the first cardinality(p_contents).
+    SELECT coalesce(array_agg(m ORDER BY m.seq), '{}'), coalesce(array_agg(message_pb(m) ORDER BY m.seq), '{}')
+    INTO opened_messages, message_pbs
+    FROM messages m
+    WHERE m.session_id = prior.session_id AND m.seq <= coalesce(cardinality(p_contents), 0);
+END $$;
