@@ -82,7 +82,7 @@ class PlatformServicer(platform_pb2_grpc.PlatformServiceServicer):
         assert outcome is not None
         reason = CloseReason.RESOLVED if outcome == "RESOLVED" else CloseReason.PLATFORM_ESCALATED
         row = await sessions.close_session(self._pool, current_identity(), sid, reason, self._policy)
-        return records.session(row)
+        return records.closed_session(row)
 
     async def GetSession(self, request: platform_pb2.GetSessionRequest, context: Context) -> common_pb2.Session:
         return await req.get_session(self._pool, request)

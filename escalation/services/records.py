@@ -42,6 +42,11 @@ def sent_message(row: asyncpg.Record) -> common_pb2.Message:
     return common_pb2.Message.FromString(row["message_pb"])
 
 
+def closed_session(row: asyncpg.Record) -> common_pb2.Session:
+    """The session an ending function returned ready (``session_pb``); the same fields as :func:`session`."""
+    return common_pb2.Session.FromString(row["session_pb"])
+
+
 def opened(session_pb: bytes, message_pbs: Sequence[bytes]) -> platform_pb2.OpenSessionResponse:
     """The OpenSession response from what the open_session function returned ready, parsed in place;
     the same fields as :func:`session` and :func:`message` of the rows."""

@@ -18,7 +18,7 @@ from escalation import errors
 from escalation.auth import Identity, Role
 from escalation.config import Settings
 from escalation.domain import assignment
-from escalation.domain.session import CloseReason, Kind, Sender, State
+from escalation.domain.session import CloseReason, Kind, Sender
 from escalation.domain.tickets import DEFAULT_SLA
 from escalation.observability import metrics
 from escalation.services import callers, ending, records
@@ -253,30 +253,28 @@ async def mark_read(pool: asyncpg.Pool, caller: Identity, session_id: uuid.UUID,
 # --- ending --------------------------------------------------------------------------------------
 
 
-async def end_locked(
-    conn: asyncpg.Connection, session_id: uuid.UUID, reason: CloseReason, policy: SessionPolicy
-) -> uuid.UUID | None:
-    """Ends a session whose row the caller has locked (R6) and writes what that means (R7, see
-    services/ending.py). Returns the ticket id, or None. Raises SessionClosed if it had ended."""
-    row = await conn.fetchrow(sql("end_session"), session_id, reason.value)
-    if row is None:
-        raise errors.SessionClosed()
-    ended = await ending.end_session(conn=conn, session=row, reason=reason, policy=policy)
-    return ended.ticket.ticket_id if ended.ticket else None
-
-
 async def close_session(
     pool: asyncpg.Pool, caller: Identity, session_id: uuid.UUID, reason: CloseReason, policy: SessionPolicy
 ) -> asyncpg.Record:
+    """The platform ends a session (SPEC R6: RESOLVED, or ESCALATED into a ticket, R7), in one round trip.
+
+    What ending writes is services/ending.py's rule (the function both ways of ending run). Returns the
+    ended session with ``ticket_id`` and ``session_pb`` (records.closed_session() reads it). Raises
+    SessionNotFound (outside the caller's scope too, R9) or SessionClosed (with the ticket id).
+    """
+    structlog.contextvars.bind_contextvars(session_id=str(session_id))
+    if caller.role not in (Role.PLATFORM, Role.PLATFORM_SUPERVISOR):
+        raise errors.SessionNotFound()  # R3: only the platform ends sessions; nothing else is in scope
     async with pool.acquire() as conn:
-        async with conn.transaction():
-            s = await _lock_visible(conn, caller, session_id)
-            if s["state"] == State.ENDED:
-                raise _closed(s)
-            await end_locked(conn, session_id, reason, policy)
-        metrics.SESSIONS_CLOSED.labels(reason=reason.value).inc()
-        session: asyncpg.Record = await conn.fetchrow(sql("get_session"), session_id)
-        return session
+        row = await session_writes.close_session(
+            conn=conn,
+            session_id=session_id,
+            scope_platform_agent_id=caller.subject if caller.role is Role.PLATFORM else None,
+            reason=reason.value,
+            ticket=ending.ticket_output(policy),
+        )
+    metrics.SESSIONS_CLOSED.labels(reason=reason.value).inc()
+    return row
 
 
 # --- reads ---------------------------------------------------------------------------------------

@@ -72,6 +72,120 @@ CREATE FUNCTION public.assignment_precedes(a_open integer, a_capacity integer, a
         WHEN a_last <> b_last THEN a_last < b_last
         ELSE a_agent COLLATE "C" < b_agent COLLATE "C" END
 $$;
+CREATE FUNCTION public.close_session(p_session_id uuid, p_scope_platform_agent_id text, p_reason text, p_sla_categories text[], p_sla_seconds double precision[], p_digest_algorithm text, p_topic text, p_content_type text, p_traceparent text) RETURNS TABLE(session_id uuid, merchant_id text, assigned_agent_id text, platform_agent_id text, order_id text, category text, open_time timestamp with time zone, close_time timestamp with time zone, ticket_id uuid, handle_by timestamp with time zone, session_pb bytea)
+    LANGUAGE plpgsql
+    AS $$
+#variable_conflict use_column
+DECLARE
+    state text;
+BEGIN
+    SELECT ss.state INTO state FROM sessions ss
+    WHERE ss.session_id = p_session_id
+      AND (p_scope_platform_agent_id IS NULL OR ss.platform_agent_id = p_scope_platform_agent_id)
+    FOR UPDATE;
+    IF NOT FOUND THEN
+        PERFORM raise_refusal('SESSION_NOT_FOUND');
+    END IF;
+    IF state = 'ENDED' THEN
+        PERFORM raise_refusal('SESSION_CLOSED',
+                              (SELECT t.ticket_id::text FROM tickets t WHERE t.session_id = p_session_id));
+    END IF;
+    UPDATE sessions ss SET state = 'ENDED', close_reason = p_reason, close_time = clock_timestamp(),
+                           reply_deadline = NULL, remind_time = NULL
+    WHERE ss.session_id = p_session_id;
+    RETURN QUERY SELECT * FROM end_sessions_locked(
+        ARRAY[p_session_id], p_reason, p_sla_categories, p_sla_seconds, p_digest_algorithm, p_topic,
+        p_content_type, p_traceparent);
+END $$;
+CREATE FUNCTION public.end_sessions_locked(p_session_ids uuid[], p_reason text, p_sla_categories text[], p_sla_seconds double precision[], p_digest_algorithm text, p_topic text, p_content_type text, p_traceparent text) RETURNS TABLE(session_id uuid, merchant_id text, assigned_agent_id text, platform_agent_id text, order_id text, category text, open_time timestamp with time zone, close_time timestamp with time zone, ticket_id uuid, handle_by timestamp with time zone, session_pb bytea)
+    LANGUAGE plpgsql
+    AS $$
+#variable_conflict use_column
+DECLARE
+    s sessions;
+    m messages;
+    digest bytea;
+    transcript bytea;
+    new_ticket uuid;
+    due timestamptz;
+    payload bytea;
+    per record;
+BEGIN
+    IF p_reason <> 'RESOLVED' THEN
+        FOR s IN SELECT * FROM sessions ss WHERE ss.session_id = ANY(p_session_ids)
+                 ORDER BY ss.close_time, ss.session_id
+        LOOP
+            digest := '\x0000000000000000000000000000000000000000000000000000000000000000'::bytea;
+            transcript := '\x'::bytea;
+            FOR m IN SELECT * FROM messages mm WHERE mm.session_id = s.session_id ORDER BY mm.seq LOOP
+                -- d_i = SHA-256(d_{i-1} || canonical(message_i)) (domain/tickets.py transcript_digest)
+                digest := sha256(digest || transcript_part(m));
+                transcript := transcript || pb_len_field(9, message_pb(m));
+            END LOOP;
+            new_ticket := gen_random_uuid();
+            due := s.close_time + make_interval(secs => p_sla_seconds[array_position(p_sla_categories, s.category)]);
+            -- escalation.v1.ServiceTicket, fields in number order (services/tickets.py build()).
+            payload := pb_string_field(1, new_ticket::text) || pb_string_field(2, s.session_id::text)
+                || pb_string_field(3, s.merchant_id) || pb_string_field(4, s.assigned_agent_id)
+                || pb_string_field(5, s.platform_agent_id) || pb_string_field(6, s.order_id)
+                || pb_uint_field(7, pb_category(s.category)) || pb_uint_field(8, pb_close_reason(p_reason))
+                || transcript
+                || pb_timestamp_field(10, s.open_time) || pb_timestamp_field(11, s.close_time)
+                || pb_timestamp_field(12, due) || pb_string_field(13, encode(digest, 'hex'))
+                || pb_string_field(14, p_digest_algorithm) || pb_timestamp_field(15, s.close_time);
+            INSERT INTO tickets (ticket_id, session_id, merchant_id, reason, category, handle_by, transcript_digest,
+                                 payload, create_time)
+            VALUES (new_ticket, s.session_id, s.merchant_id, p_reason, s.category, due, encode(digest, 'hex'),
+                    payload, s.close_time);
+            INSERT INTO outbox (topic, message_key, event_id, content_type, payload, traceparent)
+            VALUES (p_topic, convert_to(s.merchant_id, 'UTF8'), new_ticket::text, p_content_type, payload,
+                    p_traceparent);
+        END LOOP;
+    END IF;
+    -- The events, one append per merchant in merchant id order (the lock order of store/events.py).
+    FOR per IN
+        SELECT e.merchant_id,
+               array_agg(e.kind ORDER BY e.close_time, e.session_id, e.n) AS kinds,
+               array_agg(e.session_id ORDER BY e.close_time, e.session_id, e.n) AS session_ids,
+               array_agg(e.assigned_agent_id ORDER BY e.close_time, e.session_id, e.n) AS agent_ids,
+               array_agg(e.payload ORDER BY e.close_time, e.session_id, e.n) AS payloads
+        FROM (
+            -- SessionClosed{session} (13), then TicketCreated{session_id, ticket_id, handle_by} (14).
+            SELECT ss.merchant_id, ss.session_id, ss.assigned_agent_id, ss.close_time, k.n, k.kind, k.payload
+            FROM sessions ss LEFT JOIN tickets t ON t.session_id = ss.session_id
+            CROSS JOIN LATERAL (VALUES
+                (1, 'session_closed', merchant_event_pb(ss.session_id, 13, pb_len_field(1, session_pb(ss, t.ticket_id)))),
+                (2, 'ticket_created', CASE WHEN t.ticket_id IS NOT NULL THEN merchant_event_pb(ss.session_id, 14,
+                    pb_string_field(1, ss.session_id::text) || pb_string_field(2, t.ticket_id::text)
+                    || pb_timestamp_field(3, t.handle_by)) END)
+            ) AS k(n, kind, payload)
+            WHERE ss.session_id = ANY(p_session_ids) AND k.payload IS NOT NULL
+        ) AS e
+        GROUP BY e.merchant_id
+        ORDER BY e.merchant_id COLLATE "C"
+    LOOP
+        PERFORM append_merchant_events(per.merchant_id, per.kinds, per.session_ids, per.agent_ids, per.payloads);
+    END LOOP;
+    -- The agents' open counts. Several agents: lock them in one order first, so two batches never wait
+    -- on each other.
+    IF cardinality(p_session_ids) > 1 THEN
+        PERFORM 1 FROM agents a
+        WHERE (a.merchant_id, a.agent_id) IN (
+            SELECT ss.merchant_id, ss.assigned_agent_id FROM sessions ss WHERE ss.session_id = ANY(p_session_ids))
+        ORDER BY a.merchant_id, a.agent_id
+        FOR UPDATE;
+    END IF;
+    UPDATE agents a SET open_sessions = a.open_sessions - d.n
+    FROM (SELECT ss.merchant_id, ss.assigned_agent_id, count(*) AS n FROM sessions ss
+          WHERE ss.session_id = ANY(p_session_ids) GROUP BY ss.merchant_id, ss.assigned_agent_id) AS d
+    WHERE a.merchant_id = d.merchant_id AND a.agent_id = d.assigned_agent_id;
+    RETURN QUERY
+    SELECT ss.session_id, ss.merchant_id, ss.assigned_agent_id, ss.platform_agent_id, ss.order_id, ss.category,
+           ss.open_time, ss.close_time, t.ticket_id, t.handle_by, session_pb(ss, t.ticket_id)
+    FROM sessions ss LEFT JOIN tickets t ON t.session_id = ss.session_id
+    WHERE ss.session_id = ANY(p_session_ids)
+    ORDER BY ss.close_time, ss.session_id;
+END $$;
 CREATE FUNCTION public.merchant_event_pb(session_id uuid, kind_field integer, body bytea) RETURNS bytea
     LANGUAGE sql IMMUTABLE PARALLEL SAFE
     AS $$
@@ -262,6 +376,17 @@ BEGIN
     FROM messages m
     WHERE m.session_id = prior.session_id AND m.seq <= coalesce(cardinality(p_contents), 0);
 END $$;
+CREATE FUNCTION public.pb_category(category text) RETURNS integer
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    AS $$
+    SELECT CASE category WHEN 'REFUND' THEN 1 WHEN 'ORDER_OPERATION' THEN 2 WHEN 'EXCHANGE' THEN 3
+                         WHEN 'PRODUCT' THEN 4 WHEN 'NEGOTIATED_REFUND' THEN 5 WHEN 'LOGISTICS' THEN 6 END
+$$;
+CREATE FUNCTION public.pb_close_reason(reason text) RETURNS integer
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    AS $$
+    SELECT CASE reason WHEN 'RESOLVED' THEN 1 WHEN 'PLATFORM_ESCALATED' THEN 2 WHEN 'MERCHANT_TIMEOUT' THEN 3 END
+$$;
 CREATE FUNCTION public.pb_double_field(field integer, value double precision) RETURNS bytea
     LANGUAGE sql IMMUTABLE PARALLEL SAFE
     AS $$
@@ -270,6 +395,15 @@ CREATE FUNCTION public.pb_double_field(field integer, value double precision) RE
                      || substr(b, 8, 1) || substr(b, 7, 1) || substr(b, 6, 1) || substr(b, 5, 1)
                      || substr(b, 4, 1) || substr(b, 3, 1) || substr(b, 2, 1) || substr(b, 1, 1) END
     FROM (SELECT float8send(value) AS b) AS big_endian
+$$;
+CREATE FUNCTION public.pb_json_time(value timestamp with time zone) RETURNS text
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    AS $$
+    SELECT to_char(value AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS')
+        || CASE WHEN us = 0 THEN 'Z'
+                WHEN us % 1000 = 0 THEN '.' || lpad((us / 1000)::text, 3, '0') || 'Z'
+                ELSE '.' || lpad(us::text, 6, '0') || 'Z' END
+    FROM (SELECT (extract(microseconds FROM value)::bigint % 1000000) AS us) AS fraction
 $$;
 CREATE FUNCTION public.pb_len_field(field integer, value bytea) RETURNS bytea
     LANGUAGE sql IMMUTABLE PARALLEL SAFE
@@ -423,18 +557,28 @@ CREATE FUNCTION public.session_pb(s public.sessions, ticket_id uuid) RETURNS byt
         || pb_string_field(3, s.assigned_agent_id)
         || pb_string_field(4, s.platform_agent_id)
         || pb_string_field(5, s.order_id)
-        || pb_uint_field(6, CASE s.category
-                                WHEN 'REFUND' THEN 1 WHEN 'ORDER_OPERATION' THEN 2 WHEN 'EXCHANGE' THEN 3
-                                WHEN 'PRODUCT' THEN 4 WHEN 'NEGOTIATED_REFUND' THEN 5 WHEN 'LOGISTICS' THEN 6 END)
+        || pb_uint_field(6, pb_category(s.category))
         || pb_uint_field(7, CASE s.state WHEN 'OPEN' THEN 1 WHEN 'ENDED' THEN 2 END)
-        || pb_uint_field(8, CASE s.close_reason
-                                WHEN 'RESOLVED' THEN 1 WHEN 'PLATFORM_ESCALATED' THEN 2 WHEN 'MERCHANT_TIMEOUT' THEN 3 END)
+        || pb_uint_field(8, pb_close_reason(s.close_reason))
         || pb_timestamp_field(9, s.open_time)
         || pb_timestamp_field(10, s.close_time)
         || pb_timestamp_field(11, s.reply_deadline)
         || pb_uint_field(12, s.last_seq)
         || pb_string_field(13, ticket_id::text)
         || pb_len_field(14, s.assignment)
+$$;
+CREATE FUNCTION public.transcript_part(m public.messages) RETURNS bytea
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    AS $$
+    SELECT string_agg(int8send(octet_length(part)) || part, '\x'::bytea ORDER BY n)
+    FROM unnest(ARRAY[
+        convert_to(m.seq::text, 'UTF8'),
+        convert_to('SENDER_' || m.sender, 'UTF8'),
+        convert_to(m.sender_id, 'UTF8'),
+        convert_to(pb_json_time(m.send_time), 'UTF8'),
+        convert_to(coalesce(m.template_id, ''), 'UTF8'),
+        m.content
+    ]) WITH ORDINALITY AS parts(part, n)
 $$;
 CREATE TABLE public.agents (
     merchant_id text NOT NULL,

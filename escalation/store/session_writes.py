@@ -8,7 +8,9 @@ store/db.py ``translate()``; anything else the driver raises propagates unchange
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
 
 import asyncpg
 
@@ -120,3 +122,78 @@ async def open_session(
             raise refusal from None
         raise
     return row
+
+
+def _sla_arrays(sla: Mapping[str, timedelta]) -> tuple[list[str], list[float]]:
+    categories = sorted(sla)
+    return categories, [sla[c].total_seconds() for c in categories]
+
+
+@dataclass(frozen=True)
+class TicketOutput:
+    """Where a ticket goes and what it says it is (services/tickets.py owns the values): the SLA per
+    category, the digest algorithm's name, the outbox topic and content type, and the traceparent of
+    the span ending the session (None when not traced, docs/tracing.md)."""
+
+    sla: Mapping[str, timedelta]
+    digest_algorithm: str
+    topic: str
+    content_type: str
+    traceparent: str | None
+
+
+async def close_session(
+    *,
+    conn: asyncpg.Connection,
+    session_id: uuid.UUID,
+    scope_platform_agent_id: str | None,
+    reason: str,
+    ticket: TicketOutput,
+) -> asyncpg.Record:
+    """Ends a session in the platform caller's scope as ``reason`` and writes what that means, in one
+    round trip (SPEC R6, R7, R9): ticket and outbox row unless ``reason`` is RESOLVED, events, the agent's
+    count. Returns the ended session (``ticket_id``, ``handle_by``, ``session_pb``). Raises SessionNotFound
+    or SessionClosed (with the ticket id).
+    """
+    categories, seconds = _sla_arrays(ticket.sla)
+    try:
+        row: asyncpg.Record = await conn.fetchrow(
+            sql("close_session"),
+            session_id,
+            scope_platform_agent_id,
+            reason,
+            categories,
+            seconds,
+            ticket.digest_algorithm,
+            ticket.topic,
+            ticket.content_type,
+            ticket.traceparent,
+        )
+    except asyncpg.PostgresError as exc:
+        if (refusal := _refused(exc)) is not None:
+            raise refusal from None
+        raise
+    return row
+
+
+async def end_sessions_locked(
+    *, conn: asyncpg.Connection, session_ids: Sequence[uuid.UUID], reason: str, ticket: TicketOutput
+) -> list[asyncpg.Record]:
+    """What ending means for sessions the caller's statement has just ended and still holds (SPEC R6,
+    R7): tickets with outbox rows unless ``reason`` is RESOLVED, events, released counts, in the
+    caller's transaction. Returns the sessions in close order, as close_session does. Raises only what
+    the driver raises.
+    """
+    categories, seconds = _sla_arrays(ticket.sla)
+    rows: list[asyncpg.Record] = await conn.fetch(
+        sql("end_sessions_locked"),
+        list(session_ids),
+        reason,
+        categories,
+        seconds,
+        ticket.digest_algorithm,
+        ticket.topic,
+        ticket.content_type,
+        ticket.traceparent,
+    )
+    return rows

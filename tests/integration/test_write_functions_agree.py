@@ -4,7 +4,8 @@
   (1/3 = 2/6), least recently assigned (never assigned first), then agent id by code point — also
   when two pools (two replicas' connections) open sessions concurrently.
 - The protobuf bytes SQL writes (responses and event payloads) are byte for byte what
-  ``services/records.py`` + ``SerializeToString()`` produce from the same rows.
+  ``services/records.py`` + ``SerializeToString()`` produce from the same rows, and the tickets SQL
+  writes when a session ends (platform close or deadline) are ``services/tickets.py build()``'s.
 """
 
 from __future__ import annotations
@@ -21,10 +22,12 @@ import pytest
 
 from escalation.auth import Identity, Role
 from escalation.domain import assignment
-from escalation.domain.session import Kind
-from escalation.services import directory, records, sessions
+from escalation.domain.session import CloseReason, Kind
+from escalation.domain.tickets import transcript_digest
+from escalation.services import directory, records, sessions, tickets
 from escalation.store import db
-from escalation.v1 import common_pb2, merchant_pb2
+from escalation.v1 import common_pb2, events_pb2, merchant_pb2
+from workers.deadlines import DeadlineConfig, DeadlineWorker
 
 pytestmark = pytest.mark.integration
 
@@ -317,3 +320,103 @@ async def test_every_enum_value_of_a_session_is_rendered_as_records_does(pool: a
     assert len(rows) == len(categories) + 3
     for row in rows:
         assert row["pb"] == records.session(row).SerializeToString(), dict(row)
+
+
+# --- endings: tickets, outbox rows and events ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("micros", [0, 1, 1000, 120000, 500000, 123456, 999999])
+async def test_sql_json_times_are_what_the_digest_covers(pool: asyncpg.Pool, micros: int) -> None:
+    at = datetime(2026, 12, 1, 6, 52, 35, micros, tzinfo=UTC)
+    expected = records.timestamp(at)
+    assert expected is not None
+    assert await pool.fetchval("SELECT pb_json_time($1)", at) == expected.ToJsonString()
+
+
+async def _conversation(pool: asyncpg.Pool, request_id: str) -> uuid.UUID:
+    """A session with every kind of message, both senders, a template reply and a client_msg_id."""
+    merchant = Identity("agent", Role.MERCHANT, "shop")
+    card = common_pb2.MessageContent(
+        order_card=common_pb2.OrderCard(order_id="o-1", status="PAID", items=[common_pb2.OrderItem(name="茶杯")])
+    ).SerializeToString(deterministic=True)
+    opened = await sessions.open_session(
+        pool,
+        PLATFORM,
+        sessions.OpenRequest(
+            request_id, b"h", "shop", "LOGISTICS", None, [_text("ship?"), sessions.NewMessage(Kind.ORDER_CARD, card)]
+        ),
+        POLICY,
+    )
+    sid: uuid.UUID = opened.session["session_id"]
+    emoji = common_pb2.MessageContent(emoji=common_pb2.Emoji(code="👍🏽")).SerializeToString(deterministic=True)
+    await sessions.add_message(pool, merchant, sid, sessions.NewMessage(Kind.EMOJI, emoji, "e-1"), POLICY)
+    await sessions.add_message(pool, merchant, sid, sessions.NewMessage(Kind.TEXT, b"", None, "tpl"), POLICY)
+    await sessions.add_message(pool, PLATFORM, sid, _text("tomorrow then?"), POLICY)
+    return sid
+
+
+async def _assert_ending_agrees(pool: asyncpg.Pool, sid: uuid.UUID, reason: CloseReason) -> None:
+    """The ticket, outbox row and events the SQL wrote are what tickets.build() and store/events.py say."""
+    ended = await pool.fetchrow("SELECT * FROM sessions WHERE session_id = $1", sid)
+    assert ended is not None
+    transcript = await pool.fetch("SELECT * FROM messages WHERE session_id = $1 ORDER BY seq", sid)
+    stored = await pool.fetchrow("SELECT * FROM tickets WHERE session_id = $1", sid)
+    assert stored is not None
+    spec = tickets.build(ended, transcript, reason, POLICY.ticket_sla)
+    expected = events_pb2.ServiceTicket.FromString(spec.payload)
+    expected.ticket_id = str(stored["ticket_id"])
+    assert stored["payload"] == expected.SerializeToString(), "the ticket SQL wrote differs from tickets.build()"
+    assert (stored["transcript_digest"], stored["handle_by"], stored["reason"], stored["create_time"]) == (
+        spec.digest,
+        spec.handle_by,
+        reason.value,
+        ended["close_time"],
+    )
+    assert stored["transcript_digest"] == transcript_digest(expected.transcript)
+    outbox = await pool.fetchrow("SELECT * FROM outbox WHERE event_id = $1", str(stored["ticket_id"]))
+    assert outbox is not None
+    assert (outbox["topic"], bytes(outbox["message_key"]), outbox["content_type"], outbox["payload"]) == (
+        tickets.TOPIC,
+        b"shop",
+        tickets.CONTENT_TYPE,
+        stored["payload"],
+    )
+    session = records.session(
+        await pool.fetchrow(
+            "SELECT s.*, t.ticket_id FROM sessions s JOIN tickets t USING (session_id) WHERE s.session_id = $1", sid
+        )
+    )
+    closing = await pool.fetch(
+        "SELECT kind, payload FROM merchant_events WHERE session_id = $1 AND kind IN ('session_closed', "
+        "'ticket_created') ORDER BY cursor",
+        sid,
+    )
+    assert [e["kind"] for e in closing] == ["session_closed", "ticket_created"]
+    assert [e["payload"] for e in closing] == [
+        merchant_pb2.MerchantEvent(
+            session_id=str(sid), session_closed=merchant_pb2.SessionClosed(session=session)
+        ).SerializeToString(),
+        merchant_pb2.MerchantEvent(
+            session_id=str(sid),
+            ticket_created=merchant_pb2.TicketCreated(
+                session_id=str(sid), ticket_id=session.ticket_id, handle_by=records.timestamp(spec.handle_by)
+            ),
+        ).SerializeToString(),
+    ]
+    assert await pool.fetchval("SELECT open_sessions FROM agents WHERE agent_id = 'agent'") == 0
+
+
+async def test_platform_and_deadline_endings_write_what_the_python_rule_builds(pool: asyncpg.Pool) -> None:
+    await _shop(pool, "shop", {"agent": 10})
+    await pool.execute(
+        "INSERT INTO reply_templates (template_id, merchant_id, title, body) VALUES ('tpl', 'shop', 't', 'Sure.')"
+    )
+    escalated = await _conversation(pool, "r-escalated")
+    closed = await sessions.close_session(pool, PLATFORM, escalated, CloseReason.PLATFORM_ESCALATED, POLICY)
+    assert records.closed_session(closed).ticket_id == str(closed["ticket_id"])
+    await _assert_ending_agrees(pool, escalated, CloseReason.PLATFORM_ESCALATED)
+
+    timed_out = await _conversation(pool, "r-timeout")
+    deadline = await pool.fetchval("SELECT reply_deadline FROM sessions WHERE session_id = $1", timed_out)
+    assert (await DeadlineWorker(pool, DeadlineConfig(policy=POLICY)).run_once(now=deadline)).ended == 1
+    await _assert_ending_agrees(pool, timed_out, CloseReason.MERCHANT_TIMEOUT)

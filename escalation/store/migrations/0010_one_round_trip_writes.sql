@@ -73,6 +73,18 @@ $$;
 
 -- --- rows -> escalation.v1 messages (the same fields as escalation/services/records.py) --------------
 
+-- escalation.v1.Category and CloseReason numbers of the names the tables store.
+CREATE FUNCTION pb_category(category text) RETURNS int
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT CASE category WHEN 'REFUND' THEN 1 WHEN 'ORDER_OPERATION' THEN 2 WHEN 'EXCHANGE' THEN 3
+                         WHEN 'PRODUCT' THEN 4 WHEN 'NEGOTIATED_REFUND' THEN 5 WHEN 'LOGISTICS' THEN 6 END
+$$;
+
+CREATE FUNCTION pb_close_reason(reason text) RETURNS int
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT CASE reason WHEN 'RESOLVED' THEN 1 WHEN 'PLATFORM_ESCALATED' THEN 2 WHEN 'MERCHANT_TIMEOUT' THEN 3 END
+$$;
+
 -- escalation.v1.Message (records.message).
 CREATE FUNCTION message_pb(m messages) RETURNS bytea
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
@@ -94,12 +106,9 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
         || pb_string_field(3, s.assigned_agent_id)
         || pb_string_field(4, s.platform_agent_id)
         || pb_string_field(5, s.order_id)
-        || pb_uint_field(6, CASE s.category
-                                WHEN 'REFUND' THEN 1 WHEN 'ORDER_OPERATION' THEN 2 WHEN 'EXCHANGE' THEN 3
-                                WHEN 'PRODUCT' THEN 4 WHEN 'NEGOTIATED_REFUND' THEN 5 WHEN 'LOGISTICS' THEN 6 END)
+        || pb_uint_field(6, pb_category(s.category))
         || pb_uint_field(7, CASE s.state WHEN 'OPEN' THEN 1 WHEN 'ENDED' THEN 2 END)
-        || pb_uint_field(8, CASE s.close_reason
-                                WHEN 'RESOLVED' THEN 1 WHEN 'PLATFORM_ESCALATED' THEN 2 WHEN 'MERCHANT_TIMEOUT' THEN 3 END)
+        || pb_uint_field(8, pb_close_reason(s.close_reason))
         || pb_timestamp_field(9, s.open_time)
         || pb_timestamp_field(10, s.close_time)
         || pb_timestamp_field(11, s.reply_deadline)
@@ -457,4 +466,180 @@ BEGIN
     INTO opened_messages, message_pbs
     FROM messages m
     WHERE m.session_id = prior.session_id AND m.seq <= coalesce(cardinality(p_contents), 0);
+END $$;
+
+-- --- Ending: CloseSession and the deadline worker ----------------------------------------------------
+
+-- google.protobuf.Timestamp.ToJsonString() of a microsecond value: RFC 3339 in UTC with 0, 3 or 6
+-- fractional digits, as the transcript digest covers it (domain/tickets.py canonical()).
+CREATE FUNCTION pb_json_time(value timestamptz) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT to_char(value AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS')
+        || CASE WHEN us = 0 THEN 'Z'
+                WHEN us % 1000 = 0 THEN '.' || lpad((us / 1000)::text, 3, '0') || 'Z'
+                ELSE '.' || lpad(us::text, 6, '0') || 'Z' END
+    FROM (SELECT (extract(microseconds FROM value)::bigint % 1000000) AS us) AS fraction
+$$;
+
+-- The bytes of one message that the transcript digest chain covers: domain/tickets.py canonical(),
+-- each part prefixed with its length as 8 bytes big-endian (int8send).
+CREATE FUNCTION transcript_part(m messages) RETURNS bytea
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT string_agg(int8send(octet_length(part)) || part, '\x'::bytea ORDER BY n)
+    FROM unnest(ARRAY[
+        convert_to(m.seq::text, 'UTF8'),
+        convert_to('SENDER_' || m.sender, 'UTF8'),
+        convert_to(m.sender_id, 'UTF8'),
+        convert_to(pb_json_time(m.send_time), 'UTF8'),
+        convert_to(coalesce(m.template_id, ''), 'UTF8'),
+        m.content
+    ]) WITH ORDINALITY AS parts(part, n)
+$$;
+
+-- What ending sessions writes (SPEC R6, R7), the one place for every way a session ends: the platform's
+-- close (close_session below) and the deadline worker's batch (services/ending.py, after its claim).
+-- p_session_ids have just been ended (state ENDED, close_time set) by the caller's statement, which
+-- holds their row locks. For each, in close order (close_time, session_id):
+--   - when p_reason makes a ticket (not RESOLVED): the escalation.v1.ServiceTicket (services/tickets.py
+--     build() is the specification: transcript, SLA deadline handle_by = close_time + the category's
+--     p_sla_seconds, SHA-256 chained digest) and its outbox row (p_topic, key = merchant id, event_id =
+--     ticket id, p_content_type, p_traceparent: the span that ends it, docs/tracing.md);
+--   - the merchant's SessionClosed (and TicketCreated) events, merchants locked in merchant id order;
+--   - one open session less for its agent (agent rows locked in one order).
+-- Lock order: sessions (the caller's), merchants, agents — as everywhere else (store/events.py).
+-- Returns the ended sessions as read back, each with its ticket_id, handle_by and session_pb.
+CREATE FUNCTION end_sessions_locked(
+    p_session_ids uuid[], p_reason text, p_sla_categories text[], p_sla_seconds float8[],
+    p_digest_algorithm text, p_topic text, p_content_type text, p_traceparent text
+) RETURNS TABLE (
+    session_id uuid, merchant_id text, assigned_agent_id text, platform_agent_id text, order_id text,
+    category text, open_time timestamptz, close_time timestamptz, ticket_id uuid, handle_by timestamptz,
+    session_pb bytea
+)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    s sessions;
+    m messages;
+    digest bytea;
+    transcript bytea;
+    new_ticket uuid;
+    due timestamptz;
+    payload bytea;
+    per record;
+BEGIN
+    IF p_reason <> 'RESOLVED' THEN
+        FOR s IN SELECT * FROM sessions ss WHERE ss.session_id = ANY(p_session_ids)
+                 ORDER BY ss.close_time, ss.session_id
+        LOOP
+            digest := '\x0000000000000000000000000000000000000000000000000000000000000000'::bytea;
+            transcript := '\x'::bytea;
+            FOR m IN SELECT * FROM messages mm WHERE mm.session_id = s.session_id ORDER BY mm.seq LOOP
+                -- d_i = SHA-256(d_{i-1} || canonical(message_i)) (domain/tickets.py transcript_digest)
+                digest := sha256(digest || transcript_part(m));
+                transcript := transcript || pb_len_field(9, message_pb(m));
+            END LOOP;
+            new_ticket := gen_random_uuid();
+            due := s.close_time + make_interval(secs => p_sla_seconds[array_position(p_sla_categories, s.category)]);
+            -- escalation.v1.ServiceTicket, fields in number order (services/tickets.py build()).
+            payload := pb_string_field(1, new_ticket::text) || pb_string_field(2, s.session_id::text)
+                || pb_string_field(3, s.merchant_id) || pb_string_field(4, s.assigned_agent_id)
+                || pb_string_field(5, s.platform_agent_id) || pb_string_field(6, s.order_id)
+                || pb_uint_field(7, pb_category(s.category)) || pb_uint_field(8, pb_close_reason(p_reason))
+                || transcript
+                || pb_timestamp_field(10, s.open_time) || pb_timestamp_field(11, s.close_time)
+                || pb_timestamp_field(12, due) || pb_string_field(13, encode(digest, 'hex'))
+                || pb_string_field(14, p_digest_algorithm) || pb_timestamp_field(15, s.close_time);
+            INSERT INTO tickets (ticket_id, session_id, merchant_id, reason, category, handle_by, transcript_digest,
+                                 payload, create_time)
+            VALUES (new_ticket, s.session_id, s.merchant_id, p_reason, s.category, due, encode(digest, 'hex'),
+                    payload, s.close_time);
+            INSERT INTO outbox (topic, message_key, event_id, content_type, payload, traceparent)
+            VALUES (p_topic, convert_to(s.merchant_id, 'UTF8'), new_ticket::text, p_content_type, payload,
+                    p_traceparent);
+        END LOOP;
+    END IF;
+
+    -- The events, one append per merchant in merchant id order (the lock order of store/events.py).
+    FOR per IN
+        SELECT e.merchant_id,
+               array_agg(e.kind ORDER BY e.close_time, e.session_id, e.n) AS kinds,
+               array_agg(e.session_id ORDER BY e.close_time, e.session_id, e.n) AS session_ids,
+               array_agg(e.assigned_agent_id ORDER BY e.close_time, e.session_id, e.n) AS agent_ids,
+               array_agg(e.payload ORDER BY e.close_time, e.session_id, e.n) AS payloads
+        FROM (
+            -- SessionClosed{session} (13), then TicketCreated{session_id, ticket_id, handle_by} (14).
+            SELECT ss.merchant_id, ss.session_id, ss.assigned_agent_id, ss.close_time, k.n, k.kind, k.payload
+            FROM sessions ss LEFT JOIN tickets t ON t.session_id = ss.session_id
+            CROSS JOIN LATERAL (VALUES
+                (1, 'session_closed', merchant_event_pb(ss.session_id, 13, pb_len_field(1, session_pb(ss, t.ticket_id)))),
+                (2, 'ticket_created', CASE WHEN t.ticket_id IS NOT NULL THEN merchant_event_pb(ss.session_id, 14,
+                    pb_string_field(1, ss.session_id::text) || pb_string_field(2, t.ticket_id::text)
+                    || pb_timestamp_field(3, t.handle_by)) END)
+            ) AS k(n, kind, payload)
+            WHERE ss.session_id = ANY(p_session_ids) AND k.payload IS NOT NULL
+        ) AS e
+        GROUP BY e.merchant_id
+        ORDER BY e.merchant_id COLLATE "C"
+    LOOP
+        PERFORM append_merchant_events(per.merchant_id, per.kinds, per.session_ids, per.agent_ids, per.payloads);
+    END LOOP;
+
+    -- The agents' open counts. Several agents: lock them in one order first, so two batches never wait
+    -- on each other.
+    IF cardinality(p_session_ids) > 1 THEN
+        PERFORM 1 FROM agents a
+        WHERE (a.merchant_id, a.agent_id) IN (
+            SELECT ss.merchant_id, ss.assigned_agent_id FROM sessions ss WHERE ss.session_id = ANY(p_session_ids))
+        ORDER BY a.merchant_id, a.agent_id
+        FOR UPDATE;
+    END IF;
+    UPDATE agents a SET open_sessions = a.open_sessions - d.n
+    FROM (SELECT ss.merchant_id, ss.assigned_agent_id, count(*) AS n FROM sessions ss
+          WHERE ss.session_id = ANY(p_session_ids) GROUP BY ss.merchant_id, ss.assigned_agent_id) AS d
+    WHERE a.merchant_id = d.merchant_id AND a.agent_id = d.assigned_agent_id;
+
+    RETURN QUERY
+    SELECT ss.session_id, ss.merchant_id, ss.assigned_agent_id, ss.platform_agent_id, ss.order_id, ss.category,
+           ss.open_time, ss.close_time, t.ticket_id, t.handle_by, session_pb(ss, t.ticket_id)
+    FROM sessions ss LEFT JOIN tickets t ON t.session_id = ss.session_id
+    WHERE ss.session_id = ANY(p_session_ids)
+    ORDER BY ss.close_time, ss.session_id;
+END $$;
+
+-- CloseSession (SPEC R6, R7, R9): ends a session in the platform caller's scope (p_scope_platform_agent_id:
+-- the agent that opened it; NULL: a supervisor) as p_reason, and writes what that means
+-- (end_sessions_locked, with the same SLA/topic/trace parameters). Locks the session row first; outside
+-- the scope: SESSION_NOT_FOUND, never waited for. Returns the ended session (with ticket_id) and its
+-- escalation.v1.Session. Refusals: SESSION_NOT_FOUND, SESSION_CLOSED (DETAIL: the ticket id or '').
+CREATE FUNCTION close_session(
+    p_session_id uuid, p_scope_platform_agent_id text, p_reason text, p_sla_categories text[],
+    p_sla_seconds float8[], p_digest_algorithm text, p_topic text, p_content_type text, p_traceparent text
+) RETURNS TABLE (
+    session_id uuid, merchant_id text, assigned_agent_id text, platform_agent_id text, order_id text,
+    category text, open_time timestamptz, close_time timestamptz, ticket_id uuid, handle_by timestamptz,
+    session_pb bytea
+)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    state text;
+BEGIN
+    SELECT ss.state INTO state FROM sessions ss
+    WHERE ss.session_id = p_session_id
+      AND (p_scope_platform_agent_id IS NULL OR ss.platform_agent_id = p_scope_platform_agent_id)
+    FOR UPDATE;
+    IF NOT FOUND THEN
+        PERFORM raise_refusal('SESSION_NOT_FOUND');
+    END IF;
+    IF state = 'ENDED' THEN
+        PERFORM raise_refusal('SESSION_CLOSED',
+                              (SELECT t.ticket_id::text FROM tickets t WHERE t.session_id = p_session_id));
+    END IF;
+    UPDATE sessions ss SET state = 'ENDED', close_reason = p_reason, close_time = clock_timestamp(),
+                           reply_deadline = NULL, remind_time = NULL
+    WHERE ss.session_id = p_session_id;
+    RETURN QUERY SELECT * FROM end_sessions_locked(
+        ARRAY[p_session_id], p_reason, p_sla_categories, p_sla_seconds, p_digest_algorithm, p_topic,
+        p_content_type, p_traceparent);
 END $$;

@@ -20,12 +20,6 @@ WHERE s.session_id = $1
   AND ($4::text IS NULL OR s.platform_agent_id = $4)
 FOR UPDATE OF s;
 
--- name: end_session
-UPDATE sessions SET state = 'ENDED', close_reason = $2, close_time = clock_timestamp(),
-                    reply_deadline = NULL, remind_time = NULL
-WHERE session_id = $1 AND state = 'OPEN'
-RETURNING session_id, merchant_id, assigned_agent_id, platform_agent_id, order_id, category, open_time, close_time;
-
 -- name: get_session
 SELECT s.session_id, s.merchant_id, s.assigned_agent_id, s.platform_agent_id, s.order_id, s.category, s.state,
        s.close_reason, s.open_time, s.close_time, s.reply_deadline, s.last_seq, s.assignment, t.ticket_id
@@ -66,13 +60,6 @@ LIMIT $9;
 SELECT session_id, seq, sender, sender_id, kind, client_msg_id, template_id, content, send_time
 FROM messages WHERE session_id = $1 AND seq > $2 ORDER BY seq LIMIT $3;
 
--- name: insert_ticket
-INSERT INTO tickets (ticket_id, session_id, merchant_id, reason, category, handle_by, transcript_digest, payload, create_time)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9);
-
--- name: insert_outbox
-INSERT INTO outbox (topic, message_key, event_id, content_type, payload, traceparent) VALUES ($1, $2, $3, $4, $5, $6);
-
 -- name: mark_read
 -- R8 read receipts: the merchant has read up to $2 (never moves backwards, never past the last message).
 UPDATE sessions SET merchant_read_seq = least(greatest(merchant_read_seq, $2), last_seq)
@@ -98,3 +85,15 @@ SELECT * FROM open_session(
     p_platform_agent_id => $1, p_request_id => $2, p_request_hash => $3, p_merchant_id => $4, p_category => $5,
     p_order_id => $6, p_kinds => $7, p_contents => $8, p_rule_version => $9, p_presence_window => $10,
     p_reply_timeout_override => $11, p_remind_before => $12, p_max_messages => $13, p_max_content_bytes => $14);
+
+-- name: close_session
+-- One round trip for CloseSession (migrations/0010 close_session).
+SELECT * FROM close_session(
+    p_session_id => $1, p_scope_platform_agent_id => $2, p_reason => $3, p_sla_categories => $4,
+    p_sla_seconds => $5, p_digest_algorithm => $6, p_topic => $7, p_content_type => $8, p_traceparent => $9);
+
+-- name: end_sessions_locked
+-- What ending writes, for sessions the caller's statement has just ended (migrations/0010).
+SELECT * FROM end_sessions_locked(
+    p_session_ids => $1, p_reason => $2, p_sla_categories => $3, p_sla_seconds => $4,
+    p_digest_algorithm => $5, p_topic => $6, p_content_type => $7, p_traceparent => $8);
