@@ -1,7 +1,8 @@
 -- The declared schema: `make schema` writes this file from the migrations; do not edit it.
 CREATE FUNCTION public.append_merchant_events(p_merchant_id text, p_kinds text[], p_session_ids uuid[], p_agent_ids text[], p_payloads bytea[]) RETURNS void
-    LANGUAGE sql
+    LANGUAGE plpgsql
     AS $$
+BEGIN
     WITH bump AS (
         UPDATE merchants SET last_event_cursor = last_event_cursor + cardinality(p_kinds)
         WHERE merchant_id = p_merchant_id
@@ -10,8 +11,8 @@ CREATE FUNCTION public.append_merchant_events(p_merchant_id text, p_kinds text[]
     INSERT INTO merchant_events (merchant_id, cursor, session_id, agent_id, kind, payload, event_time)
     SELECT p_merchant_id, bump.base + e.ord, e.session_id, e.agent_id, e.kind, e.payload, bump.at
     FROM bump, unnest(p_kinds, p_session_ids, p_agent_ids, p_payloads) WITH ORDINALITY
-               AS e(kind, session_id, agent_id, payload, ord)
-$$;
+               AS e(kind, session_id, agent_id, payload, ord);
+END $$;
 CREATE TABLE public.messages (
     session_id uuid NOT NULL,
     seq bigint NOT NULL,
@@ -109,6 +110,9 @@ DECLARE
     new_ticket uuid;
     due timestamptz;
     payload bytea;
+    entry bytea;
+    category_number int;
+    reason_number int := pb_close_reason(p_reason);
     per record;
 BEGIN
     IF p_reason <> 'RESOLVED' THEN
@@ -120,15 +124,17 @@ BEGIN
             FOR m IN SELECT * FROM messages mm WHERE mm.session_id = s.session_id ORDER BY mm.seq LOOP
                 -- d_i = SHA-256(d_{i-1} || canonical(message_i)) (domain/tickets.py transcript_digest)
                 digest := sha256(digest || transcript_part(m));
-                transcript := transcript || pb_len_field(9, message_pb(m));
+                entry := message_pb(m);
+                transcript := transcript || pb_len_field(9, entry);
             END LOOP;
             new_ticket := gen_random_uuid();
+            category_number := pb_category(s.category);
             due := s.close_time + make_interval(secs => p_sla_seconds[array_position(p_sla_categories, s.category)]);
             -- escalation.v1.ServiceTicket, fields in number order (services/tickets.py build()).
             payload := pb_string_field(1, new_ticket::text) || pb_string_field(2, s.session_id::text)
                 || pb_string_field(3, s.merchant_id) || pb_string_field(4, s.assigned_agent_id)
                 || pb_string_field(5, s.platform_agent_id) || pb_string_field(6, s.order_id)
-                || pb_uint_field(7, pb_category(s.category)) || pb_uint_field(8, pb_close_reason(p_reason))
+                || pb_uint_field(7, category_number) || pb_uint_field(8, reason_number)
                 || transcript
                 || pb_timestamp_field(10, s.open_time) || pb_timestamp_field(11, s.close_time)
                 || pb_timestamp_field(12, due) || pb_string_field(13, encode(digest, 'hex'))
@@ -151,15 +157,28 @@ BEGIN
                array_agg(e.payload ORDER BY e.close_time, e.session_id, e.n) AS payloads
         FROM (
             -- SessionClosed{session} (13), then TicketCreated{session_id, ticket_id, handle_by} (14).
-            SELECT ss.merchant_id, ss.session_id, ss.assigned_agent_id, ss.close_time, k.n, k.kind, k.payload
-            FROM sessions ss LEFT JOIN tickets t ON t.session_id = ss.session_id
+            -- Each encoding is computed in a subquery of its own (OFFSET 0 keeps the planner from
+            -- merging them), so that every helper gets a plain column and is inlined.
+            SELECT b.merchant_id, b.session_id, b.assigned_agent_id, b.close_time, k.n, k.kind, k.payload
+            FROM (
+                SELECT a.*, pb_len_field(1, a.pb) AS closed_body,
+                       pb_string_field(1, a.session_id::text) || pb_string_field(2, a.ticket_id::text)
+                           || pb_timestamp_field(3, a.handle_by) AS created_body
+                FROM (
+                    SELECT ss.merchant_id, ss.session_id, ss.assigned_agent_id, ss.close_time, t.ticket_id,
+                           t.handle_by, session_pb(ss, t.ticket_id) AS pb
+                    FROM sessions ss LEFT JOIN tickets t ON t.session_id = ss.session_id
+                    WHERE ss.session_id = ANY(p_session_ids)
+                    OFFSET 0
+                ) AS a
+                OFFSET 0
+            ) AS b
             CROSS JOIN LATERAL (VALUES
-                (1, 'session_closed', merchant_event_pb(ss.session_id, 13, pb_len_field(1, session_pb(ss, t.ticket_id)))),
-                (2, 'ticket_created', CASE WHEN t.ticket_id IS NOT NULL THEN merchant_event_pb(ss.session_id, 14,
-                    pb_string_field(1, ss.session_id::text) || pb_string_field(2, t.ticket_id::text)
-                    || pb_timestamp_field(3, t.handle_by)) END)
+                (1, 'session_closed', merchant_event_pb(b.session_id, 13, b.closed_body)),
+                (2, 'ticket_created', CASE WHEN b.ticket_id IS NOT NULL
+                                           THEN merchant_event_pb(b.session_id, 14, b.created_body) END)
             ) AS k(n, kind, payload)
-            WHERE ss.session_id = ANY(p_session_ids) AND k.payload IS NOT NULL
+            WHERE k.payload IS NOT NULL
         ) AS e
         GROUP BY e.merchant_id
         ORDER BY e.merchant_id COLLATE "C"
@@ -187,12 +206,12 @@ BEGIN
     ORDER BY ss.close_time, ss.session_id;
 END $$;
 CREATE FUNCTION public.merchant_event_pb(session_id uuid, kind_field integer, body bytea) RETURNS bytea
-    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    LANGUAGE sql STABLE PARALLEL SAFE
     AS $$
     SELECT pb_string_field(3, session_id::text) || pb_len_field(kind_field, body)
 $$;
 CREATE FUNCTION public.message_pb(m public.messages) RETURNS bytea
-    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    LANGUAGE sql STABLE PARALLEL SAFE
     AS $$
     SELECT pb_string_field(1, m.session_id::text)
         || pb_uint_field(2, m.seq)
@@ -278,7 +297,10 @@ DECLARE
     best record;
     have_best boolean := false;
     candidates bytea := '\x'::bytea;
+    candidate bytea;
     decision bytea;
+    events bytea[];
+    one_pb bytea;
     new_id uuid := gen_random_uuid();
     msg messages;
     i int;
@@ -309,10 +331,10 @@ BEGIN
             ORDER BY e.agent_id COLLATE "C"
         LOOP
             -- escalation.v1.AssignmentCandidate
-            candidates := candidates || pb_len_field(4,
-                pb_string_field(1, c.agent_id) || pb_uint_field(2, c.open_sessions) || pb_uint_field(3, c.capacity)
-                || pb_double_field(4, c.open_sessions::float8 / c.capacity)
-                || pb_timestamp_field(5, c.last_assign_time));
+            candidate := pb_string_field(1, c.agent_id) || pb_uint_field(2, c.open_sessions)
+                || pb_uint_field(3, c.capacity) || pb_double_field(4, c.open_sessions::float8 / c.capacity)
+                || pb_timestamp_field(5, c.last_assign_time);
+            candidates := candidates || pb_len_field(4, candidate);
             IF NOT have_best THEN
                 best := c;
                 have_best := true;
@@ -337,26 +359,31 @@ BEGIN
         IF FOUND THEN
             UPDATE agents a SET open_sessions = a.open_sessions + 1, last_assign_time = clock_timestamp()
             WHERE a.merchant_id = p_merchant_id AND a.agent_id = best.agent_id;
+            opened_messages := '{}';
+            message_pbs := '{}';
+            events := '{}';
             FOR i IN 1 .. coalesce(cardinality(p_contents), 0) LOOP
                 msg := append_message_locked(
                     new_id, 'PLATFORM', p_platform_agent_id, p_kinds[i], NULL, NULL, p_contents[i],
                     coalesce(p_reply_timeout_override, merchant.reply_timeout_seconds), p_remind_before,
                     p_max_messages, p_max_content_bytes);
+                one_pb := message_pb(msg);
                 opened_messages := opened_messages || msg;
-                message_pbs := message_pbs || message_pb(msg);
+                message_pbs := message_pbs || one_pb;
+                one_pb := pb_len_field(1, one_pb);  -- MessageAdded{message}
+                events := events || merchant_event_pb(new_id, 11, one_pb);
             END LOOP;
             replayed := false;
             SELECT s.* INTO opened_session FROM sessions s WHERE s.session_id = new_id;
             session_pb := session_pb(opened_session, NULL);
             saturation := best.open_sessions::float8 / best.capacity;
+            one_pb := pb_len_field(1, session_pb);  -- SessionAssigned{session}
             PERFORM append_merchant_events(
                 p_merchant_id,
                 ARRAY['session_assigned'] || array_fill('message_added'::text, ARRAY[cardinality(message_pbs)]),
                 array_fill(new_id, ARRAY[cardinality(message_pbs) + 1]),
                 array_fill(best.agent_id, ARRAY[cardinality(message_pbs) + 1]),
-                ARRAY[merchant_event_pb(new_id, 10, pb_len_field(1, session_pb))]
-                    || ARRAY(SELECT merchant_event_pb(new_id, 11, pb_len_field(1, p))
-                             FROM unnest(message_pbs) WITH ORDINALITY AS u(p, n) ORDER BY n));
+                merchant_event_pb(new_id, 10, one_pb) || events);
             RETURN;
         END IF;
         -- A twin with this request id committed meanwhile (for another merchant): replay it.
@@ -392,18 +419,19 @@ CREATE FUNCTION public.pb_double_field(field integer, value double precision) RE
     AS $$
     SELECT CASE WHEN value IS NULL OR value = 0 THEN '\x'::bytea
                 ELSE pb_varint(field::bigint << 3 | 1)
-                     || substr(b, 8, 1) || substr(b, 7, 1) || substr(b, 6, 1) || substr(b, 5, 1)
-                     || substr(b, 4, 1) || substr(b, 3, 1) || substr(b, 2, 1) || substr(b, 1, 1) END
-    FROM (SELECT float8send(value) AS b) AS big_endian
+                     || substr(float8send(value), 8, 1) || substr(float8send(value), 7, 1)
+                     || substr(float8send(value), 6, 1) || substr(float8send(value), 5, 1)
+                     || substr(float8send(value), 4, 1) || substr(float8send(value), 3, 1)
+                     || substr(float8send(value), 2, 1) || substr(float8send(value), 1, 1) END
 $$;
 CREATE FUNCTION public.pb_json_time(value timestamp with time zone) RETURNS text
-    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    LANGUAGE sql STABLE PARALLEL SAFE
     AS $$
     SELECT to_char(value AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS')
-        || CASE WHEN us = 0 THEN 'Z'
-                WHEN us % 1000 = 0 THEN '.' || lpad((us / 1000)::text, 3, '0') || 'Z'
-                ELSE '.' || lpad(us::text, 6, '0') || 'Z' END
-    FROM (SELECT (extract(microseconds FROM value)::bigint % 1000000) AS us) AS fraction
+        || CASE WHEN extract(microseconds FROM value)::bigint % 1000000 = 0 THEN 'Z'
+                WHEN extract(microseconds FROM value)::bigint % 1000 = 0
+                    THEN '.' || lpad((extract(microseconds FROM value)::bigint % 1000000 / 1000)::text, 3, '0') || 'Z'
+                ELSE '.' || lpad((extract(microseconds FROM value)::bigint % 1000000)::text, 6, '0') || 'Z' END
 $$;
 CREATE FUNCTION public.pb_len_field(field integer, value bytea) RETURNS bytea
     LANGUAGE sql IMMUTABLE PARALLEL SAFE
@@ -412,18 +440,32 @@ CREATE FUNCTION public.pb_len_field(field integer, value bytea) RETURNS bytea
                 ELSE pb_varint(field::bigint << 3 | 2) || pb_varint(octet_length(value)) || value END
 $$;
 CREATE FUNCTION public.pb_string_field(field integer, value text) RETURNS bytea
-    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    LANGUAGE sql STABLE PARALLEL SAFE
     AS $$
-    SELECT CASE WHEN value IS NULL OR value = '' THEN '\x'::bytea
-                ELSE pb_len_field(field, convert_to(value, 'UTF8')) END
+    SELECT pb_len_field(field, nullif(convert_to(value, 'UTF8'), '\x'::bytea))
 $$;
 CREATE FUNCTION public.pb_timestamp_field(field integer, value timestamp with time zone) RETURNS bytea
+    LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
+    AS $$
+DECLARE
+    micros bigint;
+    seconds bigint;
+    nanos bigint;
+BEGIN
+    IF value IS NULL THEN
+        RETURN '\x'::bytea;
+    END IF;
+    micros := (extract(epoch FROM value) * 1000000)::bigint;  -- numeric: exact
+    seconds := micros / 1000000;
+    nanos := micros % 1000000 * 1000;
+    RETURN pb_timestamp_parts_field(field, seconds, nanos);
+END $$;
+CREATE FUNCTION public.pb_timestamp_parts_field(field integer, seconds bigint, nanos bigint) RETURNS bytea
     LANGUAGE sql IMMUTABLE PARALLEL SAFE
     AS $$
-    SELECT CASE WHEN value IS NULL THEN '\x'::bytea
-                ELSE pb_len_field(field, pb_uint_field(1, floor(e)::bigint)
-                                         || pb_uint_field(2, ((e - floor(e)) * 1000000000)::bigint)) END
-    FROM (SELECT extract(epoch FROM value) AS e) AS epoch
+    SELECT pb_varint(field::bigint << 3 | 2)
+        || set_byte('\x00'::bytea, 0, pb_uint_field_size(seconds) + pb_uint_field_size(nanos))
+        || pb_uint_field(1, seconds) || pb_uint_field(2, nanos)
 $$;
 CREATE FUNCTION public.pb_uint_field(field integer, value bigint) RETURNS bytea
     LANGUAGE sql IMMUTABLE PARALLEL SAFE
@@ -431,7 +473,18 @@ CREATE FUNCTION public.pb_uint_field(field integer, value bigint) RETURNS bytea
     SELECT CASE WHEN value IS NULL OR value = 0 THEN '\x'::bytea
                 ELSE pb_varint(field::bigint << 3) || pb_varint(value) END
 $$;
+CREATE FUNCTION public.pb_uint_field_size(value bigint) RETURNS integer
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    AS $$
+    SELECT CASE WHEN value IS NULL OR value = 0 THEN 0 ELSE 1 + octet_length(pb_varint(value)) END
+$$;
 CREATE FUNCTION public.pb_varint(value bigint) RETURNS bytea
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    AS $$
+    SELECT CASE WHEN value >= 0 AND value < 128 THEN set_byte('\x00'::bytea, 0, value::int)
+                ELSE pb_varint_long(value) END
+$$;
+CREATE FUNCTION public.pb_varint_long(value bigint) RETURNS bytea
     LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE
     AS $$
 DECLARE
@@ -468,6 +521,7 @@ DECLARE
     msg_kind text := p_kind;
     msg_content bytea := p_content;
     awaiting_first_reply boolean := false;
+    added bytea;
 BEGIN
     IF p_caller_merchant_id IS NOT NULL THEN
         -- Where the merchant agent stands in its shop now (SPEC R1, R9; services/callers.py).
@@ -525,7 +579,8 @@ BEGIN
         END IF;
         -- MessageContent{text: Text{body}}, as MessageContent(text=Text(body=...)).SerializeToString().
         msg_kind := 'TEXT';
-        msg_content := pb_len_field(1, pb_string_field(1, body));
+        msg_content := pb_string_field(1, body);
+        msg_content := pb_len_field(1, msg_content);
     END IF;
     IF s.state = 'ENDED' THEN
         PERFORM raise_refusal('SESSION_CLOSED',
@@ -542,15 +597,16 @@ BEGIN
     SELECT msg.session_id, msg.seq, msg.sender, msg.sender_id, msg.kind, msg.client_msg_id, msg.template_id,
            msg.content, msg.send_time, message_pb(msg)
     INTO session_id, seq, sender, sender_id, kind, client_msg_id, template_id, content, send_time, message_pb;
+    added := pb_len_field(1, message_pb);  -- MessageAdded{message}
     PERFORM append_merchant_events(
         s.merchant_id, ARRAY['message_added'], ARRAY[p_session_id], ARRAY[s.assigned_agent_id],
-        ARRAY[merchant_event_pb(p_session_id, 11, pb_len_field(1, message_pb))]);
+        ARRAY[merchant_event_pb(p_session_id, 11, added)]);
     IF awaiting_first_reply THEN
         first_reply_seconds := extract(epoch FROM msg.send_time - s.open_time)::float8;
     END IF;
 END $$;
 CREATE FUNCTION public.session_pb(s public.sessions, ticket_id uuid) RETURNS bytea
-    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    LANGUAGE sql STABLE PARALLEL SAFE
     AS $$
     SELECT pb_string_field(1, s.session_id::text)
         || pb_string_field(2, s.merchant_id)
@@ -568,17 +624,15 @@ CREATE FUNCTION public.session_pb(s public.sessions, ticket_id uuid) RETURNS byt
         || pb_len_field(14, s.assignment)
 $$;
 CREATE FUNCTION public.transcript_part(m public.messages) RETURNS bytea
-    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    LANGUAGE sql STABLE PARALLEL SAFE
     AS $$
-    SELECT string_agg(int8send(octet_length(part)) || part, '\x'::bytea ORDER BY n)
-    FROM unnest(ARRAY[
-        convert_to(m.seq::text, 'UTF8'),
-        convert_to('SENDER_' || m.sender, 'UTF8'),
-        convert_to(m.sender_id, 'UTF8'),
-        convert_to(pb_json_time(m.send_time), 'UTF8'),
-        convert_to(coalesce(m.template_id, ''), 'UTF8'),
-        m.content
-    ]) WITH ORDINALITY AS parts(part, n)
+    SELECT int8send(octet_length(m.seq::text)) || convert_to(m.seq::text, 'UTF8')
+        || int8send(octet_length('SENDER_' || m.sender)) || convert_to('SENDER_' || m.sender, 'UTF8')
+        || int8send(octet_length(convert_to(m.sender_id, 'UTF8'))) || convert_to(m.sender_id, 'UTF8')
+        || int8send(octet_length(pb_json_time(m.send_time))) || convert_to(pb_json_time(m.send_time), 'UTF8')
+        || int8send(octet_length(convert_to(coalesce(m.template_id, ''), 'UTF8')))
+        || convert_to(coalesce(m.template_id, ''), 'UTF8')
+        || int8send(octet_length(m.content)) || m.content
 $$;
 CREATE TABLE public.agents (
     merchant_id text NOT NULL,
