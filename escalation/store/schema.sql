@@ -75,6 +75,7 @@ CREATE FUNCTION public.assignment_precedes(a_open integer, a_capacity integer, a
 $$;
 CREATE FUNCTION public.close_session(p_session_id uuid, p_scope_platform_agent_id text, p_reason text, p_sla_categories text[], p_sla_seconds double precision[], p_digest_algorithm text, p_topic text, p_content_type text, p_traceparent text) RETURNS TABLE(session_id uuid, merchant_id text, assigned_agent_id text, platform_agent_id text, order_id text, category text, open_time timestamp with time zone, close_time timestamp with time zone, ticket_id uuid, handle_by timestamp with time zone, session_pb bytea)
     LANGUAGE plpgsql
+    SET plan_cache_mode TO 'force_generic_plan'
     AS $$
 #variable_conflict use_column
 DECLARE
@@ -100,6 +101,7 @@ BEGIN
 END $$;
 CREATE FUNCTION public.end_sessions_locked(p_session_ids uuid[], p_reason text, p_sla_categories text[], p_sla_seconds double precision[], p_digest_algorithm text, p_topic text, p_content_type text, p_traceparent text) RETURNS TABLE(session_id uuid, merchant_id text, assigned_agent_id text, platform_agent_id text, order_id text, category text, open_time timestamp with time zone, close_time timestamp with time zone, ticket_id uuid, handle_by timestamp with time zone, session_pb bytea)
     LANGUAGE plpgsql
+    SET plan_cache_mode TO 'force_generic_plan'
     AS $$
 #variable_conflict use_column
 DECLARE
@@ -287,6 +289,7 @@ CREATE TABLE public.sessions (
 );
 CREATE FUNCTION public.open_session(p_platform_agent_id text, p_request_id text, p_request_hash bytea, p_merchant_id text, p_category text, p_order_id text, p_kinds text[], p_contents bytea[], p_rule_version text, p_presence_window double precision, p_reply_timeout_override double precision, p_remind_before double precision, p_max_messages bigint, p_max_content_bytes bigint, OUT replayed boolean, OUT opened_session public.sessions, OUT session_pb bytea, OUT opened_messages public.messages[], OUT message_pbs bytea[], OUT saturation double precision) RETURNS record
     LANGUAGE plpgsql
+    SET plan_cache_mode TO 'force_generic_plan'
     AS $$
 #variable_conflict use_column
 DECLARE
@@ -508,6 +511,7 @@ BEGIN
 END $$;
 CREATE FUNCTION public.send_message(p_session_id uuid, p_sender text, p_sender_id text, p_caller_merchant_id text, p_scope_platform_agent_id text, p_kind text, p_client_msg_id text, p_template_id text, p_content bytea, p_reply_timeout_override double precision, p_remind_before double precision, p_max_messages bigint, p_max_content_bytes bigint, OUT session_id uuid, OUT seq bigint, OUT sender text, OUT sender_id text, OUT kind text, OUT client_msg_id text, OUT template_id text, OUT content bytea, OUT send_time timestamp with time zone, OUT message_pb bytea, OUT first_reply_seconds double precision) RETURNS record
     LANGUAGE plpgsql
+    SET plan_cache_mode TO 'force_generic_plan'
     AS $$
 #variable_conflict use_column
 DECLARE

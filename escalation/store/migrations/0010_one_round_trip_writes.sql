@@ -259,7 +259,9 @@ CREATE FUNCTION send_message(
     OUT client_msg_id text, OUT template_id text, OUT content bytea, OUT send_time timestamptz,
     OUT message_pb bytea, OUT first_reply_seconds float8
 )
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+-- Generic plans: a custom plan would inline and fold the encoders again on every call.
+SET plan_cache_mode = force_generic_plan AS $$
 #variable_conflict use_column
 DECLARE
     caller record;
@@ -399,7 +401,9 @@ CREATE FUNCTION open_session(
     OUT replayed boolean, OUT opened_session sessions, OUT session_pb bytea, OUT opened_messages messages[],
     OUT message_pbs bytea[], OUT saturation float8
 )
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+-- Generic plans: a custom plan would inline and fold the encoders again on every call.
+SET plan_cache_mode = force_generic_plan AS $$
 #variable_conflict use_column
 DECLARE
     merchant record;
@@ -566,7 +570,9 @@ CREATE FUNCTION end_sessions_locked(
     category text, open_time timestamptz, close_time timestamptz, ticket_id uuid, handle_by timestamptz,
     session_pb bytea
 )
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+-- Generic plans: a custom plan would inline and fold the encoders again on every call.
+SET plan_cache_mode = force_generic_plan AS $$
 #variable_conflict use_column
 DECLARE
     s sessions;
@@ -688,7 +694,9 @@ CREATE FUNCTION close_session(
     category text, open_time timestamptz, close_time timestamptz, ticket_id uuid, handle_by timestamptz,
     session_pb bytea
 )
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+-- Generic plans: a custom plan would inline and fold the encoders again on every call.
+SET plan_cache_mode = force_generic_plan AS $$
 #variable_conflict use_column
 DECLARE
     state text;
