@@ -1,6 +1,10 @@
 """Use cases of the merchant directory: merchants, agents, reception settings, reply templates.
 
-Each function owns its transaction; store queries come from store/sql/directory.sql.
+Each function owns its transaction; store queries come from store/sql/directory.sql. Besides the
+errors each docstring names, every function may raise DatabaseUnavailable (``UNAVAILABLE``) and
+ConcurrentUpdate (``ABORTED``) through ``store/db.translate``. "Write errors" below means: AgentDisabled
+or ImPermissionRequired for a merchant caller the directory no longer admits (services/callers.py),
+MerchantNotFound, and NotMainAccount for a sub-account (only ops and the main account change settings).
 """
 
 from __future__ import annotations
@@ -27,7 +31,11 @@ class MerchantScope:
 
 
 def scope(caller: Identity, requested_merchant_id: str) -> MerchantScope:
-    """Merchants act on their own shop (another shop's id is NOT_FOUND); ops must name one."""
+    """Merchants act on their own shop (another shop's id is NOT_FOUND); ops must name one.
+
+    Raises MerchantNotFound (another shop's id), InvalidArgument (ops without ``merchant_id``) and
+    PermissionDenied (platform roles).
+    """
     if caller.role is Role.MERCHANT:
         assert caller.merchant_id is not None
         if requested_merchant_id and requested_merchant_id != caller.merchant_id:
@@ -68,7 +76,10 @@ async def _merchant_for_read(conn: asyncpg.Connection, target: MerchantScope) ->
 async def upsert_merchant(
     pool: asyncpg.Pool, *, merchant_id: str, display_name: str, main_account_id: str, disabled: bool
 ) -> asyncpg.Record:
-    """Creates or updates a merchant; its main account becomes an agent with IM permission."""
+    """Creates or updates a merchant; its main account becomes an agent with IM permission.
+
+    Account sync from the platform (ops only; the servicer checks the role). Raises nothing of its own.
+    """
     async with pool.acquire() as conn, conn.transaction():
         merchant = await conn.fetchrow(
             sql("upsert_merchant"), merchant_id, display_name or merchant_id, main_account_id, disabled
@@ -90,7 +101,10 @@ async def upsert_agent(
     disabled: bool,
     capacity: int,
 ) -> asyncpg.Record:
-    """Creates or updates an agent of the shop. Removing IM permission makes it ineligible at once."""
+    """Creates or updates an agent of the shop. Removing IM permission makes it ineligible at once (R1).
+
+    Raises the write errors, and MainAccountImRequired when the main account would lose IM permission.
+    """
     async with pool.acquire() as conn, conn.transaction():
         await _merchant_for_write(conn, target)
         await conn.execute(
@@ -110,6 +124,10 @@ async def upsert_agent(
 async def list_agents(
     pool: asyncpg.Pool, target: MerchantScope, *, after_agent_id: str | None, limit: int
 ) -> list[asyncpg.Record]:
+    """The shop's agents ordered by id, after ``after_agent_id``; at most ``limit`` rows (AIP-158).
+
+    Raises AgentDisabled/ImPermissionRequired for a merchant caller no longer admitted, MerchantNotFound.
+    """
     async with pool.acquire() as conn:
         await _merchant_for_read(conn, target)
         rows: list[asyncpg.Record] = await conn.fetch(sql("list_agents"), target.merchant_id, after_agent_id, limit)
@@ -117,7 +135,11 @@ async def list_agents(
 
 
 async def set_reception_agents(pool: asyncpg.Pool, target: MerchantScope, agent_ids: list[str]) -> asyncpg.Record:
-    """Replaces the designated reception agents (SPEC R1); each needs IM permission."""
+    """Replaces the designated reception agents (SPEC R1); each needs IM permission.
+
+    Raises the write errors, AgentNotFound (every unknown id in metadata ``agent_ids``) and
+    AgentNoImPermission (``FAILED_PRECONDITION``, every such id in metadata).
+    """
     async with pool.acquire() as conn, conn.transaction():
         # The merchant row lock serialises concurrent designation changes of one shop.
         await _merchant_for_write(conn, target)
@@ -150,12 +172,20 @@ async def _settings(conn: asyncpg.Connection, merchant_id: str) -> asyncpg.Recor
 
 
 async def get_reception_settings(pool: asyncpg.Pool, target: MerchantScope) -> asyncpg.Record:
+    """The shop's reception settings: designated and eligible agents, reply timeout (SPEC R1, R5).
+
+    Raises AgentDisabled/ImPermissionRequired for a merchant caller no longer admitted, MerchantNotFound.
+    """
     async with pool.acquire() as conn:
         await _current_caller(conn, target)
         return await _settings(conn, target.merchant_id)
 
 
 async def update_reply_timeout(pool: asyncpg.Pool, target: MerchantScope, seconds: int) -> asyncpg.Record:
+    """Sets the shop's reply timeout in seconds (SPEC R5: 120–180, validated by the servicer).
+
+    Applies to deadlines started afterwards. Raises the write errors.
+    """
     async with pool.acquire() as conn, conn.transaction():
         await _merchant_for_write(conn, target)
         await conn.execute(sql("update_reply_timeout"), target.merchant_id, seconds)
@@ -163,6 +193,7 @@ async def update_reply_timeout(pool: asyncpg.Pool, target: MerchantScope, second
 
 
 async def create_reply_template(pool: asyncpg.Pool, target: MerchantScope, *, title: str, body: str) -> asyncpg.Record:
+    """Adds a quick-reply template (SPEC R11); returns its row with a new id. Raises the write errors."""
     async with pool.acquire() as conn, conn.transaction():
         await _merchant_for_write(conn, target)
         template = await conn.fetchrow(sql("create_reply_template"), str(uuid.uuid4()), target.merchant_id, title, body)
@@ -171,6 +202,7 @@ async def create_reply_template(pool: asyncpg.Pool, target: MerchantScope, *, ti
 
 
 async def delete_reply_template(pool: asyncpg.Pool, target: MerchantScope, template_id: str) -> None:
+    """Deletes a template (SPEC R11). Raises the write errors and TemplateNotFound."""
     async with pool.acquire() as conn, conn.transaction():
         await _merchant_for_write(conn, target)
         status = await conn.execute(sql("delete_reply_template"), target.merchant_id, template_id)
@@ -181,6 +213,11 @@ async def delete_reply_template(pool: asyncpg.Pool, target: MerchantScope, templ
 async def list_reply_templates(
     pool: asyncpg.Pool, target: MerchantScope, *, after: tuple[datetime, str] | None, limit: int
 ) -> list[asyncpg.Record]:
+    """Templates oldest first after the (create_time, template_id) key ``after``; ≤ ``limit`` rows.
+
+    Any agent of the shop may list them (SPEC R11). Raises AgentDisabled/ImPermissionRequired for a
+    merchant caller no longer admitted, MerchantNotFound.
+    """
     async with pool.acquire() as conn:
         await _merchant_for_read(conn, target)
         rows: list[asyncpg.Record] = await conn.fetch(

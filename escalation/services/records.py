@@ -16,6 +16,7 @@ from escalation.v1 import admin_pb2, common_pb2, merchant_pb2, ops_pb2, platform
 
 
 def timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
+    """A timezone-aware ``datetime`` as a protobuf Timestamp; None (field unset) for NULL."""
     if value is None:
         return None
     ts = timestamp_pb2.Timestamp()
@@ -24,6 +25,7 @@ def timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
 
 
 def message(row: asyncpg.Record) -> common_pb2.Message:
+    """A ``messages`` row (content stored as serialized MessageContent) as a Message (SPEC R4)."""
     return common_pb2.Message(
         session_id=str(row["session_id"]),
         seq=row["seq"],
@@ -58,6 +60,7 @@ def opened(session_pb: bytes, message_pbs: Sequence[bytes]) -> platform_pb2.Open
 
 
 def session(row: asyncpg.Record) -> common_pb2.Session:
+    """A row of the ``get_session`` shape (session, deadline, ticket id, decision) as a Session."""
     return common_pb2.Session(
         session_id=str(row["session_id"]),
         merchant_id=row["merchant_id"],
@@ -88,6 +91,7 @@ def read_receipt(session_id: str, seq: int, reader_id: str) -> common_pb2.ReadRe
 
 
 def merchant(row: asyncpg.Record) -> ops_pb2.Merchant:
+    """A ``merchants`` row as the ops Merchant message."""
     return ops_pb2.Merchant(
         merchant_id=row["merchant_id"],
         display_name=row["display_name"],
@@ -99,6 +103,7 @@ def merchant(row: asyncpg.Record) -> ops_pb2.Merchant:
 
 
 def agent(row: asyncpg.Record) -> admin_pb2.Agent:
+    """An agent row with its derived ``eligible`` (SPEC R1) and ``open_sessions`` (R2) columns."""
     return admin_pb2.Agent(
         agent_id=row["agent_id"],
         merchant_id=row["merchant_id"],
@@ -115,6 +120,7 @@ def agent(row: asyncpg.Record) -> admin_pb2.Agent:
 
 
 def reception_settings(row: asyncpg.Record) -> admin_pb2.ReceptionSettings:
+    """A ``get_reception_settings`` row (designated and eligible agent ids, timeouts) as the message."""
     return admin_pb2.ReceptionSettings(
         merchant_id=row["merchant_id"],
         reception_agent_ids=list(row["reception_agent_ids"]),
@@ -125,6 +131,7 @@ def reception_settings(row: asyncpg.Record) -> admin_pb2.ReceptionSettings:
 
 
 def reply_template(row: asyncpg.Record) -> merchant_pb2.ReplyTemplate:
+    """A ``reply_templates`` row as a ReplyTemplate (SPEC R11; the column ``body`` is the field ``text``)."""
     return merchant_pb2.ReplyTemplate(
         template_id=row["template_id"],
         title=row["title"],
