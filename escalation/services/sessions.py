@@ -135,11 +135,6 @@ async def _get_visible(conn: asyncpg.Connection, caller: Identity, session_id: u
     return row
 
 
-def _closed(row: asyncpg.Record) -> errors.SessionClosed:
-    ticket_id = row["ticket_id"]
-    return errors.SessionClosed(metadata={"ticket_id": str(ticket_id)} if ticket_id else None)
-
-
 # --- open ----------------------------------------------------------------------------------------
 
 
