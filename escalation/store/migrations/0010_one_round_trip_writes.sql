@@ -1,7 +1,10 @@
--- 0010: one round trip per write RPC (issue 13 item 2). OpenSession and SendMessage/Reply each run
--- as one call of a server-side function in its own implicit transaction, instead of 6-9 statements
--- sent one at a time while the merchant or session row is locked. docs/performance.md explains the
--- write path: locks taken and in which order, and how the event payloads are built.
+-- 0010: one round trip per write RPC (issue 13 item 2). OpenSession, SendMessage/Reply and CloseSession
+-- each run as one call of a server-side function in its own implicit transaction (open_session,
+-- send_message, close_session), instead of 6-10 statements sent one at a time while the merchant or
+-- session row is locked; the deadline worker runs the same ending (end_sessions_locked) after its
+-- claim. docs/performance.md explains the write path: locks taken and in which order, and how the
+-- event payloads are built. Later changes to these rules (e.g. the deadline a merchant message leaves,
+-- in append_message_locked) are CREATE OR REPLACE FUNCTION in a later migration.
 --
 -- The rules stay where they were specified: escalation/domain/assignment.py (R2) and
 -- escalation/domain/session.py (R5) are the pure specification, escalation/services/records.py the
