@@ -287,7 +287,7 @@ CREATE TABLE public.sessions (
     CONSTRAINT sessions_end_consistent CHECK ((((state = 'OPEN'::text) AND (close_reason IS NULL) AND (close_time IS NULL)) OR ((state = 'ENDED'::text) AND (close_reason IS NOT NULL) AND (close_time IS NOT NULL) AND (reply_deadline IS NULL) AND (remind_time IS NULL)))),
     CONSTRAINT sessions_state_known CHECK ((state = ANY (ARRAY['OPEN'::text, 'ENDED'::text])))
 );
-CREATE FUNCTION public.open_session(p_platform_agent_id text, p_request_id text, p_request_hash bytea, p_merchant_id text, p_category text, p_order_id text, p_kinds text[], p_contents bytea[], p_rule_version text, p_presence_window double precision, p_reply_timeout_override double precision, p_remind_before double precision, p_max_messages bigint, p_max_content_bytes bigint, OUT replayed boolean, OUT opened_session public.sessions, OUT session_pb bytea, OUT opened_messages public.messages[], OUT message_pbs bytea[], OUT saturation double precision) RETURNS record
+CREATE FUNCTION public.open_session(p_platform_agent_id text, p_request_id text, p_request_hash bytea, p_merchant_id text, p_category text, p_order_id text, p_kinds text[], p_contents bytea[], p_rule_version text, p_presence_window double precision, p_reply_timeout_override double precision, p_remind_before double precision, p_max_messages bigint, p_max_content_bytes bigint, OUT replayed boolean, OUT opened_session public.sessions, OUT session_pb bytea, OUT opened_messages public.messages[], OUT message_pbs bytea[], OUT saturation double precision, OUT reply_timeout_seconds double precision) RETURNS record
     LANGUAGE plpgsql
     SET plan_cache_mode TO 'force_generic_plan'
     AS $$
@@ -322,6 +322,7 @@ BEGIN
         IF merchant.disabled THEN
             PERFORM raise_refusal('MERCHANT_DISABLED');
         END IF;
+        reply_timeout_seconds := coalesce(p_reply_timeout_override, merchant.reply_timeout_seconds);
         -- R2: every eligible candidate, in agent id order (the order the decision lists them in).
         FOR c IN
             SELECT e.agent_id, e.open_sessions, e.capacity, e.last_assign_time,
@@ -368,8 +369,7 @@ BEGIN
             FOR i IN 1 .. coalesce(cardinality(p_contents), 0) LOOP
                 msg := append_message_locked(
                     new_id, 'PLATFORM', p_platform_agent_id, p_kinds[i], NULL, NULL, p_contents[i],
-                    coalesce(p_reply_timeout_override, merchant.reply_timeout_seconds), p_remind_before,
-                    p_max_messages, p_max_content_bytes);
+                    reply_timeout_seconds, p_remind_before, p_max_messages, p_max_content_bytes);
                 one_pb := message_pb(msg);
                 opened_messages := opened_messages || msg;
                 message_pbs := message_pbs || one_pb;
@@ -509,7 +509,7 @@ CREATE FUNCTION public.raise_refusal(reason text, detail text DEFAULT ''::text) 
 BEGIN
     RAISE EXCEPTION 'refused: %', reason USING ERRCODE = 'EX001', HINT = reason, DETAIL = coalesce(detail, '');
 END $$;
-CREATE FUNCTION public.send_message(p_session_id uuid, p_sender text, p_sender_id text, p_caller_merchant_id text, p_scope_platform_agent_id text, p_kind text, p_client_msg_id text, p_template_id text, p_content bytea, p_reply_timeout_override double precision, p_remind_before double precision, p_max_messages bigint, p_max_content_bytes bigint, OUT session_id uuid, OUT seq bigint, OUT sender text, OUT sender_id text, OUT kind text, OUT client_msg_id text, OUT template_id text, OUT content bytea, OUT send_time timestamp with time zone, OUT message_pb bytea, OUT first_reply_seconds double precision) RETURNS record
+CREATE FUNCTION public.send_message(p_session_id uuid, p_sender text, p_sender_id text, p_caller_merchant_id text, p_scope_platform_agent_id text, p_kind text, p_client_msg_id text, p_template_id text, p_content bytea, p_reply_timeout_override double precision, p_remind_before double precision, p_max_messages bigint, p_max_content_bytes bigint, OUT session_id uuid, OUT seq bigint, OUT sender text, OUT sender_id text, OUT kind text, OUT client_msg_id text, OUT template_id text, OUT content bytea, OUT send_time timestamp with time zone, OUT message_pb bytea, OUT first_reply_seconds double precision, OUT merchant_id text, OUT reply_timeout_seconds double precision) RETURNS record
     LANGUAGE plpgsql
     SET plan_cache_mode TO 'force_generic_plan'
     AS $$
@@ -552,6 +552,8 @@ BEGIN
     IF NOT FOUND THEN
         PERFORM raise_refusal('SESSION_NOT_FOUND');
     END IF;
+    merchant_id := s.merchant_id;
+    reply_timeout_seconds := coalesce(p_reply_timeout_override, s.reply_timeout_seconds);
     IF p_client_msg_id IS NOT NULL THEN
         -- R4: the key belongs to the session and the verified sender; a retry returns the original.
         SELECT * INTO msg FROM messages m
@@ -596,8 +598,7 @@ BEGIN
     END IF;
     msg := append_message_locked(
         p_session_id, p_sender, p_sender_id, msg_kind, p_client_msg_id, p_template_id, msg_content,
-        coalesce(p_reply_timeout_override, s.reply_timeout_seconds), p_remind_before, p_max_messages,
-        p_max_content_bytes);
+        reply_timeout_seconds, p_remind_before, p_max_messages, p_max_content_bytes);
     SELECT msg.session_id, msg.seq, msg.sender, msg.sender_id, msg.kind, msg.client_msg_id, msg.template_id,
            msg.content, msg.send_time, message_pb(msg)
     INTO session_id, seq, sender, sender_id, kind, client_msg_id, template_id, content, send_time, message_pb;

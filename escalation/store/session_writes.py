@@ -44,8 +44,9 @@ async def send_message(
     ``sender`` is ``PLATFORM`` or ``MERCHANT``; ``caller_merchant_id`` the shop of a merchant caller
     (its standing is read in the same call), ``scope_platform_agent_id`` limits a platform caller to
     the sessions it opened (None: a supervisor). ``remind_before`` and ``reply_timeout_override`` are
-    seconds. Returns the messages row's columns plus ``message_pb`` (serialized escalation.v1.Message)
-    and ``first_reply_seconds`` (float, or None unless this is the session's first merchant message).
+    seconds. Returns the messages row's columns plus ``message_pb`` (serialized escalation.v1.Message),
+    ``first_reply_seconds`` (float, or None unless this is the session's first merchant message), the
+    session's ``merchant_id`` and ``reply_timeout_seconds`` (the timeout in force, seconds).
     Raises ImPermissionRequired, AgentDisabled, SessionNotFound, ClientMsgIdReused, TemplateNotFound,
     SessionClosed (with the ticket id, SPEC R6) or SessionFull (R7).
     """
@@ -94,10 +95,11 @@ async def open_session(
     SPEC R2 (pick + count increment under the merchant row lock, exact saturation, the tie-breaks),
     R4/R5 (messages and deadline, database clock), R8 (events), AIP-155 (replay). ``kinds`` and
     ``contents`` are the opening messages (parallel); ``presence_window``, ``remind_before`` and
-    ``reply_timeout_override`` are seconds. Returns ``replayed``, ``opened_session`` (the sessions row), ``session_pb``
-    (serialized escalation.v1.Session), ``opened_messages`` (messages rows), ``message_pbs``
-    (serialized escalation.v1.Message each) and ``saturation`` (the winner's, before the open; None on
-    a replay). Raises RequestIdReused, MerchantNotFound, MerchantDisabled, NoEligibleAgent, SessionFull.
+    ``reply_timeout_override`` are seconds. Returns ``replayed``, ``opened_session`` (the sessions row),
+    ``session_pb`` (serialized escalation.v1.Session), ``opened_messages`` (messages rows),
+    ``message_pbs`` (serialized escalation.v1.Message each), ``saturation`` (the winner's, before the
+    open) and ``reply_timeout_seconds`` (the timeout in force; both None on a replay). Raises
+    RequestIdReused, MerchantNotFound, MerchantDisabled, NoEligibleAgent, SessionFull.
     """
     try:
         row: asyncpg.Record = await conn.fetchrow(

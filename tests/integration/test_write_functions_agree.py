@@ -25,7 +25,7 @@ from escalation.domain import assignment
 from escalation.domain.session import CloseReason, Kind
 from escalation.domain.tickets import transcript_digest
 from escalation.services import directory, records, sessions, tickets
-from escalation.store import db
+from escalation.store import db, session_writes
 from escalation.v1 import common_pb2, events_pb2, merchant_pb2
 from workers.deadlines import DeadlineConfig, DeadlineWorker
 
@@ -420,3 +420,31 @@ async def test_platform_and_deadline_endings_write_what_the_python_rule_builds(p
     deadline = await pool.fetchval("SELECT reply_deadline FROM sessions WHERE session_id = $1", timed_out)
     assert (await DeadlineWorker(pool, DeadlineConfig(policy=POLICY)).run_once(now=deadline)).ended == 1
     await _assert_ending_agrees(pool, timed_out, CloseReason.MERCHANT_TIMEOUT)
+
+
+async def test_write_functions_return_the_merchant_and_the_reply_timeout_in_force(pool: asyncpg.Pool) -> None:
+    """What a caller needs after the commit (e.g. to wake whoever waits for the merchant's news)."""
+    await _shop(pool, "shop", {"agent": 10})
+    await pool.execute("UPDATE reception_settings SET reply_timeout_seconds = 150 WHERE merchant_id = 'shop'")
+    for override, expected in ((None, 150.0), (2.5, 2.5)):
+        policy = sessions.SessionPolicy(reply_timeout_override=override)
+        async with pool.acquire() as conn:
+            opened = await session_writes.open_session(
+                conn=conn,
+                platform_agent_id="pa-1",
+                request_id=f"r-{override}",
+                request_hash=b"h",
+                merchant_id="shop",
+                category="REFUND",
+                order_id=None,
+                kinds=["TEXT"],
+                contents=[_text("x").content],
+                rule_version=assignment.RULE_VERSION,
+                presence_window=45.0,
+                reply_timeout_override=override,
+                remind_before=60.0,
+            )
+        assert opened["reply_timeout_seconds"] == expected
+        sid = opened["opened_session"]["session_id"]
+        sent = await sessions.add_message(pool, PLATFORM, sid, _text("y"), policy)
+        assert (sent["merchant_id"], sent["reply_timeout_seconds"]) == ("shop", expected)

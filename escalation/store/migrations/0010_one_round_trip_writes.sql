@@ -242,8 +242,9 @@ END $$;
 
 -- Appends a platform message (p_sender 'PLATFORM') or a merchant reply ('MERCHANT') to a session in
 -- the caller's scope (SPEC R3, R4, R5, R7, R9), with its MessageAdded event (R8). Returns the message
--- row, the escalation.v1.Message it is (message_pb) and, for the session's first merchant message,
--- the seconds since it opened (first_reply_seconds, for the metric; NULL otherwise).
+-- row, the escalation.v1.Message it is (message_pb), for the session's first merchant message the
+-- seconds since it opened (first_reply_seconds, for the metric; NULL otherwise), and the session's
+-- merchant_id and the reply timeout in force (seconds), for what the caller does after the commit.
 --
 -- Scope: p_caller_merchant_id is the shop of a merchant caller (NULL for the platform), whose standing
 -- is read here; p_scope_platform_agent_id limits a platform caller to the sessions it opened (NULL:
@@ -260,7 +261,7 @@ CREATE FUNCTION send_message(
     p_reply_timeout_override float8, p_remind_before float8, p_max_messages bigint, p_max_content_bytes bigint,
     OUT session_id uuid, OUT seq bigint, OUT sender text, OUT sender_id text, OUT kind text,
     OUT client_msg_id text, OUT template_id text, OUT content bytea, OUT send_time timestamptz,
-    OUT message_pb bytea, OUT first_reply_seconds float8
+    OUT message_pb bytea, OUT first_reply_seconds float8, OUT merchant_id text, OUT reply_timeout_seconds float8
 )
 LANGUAGE plpgsql
 -- Generic plans: a custom plan would inline and fold the encoders again on every call.
@@ -305,6 +306,8 @@ BEGIN
     IF NOT FOUND THEN
         PERFORM raise_refusal('SESSION_NOT_FOUND');
     END IF;
+    merchant_id := s.merchant_id;
+    reply_timeout_seconds := coalesce(p_reply_timeout_override, s.reply_timeout_seconds);
 
     IF p_client_msg_id IS NOT NULL THEN
         -- R4: the key belongs to the session and the verified sender; a retry returns the original.
@@ -352,8 +355,7 @@ BEGIN
 
     msg := append_message_locked(
         p_session_id, p_sender, p_sender_id, msg_kind, p_client_msg_id, p_template_id, msg_content,
-        coalesce(p_reply_timeout_override, s.reply_timeout_seconds), p_remind_before, p_max_messages,
-        p_max_content_bytes);
+        reply_timeout_seconds, p_remind_before, p_max_messages, p_max_content_bytes);
     SELECT msg.session_id, msg.seq, msg.sender, msg.sender_id, msg.kind, msg.client_msg_id, msg.template_id,
            msg.content, msg.send_time, message_pb(msg)
     INTO session_id, seq, sender, sender_id, kind, client_msg_id, template_id, content, send_time, message_pb;
@@ -389,7 +391,8 @@ $$;
 -- (p_kinds/p_contents, R4, R5) and their events (R8: SessionAssigned, then MessageAdded each), or
 -- replays the session this platform agent already opened with this request id (AIP-155).
 -- Returns replayed, the session (opened_session row, session_pb: escalation.v1.Session), the opening messages
--- (opened_messages rows, message_pbs) and the winner's saturation before the open (NULL on a replay).
+-- (opened_messages rows, message_pbs), the winner's saturation before the open and the reply timeout
+-- in force (seconds; both NULL on a replay).
 --
 -- Locks, in order: the merchant row (FOR UPDATE: one pick at a time per shop, and the shop's event
 -- cursor later), the winner's agent row (the count increment). The request id lookup comes after the
@@ -402,7 +405,7 @@ CREATE FUNCTION open_session(
     p_order_id text, p_kinds text[], p_contents bytea[], p_rule_version text, p_presence_window float8,
     p_reply_timeout_override float8, p_remind_before float8, p_max_messages bigint, p_max_content_bytes bigint,
     OUT replayed boolean, OUT opened_session sessions, OUT session_pb bytea, OUT opened_messages messages[],
-    OUT message_pbs bytea[], OUT saturation float8
+    OUT message_pbs bytea[], OUT saturation float8, OUT reply_timeout_seconds float8
 )
 LANGUAGE plpgsql
 -- Generic plans: a custom plan would inline and fold the encoders again on every call.
@@ -439,6 +442,7 @@ BEGIN
         IF merchant.disabled THEN
             PERFORM raise_refusal('MERCHANT_DISABLED');
         END IF;
+        reply_timeout_seconds := coalesce(p_reply_timeout_override, merchant.reply_timeout_seconds);
 
         -- R2: every eligible candidate, in agent id order (the order the decision lists them in).
         FOR c IN
@@ -487,8 +491,7 @@ BEGIN
             FOR i IN 1 .. coalesce(cardinality(p_contents), 0) LOOP
                 msg := append_message_locked(
                     new_id, 'PLATFORM', p_platform_agent_id, p_kinds[i], NULL, NULL, p_contents[i],
-                    coalesce(p_reply_timeout_override, merchant.reply_timeout_seconds), p_remind_before,
-                    p_max_messages, p_max_content_bytes);
+                    reply_timeout_seconds, p_remind_before, p_max_messages, p_max_content_bytes);
                 one_pb := message_pb(msg);
                 opened_messages := opened_messages || msg;
                 message_pbs := message_pbs || one_pb;
