@@ -60,6 +60,10 @@ async def end_sessions(
     if not sessions:
         return []
     rows = await session_writes.end_sessions_locked(
-        conn=conn, session_ids=[r["session_id"] for r in sessions], reason=reason.value, ticket=ticket_output(policy)
+        conn=conn,
+        session_ids=[r["session_id"] for r in sessions],
+        reason=reason.value,
+        makes_ticket=reason.makes_ticket,
+        ticket=ticket_output(policy),
     )
     return [Ended(row, row["ticket_id"]) for row in rows]

@@ -266,6 +266,7 @@ async def close_session(
             session_id=session_id,
             scope_platform_agent_id=caller.subject if caller.role is Role.PLATFORM else None,
             reason=reason.value,
+            makes_ticket=reason.makes_ticket,
             ticket=ending.ticket_output(policy),
         )
     metrics.SESSIONS_CLOSED.labels(reason=reason.value).inc()

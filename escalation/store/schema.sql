@@ -73,7 +73,7 @@ CREATE FUNCTION public.assignment_precedes(a_open integer, a_capacity integer, a
         WHEN a_last <> b_last THEN a_last < b_last
         ELSE a_agent COLLATE "C" < b_agent COLLATE "C" END
 $$;
-CREATE FUNCTION public.close_session(p_session_id uuid, p_scope_platform_agent_id text, p_reason text, p_sla_categories text[], p_sla_seconds double precision[], p_digest_algorithm text, p_topic text, p_content_type text, p_traceparent text) RETURNS TABLE(session_id uuid, merchant_id text, assigned_agent_id text, platform_agent_id text, order_id text, category text, open_time timestamp with time zone, close_time timestamp with time zone, ticket_id uuid, handle_by timestamp with time zone, session_pb bytea)
+CREATE FUNCTION public.close_session(p_session_id uuid, p_scope_platform_agent_id text, p_reason text, p_makes_ticket boolean, p_sla_categories text[], p_sla_seconds double precision[], p_digest_algorithm text, p_topic text, p_content_type text, p_traceparent text) RETURNS TABLE(session_id uuid, merchant_id text, assigned_agent_id text, platform_agent_id text, order_id text, category text, open_time timestamp with time zone, close_time timestamp with time zone, ticket_id uuid, handle_by timestamp with time zone, session_pb bytea)
     LANGUAGE plpgsql
     SET plan_cache_mode TO 'force_generic_plan'
     AS $$
@@ -96,10 +96,10 @@ BEGIN
                            reply_deadline = NULL, remind_time = NULL
     WHERE ss.session_id = p_session_id;
     RETURN QUERY SELECT * FROM end_sessions_locked(
-        ARRAY[p_session_id], p_reason, p_sla_categories, p_sla_seconds, p_digest_algorithm, p_topic,
-        p_content_type, p_traceparent);
+        ARRAY[p_session_id], p_reason, p_makes_ticket, p_sla_categories, p_sla_seconds, p_digest_algorithm,
+        p_topic, p_content_type, p_traceparent);
 END $$;
-CREATE FUNCTION public.end_sessions_locked(p_session_ids uuid[], p_reason text, p_sla_categories text[], p_sla_seconds double precision[], p_digest_algorithm text, p_topic text, p_content_type text, p_traceparent text) RETURNS TABLE(session_id uuid, merchant_id text, assigned_agent_id text, platform_agent_id text, order_id text, category text, open_time timestamp with time zone, close_time timestamp with time zone, ticket_id uuid, handle_by timestamp with time zone, session_pb bytea)
+CREATE FUNCTION public.end_sessions_locked(p_session_ids uuid[], p_reason text, p_makes_ticket boolean, p_sla_categories text[], p_sla_seconds double precision[], p_digest_algorithm text, p_topic text, p_content_type text, p_traceparent text) RETURNS TABLE(session_id uuid, merchant_id text, assigned_agent_id text, platform_agent_id text, order_id text, category text, open_time timestamp with time zone, close_time timestamp with time zone, ticket_id uuid, handle_by timestamp with time zone, session_pb bytea)
     LANGUAGE plpgsql
     SET plan_cache_mode TO 'force_generic_plan'
     AS $$
@@ -117,7 +117,7 @@ DECLARE
     reason_number int := pb_close_reason(p_reason);
     per record;
 BEGIN
-    IF p_reason <> 'RESOLVED' THEN
+    IF p_makes_ticket THEN
         FOR s IN SELECT * FROM sessions ss WHERE ss.session_id = ANY(p_session_ids)
                  ORDER BY ss.close_time, ss.session_id
         LOOP

@@ -150,12 +150,13 @@ async def close_session(
     session_id: uuid.UUID,
     scope_platform_agent_id: str | None,
     reason: str,
+    makes_ticket: bool,
     ticket: TicketOutput,
 ) -> asyncpg.Record:
     """Ends a session in the platform caller's scope as ``reason`` and writes what that means, in one
-    round trip (SPEC R6, R7, R9): ticket and outbox row unless ``reason`` is RESOLVED, events, the agent's
-    count. Returns the ended session (``ticket_id``, ``handle_by``, ``session_pb``). Raises SessionNotFound
-    or SessionClosed (with the ticket id).
+    round trip (SPEC R6, R7, R9): ticket and outbox row when ``makes_ticket`` (the reason's, a domain
+    rule), events, the agent's count. Returns the ended session (``ticket_id``, ``handle_by``,
+    ``session_pb``). Raises SessionNotFound or SessionClosed (with the ticket id).
     """
     categories, seconds = _sla_arrays(ticket.sla)
     try:
@@ -164,6 +165,7 @@ async def close_session(
             session_id,
             scope_platform_agent_id,
             reason,
+            makes_ticket,
             categories,
             seconds,
             ticket.digest_algorithm,
@@ -179,10 +181,15 @@ async def close_session(
 
 
 async def end_sessions_locked(
-    *, conn: asyncpg.Connection, session_ids: Sequence[uuid.UUID], reason: str, ticket: TicketOutput
+    *,
+    conn: asyncpg.Connection,
+    session_ids: Sequence[uuid.UUID],
+    reason: str,
+    makes_ticket: bool,
+    ticket: TicketOutput,
 ) -> list[asyncpg.Record]:
     """What ending means for sessions the caller's statement has just ended and still holds (SPEC R6,
-    R7): tickets with outbox rows unless ``reason`` is RESOLVED, events, released counts, in the
+    R7): tickets with outbox rows when ``makes_ticket``, events, released counts, in the
     caller's transaction. Returns the sessions in close order, as close_session does. Raises only what
     the driver raises.
     """
@@ -191,6 +198,7 @@ async def end_sessions_locked(
         sql("end_sessions_locked"),
         list(session_ids),
         reason,
+        makes_ticket,
         categories,
         seconds,
         ticket.digest_algorithm,

@@ -303,21 +303,21 @@ async def test_every_enum_value_of_a_session_is_rendered_as_records_does(pool: a
         await sessions.open_session(
             pool, PLATFORM, sessions.OpenRequest(f"c-{n}", b"h", "shop", category, None, [_text("x")]), POLICY
         )
-    for reason in ("RESOLVED", "PLATFORM_ESCALATED", "MERCHANT_TIMEOUT"):
+    for reason in CloseReason:  # every reason there is: a new one needs its number in pb_close_reason
         opened = await sessions.open_session(
-            pool, PLATFORM, sessions.OpenRequest(f"e-{reason}", b"h", "shop", "REFUND", "o", [_text("x")]), POLICY
+            pool, PLATFORM, sessions.OpenRequest(f"e-{reason.value}", b"h", "shop", "REFUND", "o", [_text("x")]), POLICY
         )
         await pool.execute(
             "UPDATE sessions SET state = 'ENDED', close_reason = $2, close_time = clock_timestamp(), "
             "reply_deadline = NULL, remind_time = NULL WHERE session_id = $1",
             opened.session["session_id"],
-            reason,
+            reason.value,
         )
     rows = await pool.fetch(
         "SELECT s.*, t.ticket_id, session_pb(s, t.ticket_id) AS pb FROM sessions s "
         "LEFT JOIN tickets t ON t.session_id = s.session_id"
     )
-    assert len(rows) == len(categories) + 3
+    assert len(rows) == len(categories) + len(CloseReason)
     for row in rows:
         assert row["pb"] == records.session(row).SerializeToString(), dict(row)
 

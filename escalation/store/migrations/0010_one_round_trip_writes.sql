@@ -560,7 +560,8 @@ $$;
 -- close (close_session below) and the deadline worker's batch (services/ending.py, after its claim).
 -- p_session_ids have just been ended (state ENDED, close_time set) by the caller's statement, which
 -- holds their row locks. For each, in close order (close_time, session_id):
---   - when p_reason makes a ticket (not RESOLVED): the escalation.v1.ServiceTicket (services/tickets.py
+--   - when p_makes_ticket (domain/session.py CloseReason.makes_ticket: the rule of which reasons make
+--     one stays in Python): the escalation.v1.ServiceTicket (services/tickets.py
 --     build() is the specification: transcript, SLA deadline handle_by = close_time + the category's
 --     p_sla_seconds, SHA-256 chained digest) and its outbox row (p_topic, key = merchant id, event_id =
 --     ticket id, p_content_type, p_traceparent: the span that ends it, docs/tracing.md);
@@ -569,7 +570,7 @@ $$;
 -- Lock order: sessions (the caller's), merchants, agents — as everywhere else (store/events.py).
 -- Returns the ended sessions as read back, each with its ticket_id, handle_by and session_pb.
 CREATE FUNCTION end_sessions_locked(
-    p_session_ids uuid[], p_reason text, p_sla_categories text[], p_sla_seconds float8[],
+    p_session_ids uuid[], p_reason text, p_makes_ticket boolean, p_sla_categories text[], p_sla_seconds float8[],
     p_digest_algorithm text, p_topic text, p_content_type text, p_traceparent text
 ) RETURNS TABLE (
     session_id uuid, merchant_id text, assigned_agent_id text, platform_agent_id text, order_id text,
@@ -593,7 +594,7 @@ DECLARE
     reason_number int := pb_close_reason(p_reason);
     per record;
 BEGIN
-    IF p_reason <> 'RESOLVED' THEN
+    IF p_makes_ticket THEN
         FOR s IN SELECT * FROM sessions ss WHERE ss.session_id = ANY(p_session_ids)
                  ORDER BY ss.close_time, ss.session_id
         LOOP
@@ -689,11 +690,11 @@ END $$;
 
 -- CloseSession (SPEC R6, R7, R9): ends a session in the platform caller's scope (p_scope_platform_agent_id:
 -- the agent that opened it; NULL: a supervisor) as p_reason, and writes what that means
--- (end_sessions_locked, with the same SLA/topic/trace parameters). Locks the session row first; outside
+-- (end_sessions_locked, with the same ticket/SLA/topic/trace parameters). Locks the session row first; outside
 -- the scope: SESSION_NOT_FOUND, never waited for. Returns the ended session (with ticket_id) and its
 -- escalation.v1.Session. Refusals: SESSION_NOT_FOUND, SESSION_CLOSED (DETAIL: the ticket id or '').
 CREATE FUNCTION close_session(
-    p_session_id uuid, p_scope_platform_agent_id text, p_reason text, p_sla_categories text[],
+    p_session_id uuid, p_scope_platform_agent_id text, p_reason text, p_makes_ticket boolean, p_sla_categories text[],
     p_sla_seconds float8[], p_digest_algorithm text, p_topic text, p_content_type text, p_traceparent text
 ) RETURNS TABLE (
     session_id uuid, merchant_id text, assigned_agent_id text, platform_agent_id text, order_id text,
@@ -722,6 +723,6 @@ BEGIN
                            reply_deadline = NULL, remind_time = NULL
     WHERE ss.session_id = p_session_id;
     RETURN QUERY SELECT * FROM end_sessions_locked(
-        ARRAY[p_session_id], p_reason, p_sla_categories, p_sla_seconds, p_digest_algorithm, p_topic,
-        p_content_type, p_traceparent);
+        ARRAY[p_session_id], p_reason, p_makes_ticket, p_sla_categories, p_sla_seconds, p_digest_algorithm,
+        p_topic, p_content_type, p_traceparent);
 END $$;

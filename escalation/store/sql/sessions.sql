@@ -89,11 +89,12 @@ SELECT * FROM open_session(
 -- name: close_session
 -- One round trip for CloseSession (migrations/0010 close_session).
 SELECT * FROM close_session(
-    p_session_id => $1, p_scope_platform_agent_id => $2, p_reason => $3, p_sla_categories => $4,
-    p_sla_seconds => $5, p_digest_algorithm => $6, p_topic => $7, p_content_type => $8, p_traceparent => $9);
+    p_session_id => $1, p_scope_platform_agent_id => $2, p_reason => $3, p_makes_ticket => $4,
+    p_sla_categories => $5, p_sla_seconds => $6, p_digest_algorithm => $7, p_topic => $8, p_content_type => $9,
+    p_traceparent => $10);
 
 -- name: end_sessions_locked
 -- What ending writes, for sessions the caller's statement has just ended (migrations/0010).
 SELECT * FROM end_sessions_locked(
-    p_session_ids => $1, p_reason => $2, p_sla_categories => $3, p_sla_seconds => $4,
-    p_digest_algorithm => $5, p_topic => $6, p_content_type => $7, p_traceparent => $8);
+    p_session_ids => $1, p_reason => $2, p_makes_ticket => $3, p_sla_categories => $4, p_sla_seconds => $5,
+    p_digest_algorithm => $6, p_topic => $7, p_content_type => $8, p_traceparent => $9);
