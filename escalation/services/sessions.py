@@ -38,6 +38,8 @@ class SessionPolicy:
     # Development and tests only: replaces every merchant's reply timeout (seconds), so a session
     # times out in seconds instead of minutes. Never set in production.
     reply_timeout_override: float | None = None
+    # Development and tests only, the same for the idle timeout (SPEC R12, seconds). Never in production.
+    idle_timeout_override: float | None = None
     # A Connect stream counts as live while its server refreshed it this recently (seconds).
     presence_window: float = 45.0
 
@@ -47,6 +49,7 @@ class SessionPolicy:
             remind_before=timedelta(seconds=settings.remind_before_seconds),
             ticket_sla=settings.ticket_sla,
             reply_timeout_override=settings.dev_override_reply_timeout_seconds,
+            idle_timeout_override=settings.dev_override_idle_timeout_seconds,
         )
 
 
@@ -258,6 +261,7 @@ async def _append(
         message.content,
         limits.MAX_SESSION_MESSAGES,
         limits.MAX_SESSION_CONTENT_BYTES,
+        policy.idle_timeout_override,  # SPEC R12; None: the merchant's idle_timeout_seconds
     )
     if row is None:
         # The caller holds the lock and saw the session open, so only the size bound refuses.

@@ -147,6 +147,8 @@ CREATE TABLE public.reception_settings (
     merchant_id text NOT NULL,
     reply_timeout_seconds integer DEFAULT 180 NOT NULL,
     update_time timestamp with time zone DEFAULT now() NOT NULL,
+    idle_timeout_seconds bigint DEFAULT 1800 NOT NULL,
+    CONSTRAINT reception_settings_idle_timeout_range CHECK (((idle_timeout_seconds >= 300) AND (idle_timeout_seconds <= 7200))),
     CONSTRAINT reception_settings_reply_timeout_range CHECK (((reply_timeout_seconds >= 120) AND (reply_timeout_seconds <= 180)))
 );
 CREATE TABLE public.reply_templates (
@@ -181,8 +183,9 @@ CREATE TABLE public.sessions (
     request_hash bytea NOT NULL,
     assignment bytea NOT NULL,
     content_bytes bigint DEFAULT 0 NOT NULL,
+    idle_deadline timestamp with time zone,
     CONSTRAINT sessions_category_known CHECK ((category = ANY (ARRAY['REFUND'::text, 'ORDER_OPERATION'::text, 'EXCHANGE'::text, 'PRODUCT'::text, 'NEGOTIATED_REFUND'::text, 'LOGISTICS'::text]))),
-    CONSTRAINT sessions_close_reason_known CHECK ((close_reason = ANY (ARRAY['RESOLVED'::text, 'PLATFORM_ESCALATED'::text, 'MERCHANT_TIMEOUT'::text]))),
+    CONSTRAINT sessions_close_reason_known CHECK ((close_reason = ANY (ARRAY['RESOLVED'::text, 'PLATFORM_ESCALATED'::text, 'MERCHANT_TIMEOUT'::text, 'IDLE'::text]))),
     CONSTRAINT sessions_end_consistent CHECK ((((state = 'OPEN'::text) AND (close_reason IS NULL) AND (close_time IS NULL)) OR ((state = 'ENDED'::text) AND (close_reason IS NOT NULL) AND (close_time IS NOT NULL) AND (reply_deadline IS NULL) AND (remind_time IS NULL)))),
     CONSTRAINT sessions_state_known CHECK ((state = ANY (ARRAY['OPEN'::text, 'ENDED'::text])))
 );
@@ -239,6 +242,7 @@ CREATE INDEX outbox_pending_by_key ON public.outbox USING btree (message_key, id
 CREATE INDEX reply_templates_merchant ON public.reply_templates USING btree (merchant_id, create_time, template_id);
 CREATE INDEX sessions_agent_open_time ON public.sessions USING btree (merchant_id, assigned_agent_id, open_time DESC, session_id DESC);
 CREATE INDEX sessions_due ON public.sessions USING btree (reply_deadline) WHERE (reply_deadline IS NOT NULL);
+CREATE INDEX sessions_idle_due ON public.sessions USING btree (idle_deadline) WHERE ((idle_deadline IS NOT NULL) AND (reply_deadline IS NULL) AND (state = 'OPEN'::text));
 CREATE INDEX sessions_merchant_open_time ON public.sessions USING btree (merchant_id, open_time DESC, session_id DESC);
 CREATE INDEX sessions_open_time ON public.sessions USING btree (open_time);
 CREATE INDEX sessions_platform_agent_open_time ON public.sessions USING btree (platform_agent_id, open_time DESC, session_id DESC);

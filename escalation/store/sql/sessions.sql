@@ -71,6 +71,7 @@ FROM messages WHERE session_id = $1 AND sender = $2 AND sender_id = $3 AND clien
 -- before (seconds). The caller holds the session row lock and has checked the session is open.
 -- SPEC R7 size bound: no row (so no message) when the session already holds $10 messages or the
 -- content would take its stored bytes past $11; the caller tells which from the locked row.
+-- SPEC R12: $12 the dev override of the idle timeout (seconds; NULL: the merchant's setting).
 WITH t AS (SELECT clock_timestamp() AS at),
 s AS (
     UPDATE sessions SET
@@ -82,7 +83,15 @@ s AS (
         remind_time = CASE
             WHEN $2 = 'MERCHANT' THEN NULL
             WHEN reply_deadline IS NOT NULL THEN remind_time
-            ELSE greatest((SELECT at FROM t), (SELECT at FROM t) + make_interval(secs => $6 - $7)) END
+            ELSE greatest((SELECT at FROM t), (SELECT at FROM t) + make_interval(secs => $6 - $7)) END,
+        -- ===== SPEC R12, the idle deadline: the one place a message moves it ======================
+        -- A merchant message (which just cleared the reply deadline) starts or restarts it; a platform
+        -- message cancels it, its reply deadline taking over (domain/session.py after_message).
+        idle_deadline = CASE
+            WHEN $2 = 'MERCHANT' THEN (SELECT at FROM t) + make_interval(secs => coalesce($12::float8,
+                (SELECT rs.idle_timeout_seconds FROM reception_settings rs WHERE rs.merchant_id = sessions.merchant_id)))
+            ELSE NULL END
+        -- ===== end of the idle deadline rule ======================================================
     WHERE session_id = $1 AND state = 'OPEN'
       AND last_seq < $10 AND content_bytes + octet_length($9::bytea) <= $11
     RETURNING session_id, last_seq
@@ -97,7 +106,7 @@ SELECT last_seq, content_bytes FROM sessions WHERE session_id = $1;
 
 -- name: end_session
 UPDATE sessions SET state = 'ENDED', close_reason = $2, close_time = clock_timestamp(),
-                    reply_deadline = NULL, remind_time = NULL
+                    reply_deadline = NULL, remind_time = NULL, idle_deadline = NULL
 WHERE session_id = $1 AND state = 'OPEN'
 RETURNING session_id, merchant_id, assigned_agent_id, platform_agent_id, order_id, category, open_time, close_time;
 
