@@ -19,8 +19,9 @@ from prometheus_client import REGISTRY
 
 from escalation import errors
 from escalation.auth import Identity, Role
-from escalation.domain.session import Kind
+from escalation.domain.session import CloseReason, Kind
 from escalation.services import directory, sessions
+from escalation.store.migrate import migrate, migrations
 from escalation.v1 import (
     admin_pb2,
     admin_pb2_grpc,
@@ -297,3 +298,37 @@ async def test_idle_timeout_is_5_to_120_minutes_set_by_the_main_account_or_ops(p
         assert by_ops.idle_timeout.seconds == 900
         settings = await admin.GetReceptionSettings(admin_pb2.GetReceptionSettingsRequest(), metadata=SUB)
         assert (settings.idle_timeout.seconds, settings.reply_timeout.seconds) == (900, 180)
+
+
+# --- migration 0011 --------------------------------------------------------------------------------
+
+
+async def test_migration_gives_sessions_answered_before_it_an_idle_deadline_and_reruns_cleanly(
+    pool: asyncpg.Pool, database_url: str
+) -> None:
+    """Sessions answered before 0011 are idle since their last message; the file re-runs (no-transaction,
+    every statement robust) without touching what is already set."""
+    await _shop(pool, agents=("a",), idle_seconds=600)
+    legacy, _ = await _open(pool)
+    legacy_answered = await _answer(pool, legacy, "a")
+    await pool.execute("UPDATE sessions SET idle_deadline = NULL WHERE session_id = $1", legacy)  # as before 0011
+    current, _ = await _open(pool)
+    await _answer(pool, current, "a")
+    current_deadline = (await _deadlines(pool, current))["idle_deadline"]
+    waiting, _ = await _open(pool)
+    closed, _ = await _open(pool)
+    await _answer(pool, closed, "a")
+    await sessions.close_session(pool, PLATFORM, closed, CloseReason.RESOLVED, POLICY)
+
+    (version,) = [m.version for m in migrations() if m.name == "idle_close"]
+    await pool.execute("DELETE FROM schema_migrations WHERE version = $1", version)
+    conn = await asyncpg.connect(database_url)
+    try:
+        assert [m.version for m in await migrate(conn)] == [version]
+    finally:
+        await conn.close()
+
+    assert (await _deadlines(pool, legacy))["idle_deadline"] == legacy_answered + timedelta(seconds=600)
+    assert (await _deadlines(pool, current))["idle_deadline"] == current_deadline
+    assert (await _deadlines(pool, waiting))["idle_deadline"] is None, "a session waiting for a reply is not idle"
+    assert (await _deadlines(pool, closed))["idle_deadline"] is None
