@@ -34,7 +34,7 @@ from escalation.v1 import (
 from tests.integration.grpc_harness import OPS, bearer, failure, running_server
 from tests.integration.sessions_harness import PLATFORM as PLATFORM_BEARER
 from tests.integration.sessions_harness import make_shop, open_request, text
-from workers.deadlines import DeadlineConfig, DeadlineWorker
+from workers.deadlines import DeadlineConfig, DeadlineWorker, RoundResult
 
 pytestmark = pytest.mark.integration
 
@@ -183,6 +183,45 @@ async def test_n_workers_close_each_idle_session_exactly_once(pool: asyncpg.Pool
     )
     assert await pool.fetchval("SELECT sum(open_sessions) FROM agents") == 0, "each count released once"
     assert _closed_total("IDLE") - closed_before == count
+
+
+async def test_a_message_racing_the_idle_close_either_lands_or_is_refused_never_both(pool: asyncpg.Pool) -> None:
+    """R6 for R12: a merchant message and the idle claim meet on the session row's lock. Whichever takes it
+    first wins: the message restarts the idle deadline (the claim then finds nothing due) or the session
+    ends IDLE (the message gets SESSION_CLOSED)."""
+    count = 30
+    await _shop(pool, agents=("a", "b"), idle_seconds=300)
+    agents = {}
+    for _ in range(count):
+        sid, agent = await _open(pool)
+        await _answer(pool, sid, agent)
+        agents[sid] = agent
+    # Every idle deadline has passed at this instant; one restarted by a message of the race has not.
+    due = await pool.fetchval("SELECT max(idle_deadline) FROM sessions")
+    workers = [DeadlineWorker(pool, DeadlineConfig(batch_size=3, policy=POLICY)) for _ in range(2)]
+
+    async def message(n: int, sid: uuid.UUID) -> str:
+        await asyncio.sleep(n * 0.003)  # spread over the workers' batches: usually some win, some lose
+        try:
+            await _answer(pool, sid, agents[sid], "one more thing")
+        except errors.SessionClosed:
+            return "refused"
+        return "landed"
+
+    rounds = [asyncio.create_task(w.run_once(now=due)) for w in workers]
+    outcomes = await asyncio.gather(*(message(n, sid) for n, sid in enumerate(agents)), *rounds)
+    results = dict(zip(agents, outcomes[:count], strict=True))
+    rows = {
+        r["session_id"]: r for r in await pool.fetch("SELECT session_id, state, close_reason, last_seq FROM sessions")
+    }
+    for sid, outcome in results.items():
+        row = rows[sid]
+        if outcome == "landed":
+            assert (row["state"], row["last_seq"]) == ("OPEN", 3), sid
+        else:
+            assert (row["state"], row["close_reason"], row["last_seq"]) == ("ENDED", "IDLE", 2), sid
+    closed = sum(r.idled for r in outcomes[count:] if isinstance(r, RoundResult))
+    assert closed == list(results.values()).count("refused"), "every idle close refused exactly one message"
 
 
 async def test_a_platform_message_during_idle_turns_it_back_into_a_reply_deadline(pool: asyncpg.Pool) -> None:
