@@ -50,7 +50,11 @@ s AS (
         remind_time = CASE
             WHEN :sender = 'MERCHANT' THEN NULL
             WHEN reply_deadline IS NOT NULL THEN remind_time
-            ELSE greatest((SELECT at FROM t), (SELECT at FROM t) + make_interval(secs => :reply_timeout::float8 - :remind_before)) END
+            ELSE greatest((SELECT at FROM t), (SELECT at FROM t) + make_interval(secs => :reply_timeout::float8 - :remind_before)) END,
+        idle_deadline = CASE
+            WHEN :sender = 'MERCHANT' THEN (SELECT at FROM t) + make_interval(secs => coalesce(NULL::float8,
+                (SELECT rs.idle_timeout_seconds FROM reception_settings rs WHERE rs.merchant_id = sessions.merchant_id)))
+            ELSE NULL END
     WHERE session_id = bench_uuid(:session) AND state = 'OPEN'
       AND last_seq < :max_messages AND content_bytes + octet_length(:opening::bytea) <= :max_content_bytes
     RETURNING session_id, last_seq
