@@ -59,21 +59,6 @@ FROM due
 WHERE s.session_id = due.session_id
 RETURNING s.session_id, s.merchant_id, s.assigned_agent_id, s.reply_deadline;
 
--- name: lock_agents
-SELECT 1 FROM agents
-WHERE (merchant_id, agent_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))
-ORDER BY merchant_id, agent_id
-FOR UPDATE;
-
--- name: release_assignments
-UPDATE agents a SET open_sessions = a.open_sessions - d.n
-FROM (SELECT m, g, count(*) AS n FROM unnest($1::text[], $2::text[]) AS u(m, g) GROUP BY m, g) d
-WHERE a.merchant_id = d.m AND a.agent_id = d.g;
-
--- name: transcripts
-SELECT session_id, seq, sender, sender_id, kind, client_msg_id, template_id, content, send_time
-FROM messages WHERE session_id = ANY($1::uuid[]) ORDER BY session_id, seq;
-
 -- name: next_wakeup
 -- Seconds from $1 (NULL: the database clock) until the nearest deadline, reminder or idle deadline
 -- (R12); NULL when none is pending.
@@ -83,11 +68,3 @@ SELECT extract(epoch FROM least(
     (SELECT min(idle_deadline) FROM sessions
      WHERE idle_deadline IS NOT NULL AND reply_deadline IS NULL AND state = 'OPEN')
 ) - coalesce($1::timestamptz, clock_timestamp()))::float8 AS seconds;
-
--- name: sessions_by_id
-SELECT s.session_id, s.merchant_id, s.assigned_agent_id, s.platform_agent_id, s.order_id, s.category, s.state,
-       s.close_reason, s.open_time, s.close_time, s.reply_deadline, s.last_seq, s.assignment, t.ticket_id
-FROM sessions s
-LEFT JOIN tickets t ON t.session_id = s.session_id
-WHERE s.session_id = ANY($1::uuid[])
-ORDER BY s.close_time, s.session_id;
