@@ -168,6 +168,19 @@ def _reply_timeout_note(override: str | None) -> str:
     )
 
 
+def _idle_timeout_note(override: str | None) -> str:
+    """The banner's line on the idle timeout (SPEC R12): the override in force, or how to set one."""
+    if override:
+        return (
+            f"Answered sessions close as idle after {override} s without a message:\n"
+            f"ESCALATION_DEV_OVERRIDE_IDLE_TIMEOUT_SECONDS={override} overrides every merchant's idle timeout."
+        )
+    return (
+        "Answered sessions close as idle after the merchant's idle timeout (30 min unless changed with\n"
+        "UpdateIdleTimeout); to watch one sooner, restart with ESCALATION_DEV_OVERRIDE_IDLE_TIMEOUT_SECONDS=30."
+    )
+
+
 def _banner(ports: DevPorts, secret: str, data_dir: Path) -> str:
     def tok(role: auth.Role, sub: str, merchant_id: str | None = None) -> str:
         return auth.mint(
@@ -194,7 +207,11 @@ def _banner(ports: DevPorts, secret: str, data_dir: Path) -> str:
     rel_env = shlex.quote(_shown(env_file))
     cli = _shown(Path(sys.executable).with_name("escalation"))
     override = os.environ.get("ESCALATION_DEV_OVERRIDE_REPLY_TIMEOUT_SECONDS")
-    timeout_note = _reply_timeout_note(override)
+    timeout_note = (
+        _reply_timeout_note(override)
+        + "\n"
+        + _idle_timeout_note(os.environ.get("ESCALATION_DEV_OVERRIDE_IDLE_TIMEOUT_SECONDS"))
+    )
     return f"""
 escalation is running (demo merchant {seed.DEMO_MERCHANT!r}: main account {seed.DEMO_MAIN_ACCOUNT!r},
 designated agents {", ".join(seed.DEMO_AGENTS)}).

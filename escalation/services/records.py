@@ -126,6 +126,7 @@ def reception_settings(row: asyncpg.Record) -> admin_pb2.ReceptionSettings:
         reception_agent_ids=list(row["reception_agent_ids"]),
         eligible_agent_ids=list(row["eligible_agent_ids"]),
         reply_timeout=duration_pb2.Duration(seconds=row["reply_timeout_seconds"]),
+        idle_timeout=duration_pb2.Duration(seconds=row["idle_timeout_seconds"]),
         update_time=timestamp(row["update_time"]),
     )
 

@@ -38,6 +38,8 @@ class SessionPolicy:
     # Development and tests only: replaces every merchant's reply timeout (seconds), so a session
     # times out in seconds instead of minutes. Never set in production.
     reply_timeout_override: float | None = None
+    # Development and tests only, the same for the idle timeout (SPEC R12, seconds). Never in production.
+    idle_timeout_override: float | None = None
     # A Connect stream counts as live while its server refreshed it this recently (seconds).
     presence_window: float = 45.0
 
@@ -52,6 +54,7 @@ class SessionPolicy:
             remind_before=timedelta(seconds=settings.remind_before_seconds),
             ticket_sla=settings.ticket_sla,
             reply_timeout_override=settings.dev_override_reply_timeout_seconds,
+            idle_timeout_override=settings.dev_override_idle_timeout_seconds,
         )
 
 
@@ -165,6 +168,7 @@ async def open_session(pool: asyncpg.Pool, caller: Identity, req: OpenRequest, p
             rule_version=assignment.RULE_VERSION,
             presence_window=policy.presence_window,
             reply_timeout_override=policy.reply_timeout_override or None,
+            idle_timeout_override=policy.idle_timeout_override or None,
             remind_before=policy.remind_before.total_seconds(),
         )
     opened = Opened(
@@ -226,6 +230,7 @@ async def add_message(
             template_id=message.template_id,
             content=message.content,
             reply_timeout_override=policy.reply_timeout_override or None,
+            idle_timeout_override=policy.idle_timeout_override or None,
             remind_before=policy.remind_before.total_seconds(),
         )
     signals.touch(

@@ -16,6 +16,9 @@ _CONSTRAINTS: dict[str, Callable[[], errors.EscalationError]] = {
     "reception_settings_reply_timeout_range": lambda: errors.InvalidArgument(
         [errors.FieldViolation("reply_timeout", "must be between 120 and 180 seconds")]
     ),
+    "reception_settings_idle_timeout_range": lambda: errors.InvalidArgument(
+        [errors.FieldViolation("idle_timeout", "must be between 300 and 7200 seconds")]
+    ),
     "agents_capacity_range": lambda: errors.InvalidArgument(
         [errors.FieldViolation("agent.capacity", "must be between 1 and 50")]
     ),

@@ -27,7 +27,7 @@ CREATE TABLE public.messages (
     CONSTRAINT messages_sender_known CHECK ((sender = ANY (ARRAY['PLATFORM'::text, 'MERCHANT'::text]))),
     CONSTRAINT messages_seq_positive CHECK ((seq >= 1))
 );
-CREATE FUNCTION public.append_message_locked(p_session_id uuid, p_sender text, p_sender_id text, p_kind text, p_client_msg_id text, p_template_id text, p_content bytea, p_reply_timeout double precision, p_remind_before double precision, p_max_messages bigint, p_max_content_bytes bigint) RETURNS public.messages
+CREATE FUNCTION public.append_message_locked(p_session_id uuid, p_sender text, p_sender_id text, p_kind text, p_client_msg_id text, p_template_id text, p_content bytea, p_reply_timeout double precision, p_remind_before double precision, p_max_messages bigint, p_max_content_bytes bigint, p_idle_timeout_override double precision) RETURNS public.messages
     LANGUAGE plpgsql
     AS $$
 DECLARE
@@ -47,8 +47,17 @@ BEGIN
         remind_time = CASE
             WHEN p_sender = 'MERCHANT' THEN NULL
             WHEN s.reply_deadline IS NOT NULL THEN s.remind_time
-            ELSE greatest(at, at + make_interval(secs => p_reply_timeout - p_remind_before)) END
+            ELSE greatest(at, at + make_interval(secs => p_reply_timeout - p_remind_before)) END,
         -- ===== end of the deadline rule ==========================================================
+        -- ===== SPEC R12, the idle deadline: the one place a message moves it ======================
+        -- A merchant message (which just cleared the reply deadline) starts or restarts it; a platform
+        -- message cancels it, its reply deadline taking over (domain/session.py after_message).
+        -- p_idle_timeout_override: the dev override (seconds); NULL: the merchant's setting.
+        idle_deadline = CASE
+            WHEN p_sender = 'MERCHANT' THEN at + make_interval(secs => coalesce(p_idle_timeout_override,
+                (SELECT rs.idle_timeout_seconds FROM reception_settings rs WHERE rs.merchant_id = s.merchant_id)))
+            ELSE NULL END
+        -- ===== end of the idle deadline rule ======================================================
     WHERE s.session_id = p_session_id AND s.state = 'OPEN'
       AND s.last_seq < p_max_messages AND s.content_bytes + octet_length(p_content) <= p_max_content_bytes
     RETURNING s.last_seq INTO next_seq;
@@ -93,7 +102,7 @@ BEGIN
                               (SELECT t.ticket_id::text FROM tickets t WHERE t.session_id = p_session_id));
     END IF;
     UPDATE sessions ss SET state = 'ENDED', close_reason = p_reason, close_time = clock_timestamp(),
-                           reply_deadline = NULL, remind_time = NULL
+                           reply_deadline = NULL, remind_time = NULL, idle_deadline = NULL
     WHERE ss.session_id = p_session_id;
     RETURN QUERY SELECT * FROM end_sessions_locked(
         ARRAY[p_session_id], p_reason, p_makes_ticket, p_sla_categories, p_sla_seconds, p_digest_algorithm,
@@ -258,12 +267,13 @@ CREATE TABLE public.sessions (
     request_hash bytea NOT NULL,
     assignment bytea NOT NULL,
     content_bytes bigint DEFAULT 0 NOT NULL,
+    idle_deadline timestamp with time zone,
     CONSTRAINT sessions_category_known CHECK ((category = ANY (ARRAY['REFUND'::text, 'ORDER_OPERATION'::text, 'EXCHANGE'::text, 'PRODUCT'::text, 'NEGOTIATED_REFUND'::text, 'LOGISTICS'::text]))),
-    CONSTRAINT sessions_close_reason_known CHECK ((close_reason = ANY (ARRAY['RESOLVED'::text, 'PLATFORM_ESCALATED'::text, 'MERCHANT_TIMEOUT'::text]))),
+    CONSTRAINT sessions_close_reason_known CHECK ((close_reason = ANY (ARRAY['RESOLVED'::text, 'PLATFORM_ESCALATED'::text, 'MERCHANT_TIMEOUT'::text, 'IDLE'::text]))),
     CONSTRAINT sessions_end_consistent CHECK ((((state = 'OPEN'::text) AND (close_reason IS NULL) AND (close_time IS NULL)) OR ((state = 'ENDED'::text) AND (close_reason IS NOT NULL) AND (close_time IS NOT NULL) AND (reply_deadline IS NULL) AND (remind_time IS NULL)))),
     CONSTRAINT sessions_state_known CHECK ((state = ANY (ARRAY['OPEN'::text, 'ENDED'::text])))
 );
-CREATE FUNCTION public.open_session(p_platform_agent_id text, p_request_id text, p_request_hash bytea, p_merchant_id text, p_category text, p_order_id text, p_kinds text[], p_contents bytea[], p_rule_version text, p_presence_window double precision, p_reply_timeout_override double precision, p_remind_before double precision, p_max_messages bigint, p_max_content_bytes bigint, OUT replayed boolean, OUT opened_session public.sessions, OUT session_pb bytea, OUT opened_messages public.messages[], OUT message_pbs bytea[], OUT saturation double precision, OUT reply_timeout_seconds double precision) RETURNS record
+CREATE FUNCTION public.open_session(p_platform_agent_id text, p_request_id text, p_request_hash bytea, p_merchant_id text, p_category text, p_order_id text, p_kinds text[], p_contents bytea[], p_rule_version text, p_presence_window double precision, p_reply_timeout_override double precision, p_remind_before double precision, p_max_messages bigint, p_max_content_bytes bigint, p_idle_timeout_override double precision DEFAULT NULL::double precision, OUT replayed boolean, OUT opened_session public.sessions, OUT session_pb bytea, OUT opened_messages public.messages[], OUT message_pbs bytea[], OUT saturation double precision, OUT reply_timeout_seconds double precision) RETURNS record
     LANGUAGE plpgsql
     SET plan_cache_mode TO 'force_generic_plan'
     AS $$
@@ -345,7 +355,7 @@ BEGIN
             FOR i IN 1 .. coalesce(cardinality(p_contents), 0) LOOP
                 msg := append_message_locked(
                     new_id, 'PLATFORM', p_platform_agent_id, p_kinds[i], NULL, NULL, p_contents[i],
-                    reply_timeout_seconds, p_remind_before, p_max_messages, p_max_content_bytes);
+                    reply_timeout_seconds, p_remind_before, p_max_messages, p_max_content_bytes, p_idle_timeout_override);
                 one_pb := message_pb(msg);
                 opened_messages := opened_messages || msg;
                 message_pbs := message_pbs || one_pb;
@@ -391,7 +401,8 @@ $$;
 CREATE FUNCTION public.pb_close_reason(reason text) RETURNS integer
     LANGUAGE sql IMMUTABLE PARALLEL SAFE
     AS $$
-    SELECT CASE reason WHEN 'RESOLVED' THEN 1 WHEN 'PLATFORM_ESCALATED' THEN 2 WHEN 'MERCHANT_TIMEOUT' THEN 3 END
+    SELECT CASE reason WHEN 'RESOLVED' THEN 1 WHEN 'PLATFORM_ESCALATED' THEN 2 WHEN 'MERCHANT_TIMEOUT' THEN 3
+                       WHEN 'IDLE' THEN 4 END
 $$;
 CREATE FUNCTION public.pb_double_field(field integer, value double precision) RETURNS bytea
     LANGUAGE sql IMMUTABLE PARALLEL SAFE
@@ -485,7 +496,7 @@ CREATE FUNCTION public.raise_refusal(reason text, detail text DEFAULT ''::text) 
 BEGIN
     RAISE EXCEPTION 'refused: %', reason USING ERRCODE = 'EX001', HINT = reason, DETAIL = coalesce(detail, '');
 END $$;
-CREATE FUNCTION public.send_message(p_session_id uuid, p_sender text, p_sender_id text, p_caller_merchant_id text, p_scope_platform_agent_id text, p_kind text, p_client_msg_id text, p_template_id text, p_content bytea, p_reply_timeout_override double precision, p_remind_before double precision, p_max_messages bigint, p_max_content_bytes bigint, OUT session_id uuid, OUT seq bigint, OUT sender text, OUT sender_id text, OUT kind text, OUT client_msg_id text, OUT template_id text, OUT content bytea, OUT send_time timestamp with time zone, OUT message_pb bytea, OUT first_reply_seconds double precision, OUT merchant_id text, OUT reply_timeout_seconds double precision) RETURNS record
+CREATE FUNCTION public.send_message(p_session_id uuid, p_sender text, p_sender_id text, p_caller_merchant_id text, p_scope_platform_agent_id text, p_kind text, p_client_msg_id text, p_template_id text, p_content bytea, p_reply_timeout_override double precision, p_remind_before double precision, p_max_messages bigint, p_max_content_bytes bigint, p_idle_timeout_override double precision DEFAULT NULL::double precision, OUT session_id uuid, OUT seq bigint, OUT sender text, OUT sender_id text, OUT kind text, OUT client_msg_id text, OUT template_id text, OUT content bytea, OUT send_time timestamp with time zone, OUT message_pb bytea, OUT first_reply_seconds double precision, OUT merchant_id text, OUT reply_timeout_seconds double precision) RETURNS record
     LANGUAGE plpgsql
     SET plan_cache_mode TO 'force_generic_plan'
     AS $$
@@ -574,7 +585,7 @@ BEGIN
     END IF;
     msg := append_message_locked(
         p_session_id, p_sender, p_sender_id, msg_kind, p_client_msg_id, p_template_id, msg_content,
-        reply_timeout_seconds, p_remind_before, p_max_messages, p_max_content_bytes);
+        reply_timeout_seconds, p_remind_before, p_max_messages, p_max_content_bytes, p_idle_timeout_override);
     SELECT msg.session_id, msg.seq, msg.sender, msg.sender_id, msg.kind, msg.client_msg_id, msg.template_id,
            msg.content, msg.send_time, message_pb(msg)
     INTO session_id, seq, sender, sender_id, kind, client_msg_id, template_id, content, send_time, message_pb;
@@ -711,6 +722,8 @@ CREATE TABLE public.reception_settings (
     merchant_id text NOT NULL,
     reply_timeout_seconds integer DEFAULT 180 NOT NULL,
     update_time timestamp with time zone DEFAULT now() NOT NULL,
+    idle_timeout_seconds bigint DEFAULT 1800 NOT NULL,
+    CONSTRAINT reception_settings_idle_timeout_range CHECK (((idle_timeout_seconds >= 300) AND (idle_timeout_seconds <= 7200))),
     CONSTRAINT reception_settings_reply_timeout_range CHECK (((reply_timeout_seconds >= 120) AND (reply_timeout_seconds <= 180)))
 );
 CREATE TABLE public.reply_templates (
@@ -778,6 +791,7 @@ CREATE INDEX outbox_pending_by_key ON public.outbox USING btree (message_key, id
 CREATE INDEX reply_templates_merchant ON public.reply_templates USING btree (merchant_id, create_time, template_id);
 CREATE INDEX sessions_agent_open_time ON public.sessions USING btree (merchant_id, assigned_agent_id, open_time DESC, session_id DESC);
 CREATE INDEX sessions_due ON public.sessions USING btree (reply_deadline) WHERE (reply_deadline IS NOT NULL);
+CREATE INDEX sessions_idle_due ON public.sessions USING btree (idle_deadline) WHERE ((idle_deadline IS NOT NULL) AND (reply_deadline IS NULL) AND (state = 'OPEN'::text));
 CREATE INDEX sessions_merchant_open_time ON public.sessions USING btree (merchant_id, open_time DESC, session_id DESC);
 CREATE INDEX sessions_open_time ON public.sessions USING btree (open_time);
 CREATE INDEX sessions_platform_agent_open_time ON public.sessions USING btree (platform_agent_id, open_time DESC, session_id DESC);

@@ -38,6 +38,7 @@ async def send_message(
     content: bytes,
     reply_timeout_override: float | None,
     remind_before: float,
+    idle_timeout_override: float | None = None,
 ) -> asyncpg.Record:
     """Appends one message with its event, or replays a retried ``client_msg_id`` (SPEC R3–R5, R7–R9).
 
@@ -66,6 +67,7 @@ async def send_message(
             remind_before,
             limits.MAX_SESSION_MESSAGES,
             limits.MAX_SESSION_CONTENT_BYTES,
+            idle_timeout_override,  # SPEC R12 dev override, seconds; None: the merchant's setting
         )
     except asyncpg.PostgresError as exc:
         if (refusal := _refused(exc)) is not None:
@@ -89,6 +91,7 @@ async def open_session(
     presence_window: float,
     reply_timeout_override: float | None,
     remind_before: float,
+    idle_timeout_override: float | None = None,
 ) -> asyncpg.Record:
     """Opens and assigns a session with its opening messages and events, or replays ``request_id``.
 
@@ -118,6 +121,7 @@ async def open_session(
             remind_before,
             limits.MAX_SESSION_MESSAGES,
             limits.MAX_SESSION_CONTENT_BYTES,
+            idle_timeout_override,  # SPEC R12 dev override, seconds; None: the merchant's setting
         )
     except asyncpg.PostgresError as exc:
         if (refusal := _refused(exc)) is not None:

@@ -77,14 +77,16 @@ SELECT coalesce(sum(open_sessions), 0)::bigint FROM agents;
 SELECT * FROM send_message(
     p_session_id => $1, p_sender => $2, p_sender_id => $3, p_caller_merchant_id => $4,
     p_scope_platform_agent_id => $5, p_kind => $6, p_client_msg_id => $7, p_template_id => $8, p_content => $9,
-    p_reply_timeout_override => $10, p_remind_before => $11, p_max_messages => $12, p_max_content_bytes => $13);
+    p_reply_timeout_override => $10, p_remind_before => $11, p_max_messages => $12, p_max_content_bytes => $13,
+    p_idle_timeout_override => $14);
 
 -- name: open_session
 -- One round trip for OpenSession (migrations/0010 open_session).
 SELECT * FROM open_session(
     p_platform_agent_id => $1, p_request_id => $2, p_request_hash => $3, p_merchant_id => $4, p_category => $5,
     p_order_id => $6, p_kinds => $7, p_contents => $8, p_rule_version => $9, p_presence_window => $10,
-    p_reply_timeout_override => $11, p_remind_before => $12, p_max_messages => $13, p_max_content_bytes => $14);
+    p_reply_timeout_override => $11, p_remind_before => $12, p_max_messages => $13, p_max_content_bytes => $14,
+    p_idle_timeout_override => $15);
 
 -- name: close_session
 -- One round trip for CloseSession (migrations/0010 close_session).

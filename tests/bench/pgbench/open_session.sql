@@ -16,4 +16,4 @@ SELECT * FROM open_session(
     p_merchant_id => :merchant, p_category => :category, p_order_id => :request,
     p_kinds => :message_kinds::text[], p_contents => :open_contents::bytea[], p_rule_version => :rule_version,
     p_presence_window => :presence_window, p_reply_timeout_override => NULL, p_remind_before => :remind_before,
-    p_max_messages => :max_messages, p_max_content_bytes => :max_content_bytes);
+    p_max_messages => :max_messages, p_max_content_bytes => :max_content_bytes, p_idle_timeout_override => NULL);

@@ -13,4 +13,4 @@ SELECT * FROM send_message(
     p_caller_merchant_id => NULL, p_scope_platform_agent_id => :platform_agent, p_kind => :kind,
     p_client_msg_id => :client_msg, p_template_id => NULL, p_content => :follow_up,
     p_reply_timeout_override => NULL, p_remind_before => :remind_before, p_max_messages => :max_messages,
-    p_max_content_bytes => :max_content_bytes);
+    p_max_content_bytes => :max_content_bytes, p_idle_timeout_override => NULL);
