@@ -53,8 +53,12 @@ async def end_sessions(
         transcripts: dict[uuid.UUID, list[asyncpg.Record]] = {sid: [] for sid in ids}
         for row in await conn.fetch(sql("transcripts"), ids):
             transcripts[row["session_id"]].append(row)
+        histories = await tickets.assignment_histories(conn, ids)
         built = {
-            r["session_id"]: tickets.build(r, transcripts[r["session_id"]], reason, policy.ticket_sla) for r in sessions
+            r["session_id"]: tickets.build(
+                r, transcripts[r["session_id"]], reason, policy.ticket_sla, histories[r["session_id"]]
+            )
+            for r in sessions
         }
         await tickets.insert(conn, list(built.values()))
     # Lock order: sessions (the caller's), merchants (events), agents — as everywhere else.

@@ -6,6 +6,7 @@ workers (issue #12: records.py and api/convert.py were two halves of one job).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 
 import asyncpg
@@ -59,6 +60,36 @@ def session(row: asyncpg.Record) -> common_pb2.Session:
         ticket_id=str(row["ticket_id"]) if row["ticket_id"] else "",
         assignment=common_pb2.AssignmentDecision.FromString(row["assignment"]),
     )
+
+
+def assignment_step(move: asyncpg.Record) -> common_pb2.AssignmentStep:
+    """One move (a session_assignments row) as a step of the history (SPEC R13)."""
+    return common_pb2.AssignmentStep(
+        step=move["step"],
+        reason=common_pb2.AssignmentReason.Value(f"ASSIGNMENT_REASON_{move['reason']}"),
+        from_agent_id=move["from_agent_id"],
+        to_agent_id=move["to_agent_id"],
+        actor_id=move["actor_id"],
+        actor_role=move["actor_role"],
+        step_time=timestamp(move["move_time"]),
+        decision=common_pb2.AssignmentDecision.FromString(move["decision"]) if move["decision"] else None,
+    )
+
+
+def assignment_history(session_row: asyncpg.Record, moves: Sequence[asyncpg.Record]) -> list[common_pb2.AssignmentStep]:
+    """A session's assignment history (SPEC R13): step 0 from the session row (the platform agent
+    opened it, the R2 decision chose the agent), then its moves (``session_moves`` rows, step order)."""
+    decision = common_pb2.AssignmentDecision.FromString(session_row["assignment"])
+    opened = common_pb2.AssignmentStep(
+        step=0,
+        reason=common_pb2.ASSIGNMENT_REASON_OPENED,
+        to_agent_id=decision.agent_id,
+        actor_id=session_row["platform_agent_id"],
+        actor_role="platform",
+        step_time=decision.decide_time if decision.HasField("decide_time") else timestamp(session_row["open_time"]),
+        decision=decision,
+    )
+    return [opened, *(assignment_step(m) for m in moves)]
 
 
 def read_receipt(session_id: str, seq: int, reader_id: str) -> common_pb2.ReadReceipt:

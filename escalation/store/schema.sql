@@ -161,6 +161,24 @@ CREATE TABLE public.schema_migrations (
     name text NOT NULL,
     applied_at timestamp with time zone DEFAULT now() NOT NULL
 );
+CREATE TABLE public.session_assignments (
+    session_id uuid NOT NULL,
+    step bigint NOT NULL,
+    merchant_id text NOT NULL,
+    reason text NOT NULL,
+    from_agent_id text NOT NULL,
+    to_agent_id text NOT NULL,
+    actor_id text NOT NULL,
+    actor_role text NOT NULL,
+    decision bytea,
+    request_id text,
+    request_hash bytea,
+    move_time timestamp with time zone NOT NULL,
+    CONSTRAINT session_assignments_keyed CHECK (((request_id IS NULL) = (request_hash IS NULL))),
+    CONSTRAINT session_assignments_moves CHECK ((from_agent_id <> to_agent_id)),
+    CONSTRAINT session_assignments_reason_known CHECK ((reason = ANY (ARRAY['TRANSFERRED'::text, 'AGENT_DISABLED'::text, 'IM_PERMISSION_REMOVED'::text, 'NOT_RECEPTION_AGENT'::text]))),
+    CONSTRAINT session_assignments_step_positive CHECK ((step >= 1))
+);
 CREATE TABLE public.sessions (
     session_id uuid NOT NULL,
     merchant_id text NOT NULL,
@@ -220,6 +238,8 @@ ALTER TABLE ONLY public.reply_templates
     ADD CONSTRAINT reply_templates_pkey PRIMARY KEY (template_id);
 ALTER TABLE ONLY public.schema_migrations
     ADD CONSTRAINT schema_migrations_pkey PRIMARY KEY (version);
+ALTER TABLE ONLY public.session_assignments
+    ADD CONSTRAINT session_assignments_pkey PRIMARY KEY (session_id, step);
 ALTER TABLE ONLY public.sessions
     ADD CONSTRAINT sessions_pkey PRIMARY KEY (session_id);
 ALTER TABLE ONLY public.tickets
@@ -237,6 +257,7 @@ CREATE INDEX outbox_parked ON public.outbox USING btree (id) WHERE ((parked_time
 CREATE INDEX outbox_pending ON public.outbox USING btree (id) WHERE ((published_time IS NULL) AND (parked_time IS NULL));
 CREATE INDEX outbox_pending_by_key ON public.outbox USING btree (message_key, id) WHERE ((published_time IS NULL) AND (parked_time IS NULL));
 CREATE INDEX reply_templates_merchant ON public.reply_templates USING btree (merchant_id, create_time, template_id);
+CREATE UNIQUE INDEX session_assignments_request_id ON public.session_assignments USING btree (merchant_id, actor_id, request_id) WHERE (request_id IS NOT NULL);
 CREATE INDEX sessions_agent_open_time ON public.sessions USING btree (merchant_id, assigned_agent_id, open_time DESC, session_id DESC);
 CREATE INDEX sessions_due ON public.sessions USING btree (reply_deadline) WHERE (reply_deadline IS NOT NULL);
 CREATE INDEX sessions_merchant_open_time ON public.sessions USING btree (merchant_id, open_time DESC, session_id DESC);
@@ -262,6 +283,8 @@ ALTER TABLE ONLY public.reception_settings
     ADD CONSTRAINT reception_settings_merchant_id_fkey FOREIGN KEY (merchant_id) REFERENCES public.merchants(merchant_id) ON DELETE CASCADE;
 ALTER TABLE ONLY public.reply_templates
     ADD CONSTRAINT reply_templates_merchant_id_fkey FOREIGN KEY (merchant_id) REFERENCES public.merchants(merchant_id) ON DELETE CASCADE;
+ALTER TABLE ONLY public.session_assignments
+    ADD CONSTRAINT session_assignments_session_id_fkey FOREIGN KEY (session_id) REFERENCES public.sessions(session_id);
 ALTER TABLE ONLY public.sessions
     ADD CONSTRAINT sessions_merchant_id_assigned_agent_id_fkey FOREIGN KEY (merchant_id, assigned_agent_id) REFERENCES public.agents(merchant_id, agent_id);
 ALTER TABLE ONLY public.sessions
