@@ -320,7 +320,8 @@ async def watch_session(
     after_seq: int,
     context: Context,
 ) -> None:
-    """Streams a session's messages after ``after_seq``, the merchant's read receipts, and its end.
+    """Streams a session's messages after ``after_seq``, the merchant's read receipts, every move to
+    another merchant agent after the stream started (SPEC R13, ``assignment_changed``), and its end.
 
     Ends with UNAUTHENTICATED (TOKEN_EXPIRED) when the caller's token expires (see until_token_expires).
     """
