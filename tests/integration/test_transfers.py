@@ -24,7 +24,14 @@ from escalation.v1 import (
 )
 from tests.integration.grpc_harness import OPS, bearer, failure, running_server
 from tests.integration.sessions_harness import PLATFORM, make_shop, open_request, text
-from tests.integration.transfers_harness import MAIN_ID, assert_counts_are_true, session_events, transfer
+from tests.integration.transfers_harness import (
+    MAIN_ID,
+    assert_counts_are_true,
+    live,
+    next_event,
+    session_events,
+    transfer,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -145,6 +152,40 @@ async def test_transfer_moves_the_count_keeps_messages_and_deadline_and_tells_bo
         (R.ASSIGNMENT_REASON_TRANSFERRED, old, new),
     ]
     assert await assert_counts_are_true(pool, "shop-a") == {}
+
+
+async def test_connected_agents_hear_of_a_move_at_once(
+    channel: grpc.aio.Channel,
+    platform: platform_pb2_grpc.PlatformServiceAsyncStub,
+    admin: admin_pb2_grpc.MerchantAdminServiceAsyncStub,
+    pool: asyncpg.Pool,
+) -> None:
+    """SPEC R8/R13: the agent the session left gets SessionUnassigned, the one that takes it
+    SessionAssigned with the step, the main account both; each on its own stream."""
+    await make_shop(channel, agents={SUB1: 10, SUB2: 10})
+    opened = await _open(platform)
+    assert opened.assigned_agent_id == SUB1
+    streams = {who: await live(pool, channel, sub(who)) for who in (SUB1, SUB2, MAIN_ID)}
+    try:
+        moved = await admin.TransferSession(transfer(opened.session_id, SUB2), metadata=MAIN)
+        left, came = await next_event(streams[SUB1]), await next_event(streams[SUB2])
+        assert left.WhichOneof("kind") == "session_unassigned"
+        assert left.session_unassigned.step == moved.assignment_history[1]
+        assert came.WhichOneof("kind") == "session_assigned"
+        assert came.session_assigned.step == moved.assignment_history[1]
+        assert came.session_assigned.session.assigned_agent_id == SUB2
+        both = [await next_event(streams[MAIN_ID]) for _ in range(2)]
+        assert [e.WhichOneof("kind") for e in both] == ["session_unassigned", "session_assigned"]
+        # The next event of the session goes to its new agent only.
+        await platform.SendMessage(
+            platform_pb2.SendMessageRequest(session_id=opened.session_id, content=text("Hello?")), metadata=PLATFORM
+        )
+        assert (await next_event(streams[SUB2])).WhichOneof("kind") == "message_added"
+        marker = await _open(platform)  # least saturated now: sub-1
+        assert (await next_event(streams[SUB1])).session_id == marker.session_id
+    finally:
+        for call in streams.values():
+            call.cancel()
 
 
 @pytest.mark.parametrize(

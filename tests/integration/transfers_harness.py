@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections import Counter
+from typing import Any, cast
 
 import asyncpg
+import grpc
 
 from escalation.store import events
-from escalation.v1 import admin_pb2, merchant_pb2
+from escalation.v1 import admin_pb2, merchant_pb2, merchant_pb2_grpc
 
 MAIN_ID = "shop-a-main"
 
@@ -51,3 +54,27 @@ async def session_events(pool: asyncpg.Pool, session_id: str) -> list[tuple[str 
         uuid.UUID(session_id),
     )
     return [(r["agent_id"], events.from_row(r)) for r in rows]
+
+
+# The stubs type neither the read/write API of a call without a request iterator nor EOF.
+Call = Any
+EOF: object = getattr(grpc.aio, "EOF")  # noqa: B009
+
+
+async def live(pool: asyncpg.Pool, channel: grpc.aio.Channel, who: tuple[tuple[str, str]]) -> Call:
+    """A Connect stream from the shop's current log head: everything written afterwards is delivered."""
+    head = await pool.fetchval("SELECT last_event_cursor FROM merchants WHERE merchant_id = 'shop-a'")
+    call: Call = cast(Any, merchant_pb2_grpc.MerchantServiceStub(channel)).Connect(metadata=who)
+    await call.write(merchant_pb2.ConnectRequest(hello=merchant_pb2.Hello(last_cursor=head)))
+    return call
+
+
+async def next_event(call: Call, wait: float = 10.0) -> merchant_pb2.MerchantEvent:
+    """The stream's next event frame, skipping heartbeats."""
+    async with asyncio.timeout(wait):
+        while True:
+            frame = await call.read()
+            assert frame is not EOF, "stream ended"
+            if frame.HasField("event"):
+                event: merchant_pb2.MerchantEvent = frame.event
+                return event
