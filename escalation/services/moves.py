@@ -156,7 +156,7 @@ async def reassign_ineligible(
     moves = []
     for session, pick in zip(locked, picks, strict=True):
         old = holders[session["assigned_agent_id"]]
-        decision = _decision(pick, connected[pick.winner.agent_id])
+        decision = records.assignment_decision(pick.winner, pick.seen, connected=connected[pick.winner.agent_id])
         decision.decide_time.FromDatetime(now)
         moves.append(
             Move(
@@ -173,24 +173,6 @@ async def reassign_ineligible(
     await apply(conn=conn, moves=moves, actor=actor, assigned_at=stamps)
     log.info("reassignment.done", merchant_id=merchant_id, sessions=len(moves), held=len(held))
     return Reassigned(moved=len(moves), held=held)
-
-
-def _decision(pick: assignment.Pick, connected: bool) -> common_pb2.AssignmentDecision:
-    return common_pb2.AssignmentDecision(
-        rule_version=assignment.RULE_VERSION,
-        agent_id=pick.winner.agent_id,
-        agent_connected=connected,
-        candidates=[
-            common_pb2.AssignmentCandidate(
-                agent_id=c.agent_id,
-                open_sessions=c.open_sessions,
-                capacity=c.capacity,
-                saturation=float(c.saturation),
-                last_assign_time=records.timestamp(c.last_assign_time),
-            )
-            for c in pick.seen
-        ],
-    )
 
 
 async def reassign_held(

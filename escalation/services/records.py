@@ -12,6 +12,7 @@ from datetime import datetime
 import asyncpg
 from google.protobuf import duration_pb2, timestamp_pb2
 
+from escalation.domain import assignment
 from escalation.v1 import admin_pb2, common_pb2, merchant_pb2, ops_pb2
 
 
@@ -59,6 +60,29 @@ def session(row: asyncpg.Record) -> common_pb2.Session:
         last_seq=row["last_seq"],
         ticket_id=str(row["ticket_id"]) if row["ticket_id"] else "",
         assignment=common_pb2.AssignmentDecision.FromString(row["assignment"]),
+    )
+
+
+def assignment_decision(
+    winner: assignment.Candidate, seen: Sequence[assignment.Candidate], *, connected: bool
+) -> common_pb2.AssignmentDecision:
+    """The audit record of one R2 pick: the winner, every candidate's inputs as the rule saw them
+    (in agent id order), the rule version; ``decide_time`` is left for the caller to stamp."""
+    return common_pb2.AssignmentDecision(
+        rule_version=assignment.RULE_VERSION,
+        agent_id=winner.agent_id,
+        # Recorded for audit (R1), never used to choose: online status is not considered.
+        agent_connected=connected,
+        candidates=[
+            common_pb2.AssignmentCandidate(
+                agent_id=c.agent_id,
+                open_sessions=c.open_sessions,
+                capacity=c.capacity,
+                saturation=float(c.saturation),
+                last_assign_time=timestamp(c.last_assign_time),
+            )
+            for c in sorted(seen, key=lambda c: c.agent_id)
+        ],
     )
 
 
