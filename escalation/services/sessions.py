@@ -299,7 +299,15 @@ async def add_message(
     structlog.contextvars.bind_contextvars(session_id=str(session_id))
     first_reply: float | None = None
     async with pool.acquire() as conn, conn.transaction():
-        s = await _lock_visible(conn, caller, session_id)
+        try:
+            s = await _lock_visible(conn, caller, session_id)
+        except errors.SessionNotFound:
+            # R4 after R13: the session may have moved to another agent since this sender's send;
+            # the sender's own message is still the answer to its retry (it reveals nothing new).
+            prior = await _own_prior(conn, session_id, sender, caller.subject, message)
+            if prior is None:
+                raise
+            return prior
         structlog.contextvars.bind_contextvars(merchant_id=s["merchant_id"])
         # The replay comes before every check of current state (IM permission, template, open
         # session): a retry of a request that succeeded returns the original (AIP-155, issue 9 §7).
@@ -336,6 +344,20 @@ async def add_message(
     if first_reply is not None:
         metrics.FIRST_REPLY.observe(first_reply)
     return row
+
+
+async def _own_prior(
+    conn: asyncpg.Connection, session_id: uuid.UUID, sender: Sender, sender_id: str, message: NewMessage
+) -> asyncpg.Record | None:
+    """The sender's earlier message with this client_msg_id in the session, if it is a retry of it."""
+    if message.client_msg_id is None:
+        return None
+    prior: asyncpg.Record | None = await conn.fetchrow(
+        sql("find_message_by_client_id"), session_id, sender.value, sender_id, message.client_msg_id
+    )
+    if prior is not None and not _same(prior, message):
+        raise errors.ClientMsgIdReused()
+    return prior
 
 
 def _same(prior: asyncpg.Record, message: NewMessage) -> bool:

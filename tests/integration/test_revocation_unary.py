@@ -151,6 +151,15 @@ async def test_im_permission_removed_refuses_reads_and_new_replies_but_replays_r
         assert got == (grpc.StatusCode.PERMISSION_DENIED, "IM_PERMISSION_REQUIRED"), name
     assert await m.Reply(keyed, metadata=SUB1) == original  # SPEC R4: the replay comes before the check
 
+    # Once sub-2 receives, the session moves to it (R13); the retry still returns the original.
+    await admin.SetReceptionAgents(
+        admin_pb2.SetReceptionAgentsRequest(merchant_id="shop-a", agent_ids=["shop-a-sub-2"]), metadata=OPS
+    )
+    assert (await _merchant_calls(channel, sid)["GetSession"](SUB2)).assigned_agent_id == "shop-a-sub-2"
+    assert await m.Reply(keyed, metadata=SUB1) == original
+    reused = merchant_pb2.ReplyRequest(session_id=sid, content=text("something else"), client_msg_id="c-1")
+    assert await _refused(m.Reply(reused, metadata=SUB1)) == (grpc.StatusCode.INVALID_ARGUMENT, "CLIENT_MSG_ID_REUSED")
+
 
 async def test_designation_removed_moves_the_sessions_out_of_the_agents_scope(channel: grpc.aio.Channel) -> None:
     # R9 scopes a sub-account by assignment; R13 moves its sessions when it stops being eligible, after
