@@ -41,7 +41,8 @@ async def transfer_session(pool: asyncpg.Pool, target: MerchantScope, req: Trans
 
     Only the shop's main account or ops. The same request_id (per shop and caller) returns the session
     as it is now without moving it again, whatever changed since (AIP-155: the lookup comes before
-    every check of current state but the caller's own standing). Raises AgentDisabled /
+    every check of the session's and the target's state, after the caller's own standing and
+    authority). Raises AgentDisabled /
     ImPermissionRequired (the caller's standing), RequestIdReused, MerchantNotFound, NotMainAccount,
     SessionNotFound (no such session in this shop), SessionClosed (with ticket_id), AgentNotFound,
     AgentNotEligible (SPEC R1), AlreadyAssigned (the target holds it already).
@@ -52,13 +53,14 @@ async def transfer_session(pool: asyncpg.Pool, target: MerchantScope, req: Trans
         async with pool.acquire() as conn, conn.transaction():
             if caller.role is Role.MERCHANT:
                 await callers.merchant_standing(conn, caller)
-            prior = await _replayed(conn, target, req)
-            if prior is not None:
-                return prior
             merchant = await conn.fetchrow(sql("get_merchant"), target.merchant_id)
             if merchant is None:
                 raise errors.MerchantNotFound()
+            # The caller's authority comes first, replays included: a former main account sees no more.
             _main_account_or_ops(caller, merchant)
+            prior = await _replayed(conn, target, req)
+            if prior is not None:
+                return prior
             # Lock order: the session, then the merchant row, then agent rows (services/moves.py).
             s = await conn.fetchrow(sql("lock_session_for_move"), req.session_id, target.merchant_id)
             if s is None:

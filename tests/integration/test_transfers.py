@@ -293,6 +293,14 @@ async def test_transfer_is_idempotent_by_request_id(
     assert failure(closed.value).reason == "SESSION_CLOSED"
     assert await pool.fetchval("SELECT count(*) FROM session_assignments") == 2
     assert await assert_counts_are_true(pool, "shop-a") == {SUB3: 1}
+    # A main account that moved away replays nothing: it may no longer see the shop's sessions (R9).
+    await ops_pb2_grpc.OpsServiceStub(channel).UpsertMerchant(
+        ops_pb2.UpsertMerchantRequest(merchant=ops_pb2.Merchant(merchant_id="shop-a", main_account_id="next-main")),
+        metadata=OPS,
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as moved_away:
+        await admin.TransferSession(transfer(first.session_id, SUB3, "t-1"), metadata=MAIN)
+    assert failure(moved_away.value).reason == "NOT_MAIN_ACCOUNT"
 
 
 # --- re-assignment -------------------------------------------------------------------------------
