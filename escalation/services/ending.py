@@ -53,7 +53,7 @@ async def end_sessions(
         transcripts: dict[uuid.UUID, list[asyncpg.Record]] = {sid: [] for sid in ids}
         for row in await conn.fetch(sql("transcripts"), ids):
             transcripts[row["session_id"]].append(row)
-        histories = await tickets.assignment_histories(conn, ids)
+        histories = {r["session_id"]: r["pb"] for r in await conn.fetch(sql("ticket_assignment_histories"), ids)}
         built = {
             r["session_id"]: tickets.build(
                 r, transcripts[r["session_id"]], reason, policy.ticket_sla, histories[r["session_id"]]

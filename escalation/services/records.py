@@ -102,7 +102,8 @@ def assignment_step(move: asyncpg.Record) -> common_pb2.AssignmentStep:
 
 def assignment_history(session_row: asyncpg.Record, moves: Sequence[asyncpg.Record]) -> list[common_pb2.AssignmentStep]:
     """A session's assignment history (SPEC R13): step 0 from the session row (the platform agent
-    opened it, the R2 decision chose the agent), then its moves (``session_moves`` rows, step order)."""
+    opened it at ``open_time``, the R2 decision chose the agent), then its moves (``session_moves``
+    rows, step order). Tickets carry the same steps without decisions (``assignment_history_pb``)."""
     decision = common_pb2.AssignmentDecision.FromString(session_row["assignment"])
     opened = common_pb2.AssignmentStep(
         step=0,
@@ -110,7 +111,7 @@ def assignment_history(session_row: asyncpg.Record, moves: Sequence[asyncpg.Reco
         to_agent_id=decision.agent_id,
         actor_id=session_row["platform_agent_id"],
         actor_role="platform",
-        step_time=decision.decide_time if decision.HasField("decide_time") else timestamp(session_row["open_time"]),
+        step_time=timestamp(session_row["open_time"]),
         decision=decision,
     )
     return [opened, *(assignment_step(m) for m in moves)]

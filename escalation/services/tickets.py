@@ -38,10 +38,13 @@ def build(
     transcript: Sequence[asyncpg.Record],
     reason: CloseReason,
     sla: Mapping[str, timedelta],
-    history: Sequence[common_pb2.AssignmentStep] = (),
+    history_pb: bytes = b"",
 ) -> Ticket:
-    """The ticket for a session that just ended; ``ended`` is the row its end statement returned,
-    ``history`` its assignment history (SPEC R13, :func:`assignment_histories`)."""
+    """The ticket for a session that just ended; ``ended`` is the row its end statement returned.
+
+    ``history_pb``: the session's assignment history as the database encodes it (SPEC R13,
+    ``assignment_history_pb`` of migration 0012: ServiceTicket field 16 entries, appended to the value,
+    where a serializer writes field 16 too)."""
     messages = [records.message(r) for r in transcript]
     ticket_id = uuid.uuid4()
     handle_by = rules.handle_by(ended["close_time"], ended["category"], sla)
@@ -62,7 +65,6 @@ def build(
         transcript_digest=digest,
         digest_algorithm=rules.DIGEST_ALGORITHM,
         create_time=records.timestamp(ended["close_time"]),
-        assignment_history=history,
     )
     return Ticket(
         ticket_id,
@@ -72,29 +74,9 @@ def build(
         ended["category"],
         handle_by,
         digest,
-        event.SerializeToString(),
+        event.SerializeToString() + history_pb,
         ended["close_time"],
     )
-
-
-async def assignment_histories(
-    conn: asyncpg.Connection, session_ids: Sequence[uuid.UUID]
-) -> dict[uuid.UUID, list[common_pb2.AssignmentStep]]:
-    """Each session's assignment history as a ticket carries it (SPEC R13): the initial step, then its
-    moves, oldest first; decisions without their candidate lists, which GetSession shows, so that a
-    shop with many agents does not take the ticket past its size bound (domain/limits.py)."""
-    moves: dict[uuid.UUID, list[asyncpg.Record]] = {sid: [] for sid in session_ids}
-    for row in await conn.fetch(sql("session_moves"), list(session_ids)):
-        moves[row["session_id"]].append(row)
-    histories = {
-        row["session_id"]: records.assignment_history(row, moves[row["session_id"]])
-        for row in await conn.fetch(sql("initial_assignments"), list(session_ids))
-    }
-    for steps in histories.values():
-        for step in steps:
-            if step.HasField("decision"):
-                step.decision.ClearField("candidates")
-    return histories
 
 
 async def insert(conn: asyncpg.Connection, tickets: Sequence[Ticket]) -> None:

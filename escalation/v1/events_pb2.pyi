@@ -84,8 +84,8 @@ class ServiceTicket(_message.Message):
     @_builtins.property
     def assignment_history(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.AssignmentStep]:
         """Every step of the session's assignment, oldest first (SPEC R13): the initial assignment, then each
-        transfer and re-assignment. assigned_agent_id is the last step's to_agent_id. Decisions come
-        without their candidate lists (GetSession shows them), to keep the ticket within its size bound.
+        transfer and re-assignment. assigned_agent_id is the last step's to_agent_id. Steps come without
+        their decisions (GetSession shows them), to keep the ticket within its size bound.
         """
 
     def __init__(

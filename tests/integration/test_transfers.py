@@ -151,6 +151,13 @@ async def test_transfer_moves_the_count_keeps_messages_and_deadline_and_tells_bo
         (R.ASSIGNMENT_REASON_OPENED, "", old),
         (R.ASSIGNMENT_REASON_TRANSFERRED, old, new),
     ]
+    # The database encodes them (for whatever writes the ticket) as GetSession shows them, minus decisions.
+    shown = list(moved.assignment_history)
+    for step in shown:
+        step.ClearField("decision")
+    assert list(ticket.assignment_history) == shown
+    assert ticket.assignment_history[0].step_time == seen.open_time
+    assert ticket.SerializeToString() == payload, "the appended entries are what a serializer writes"
     assert await assert_counts_are_true(pool, "shop-a") == {}
 
 
@@ -358,6 +365,19 @@ async def test_an_agent_that_stops_being_eligible_has_its_sessions_reassigned_by
         assert stored[-2:] == [(SUB1, "session_unassigned"), (last.to_agent_id, "session_assigned")]
     assert moved_to == [SUB2, SUB2, SUB3]
     assert await pool.fetchval("SELECT count(*) FROM session_assignments") == 3
+    # The ticket names the same steps (the database encodes the reason as the API does).
+    await platform.CloseSession(
+        platform_pb2.CloseSessionRequest(
+            session_id=held[0], outcome=platform_pb2.CloseSessionRequest.OUTCOME_ESCALATED
+        ),
+        metadata=PLATFORM,
+    )
+    payload = await pool.fetchval("SELECT payload FROM tickets WHERE session_id = $1::uuid", held[0])
+    steps = events_pb2.ServiceTicket.FromString(payload).assignment_history
+    assert [(s.reason, s.from_agent_id, s.to_agent_id) for s in steps] == [
+        (R.ASSIGNMENT_REASON_OPENED, "", SUB1),
+        (reason, SUB1, SUB2),
+    ]
 
 
 async def test_when_nobody_is_eligible_the_sessions_stay_and_the_deadline_remains(

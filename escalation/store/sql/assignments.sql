@@ -71,9 +71,9 @@ WHERE a.merchant_id = t.m AND a.agent_id = t.g;
 SELECT session_id, step, reason, from_agent_id, to_agent_id, actor_id, actor_role, decision, move_time
 FROM session_assignments WHERE session_id = ANY($1::uuid[]) ORDER BY session_id, step;
 
--- name: initial_assignments
--- Step 0 of sessions $1's assignment history: what the session row keeps of it.
-SELECT session_id, platform_agent_id, open_time, assignment FROM sessions WHERE session_id = ANY($1::uuid[]);
+-- name: ticket_assignment_histories
+-- Sessions $1's assignment histories as their tickets carry them (ServiceTicket field 16, migration 0012).
+SELECT session_id, assignment_history_pb(session_id) AS pb FROM unnest($1::uuid[]) AS session_id;
 
 -- name: moves_after
 -- Session $1's moves after step $2, in step order (WatchSession tells the platform of each).
