@@ -43,7 +43,7 @@ def build(
     """The ticket for a session that just ended; ``ended`` is the row its end statement returned.
 
     ``history_pb``: the session's assignment history as the database encodes it (SPEC R13,
-    ``assignment_history_pb`` of migration 0012: ServiceTicket field 16 entries, appended to the value,
+    ``assignment_history_pb`` of migration 0013: ServiceTicket field 16 entries, appended to the value,
     where a serializer writes field 16 too)."""
     messages = [records.message(r) for r in transcript]
     ticket_id = uuid.uuid4()

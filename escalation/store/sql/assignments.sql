@@ -72,7 +72,7 @@ SELECT session_id, step, reason, from_agent_id, to_agent_id, actor_id, actor_rol
 FROM session_assignments WHERE session_id = ANY($1::uuid[]) ORDER BY session_id, step;
 
 -- name: ticket_assignment_histories
--- Sessions $1's assignment histories as their tickets carry them (ServiceTicket field 16, migration 0012).
+-- Sessions $1's assignment histories as their tickets carry them (ServiceTicket field 16, migration 0013).
 SELECT session_id, assignment_history_pb(session_id) AS pb FROM unnest($1::uuid[]) AS session_id;
 
 -- name: moves_after

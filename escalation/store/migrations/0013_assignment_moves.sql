@@ -1,4 +1,4 @@
--- 0012: SPEC R13 — a session's assignment history. One row per *move* (a transfer, or a re-assignment
+-- 0013: SPEC R13 — a session's assignment history. One row per *move* (a transfer, or a re-assignment
 -- because its agent stopped being eligible); the initial assignment stays on the session row
 -- (sessions.assignment holds its decision), so OpenSession writes nothing here. GetSession and tickets
 -- show the history as the initial step followed by these rows in step order (docs/sessions.md).
