@@ -170,6 +170,18 @@ class NoEligibleAgent(FailedPrecondition):
     reason = "NO_ELIGIBLE_AGENT"
 
 
+class AgentNotEligible(FailedPrecondition):
+    """This agent cannot receive platform sessions (SPEC R1: designated, IM permission, not disabled)."""
+
+    reason = "AGENT_NOT_ELIGIBLE"
+
+
+class AlreadyAssigned(FailedPrecondition):
+    """The session is already assigned to this agent."""
+
+    reason = "ALREADY_ASSIGNED"
+
+
 class SessionClosed(FailedPrecondition):
     """The session has ended; nothing more can be written to it."""
 

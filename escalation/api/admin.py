@@ -8,6 +8,7 @@ import asyncpg
 import grpc
 from google.protobuf import empty_pb2
 
+from escalation.api import session_requests
 from escalation.api.interceptors import current_identity
 from escalation.domain import paging
 from escalation.domain.reception import (
@@ -20,8 +21,8 @@ from escalation.domain.reception import (
     MIN_REPLY_TIMEOUT_SECONDS,
 )
 from escalation.domain.validation import IDENTIFIER, Violations
-from escalation.services import directory, records
-from escalation.v1 import admin_pb2, admin_pb2_grpc, merchant_pb2
+from escalation.services import directory, records, transfers
+from escalation.v1 import admin_pb2, admin_pb2_grpc, common_pb2, merchant_pb2
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -144,3 +145,17 @@ class MerchantAdminServicer(admin_pb2_grpc.MerchantAdminServiceServicer):
         target = self._scope(request.merchant_id, check)
         await directory.delete_reply_template(self._pool, target, request.template_id)
         return empty_pb2.Empty()
+
+    async def TransferSession(self, request: admin_pb2.TransferSessionRequest, context: Context) -> common_pb2.Session:
+        """SPEC R13: moves an open session to another eligible agent; idempotent by request_id (AIP-155)."""
+        check = Violations()
+        check.identifier("request_id", request.request_id)
+        sid = session_requests.session_id(check, request.session_id)
+        check.identifier("agent_id", request.agent_id)
+        target = self._scope(request.merchant_id, check)
+        fingerprint = admin_pb2.TransferSessionRequest(session_id=request.session_id, agent_id=request.agent_id)
+        key = session_requests.request_hash(fingerprint)
+        view = await transfers.transfer_session(
+            self._pool, target, transfers.TransferRequest(sid, request.agent_id, request.request_id, key)
+        )
+        return session_requests.with_history(view)

@@ -8,6 +8,7 @@ from typing import Any
 import asyncpg
 import grpc
 
+from escalation.api.interceptors import current_identity
 from escalation.api.session_requests import time_and_uuid_key
 from escalation.domain import paging, timeliness
 from escalation.domain.validation import Violations
@@ -57,6 +58,7 @@ class OpsServicer(ops_pb2_grpc.OpsServiceServicer):
             display_name=name,
             main_account_id=m.main_account_id,
             disabled=m.disabled,
+            actor=current_identity(),
         )
         return records.merchant(row)
 

@@ -17,7 +17,7 @@ from escalation.domain import messages as message_rules
 from escalation.domain import paging
 from escalation.domain.session import Sender
 from escalation.domain.validation import IDENTIFIER, Violations, canonical_uuid
-from escalation.services import records, sessions
+from escalation.services import records, sessions, transfers
 from escalation.services.sessions import NewMessage
 from escalation.v1 import common_pb2, platform_pb2
 
@@ -130,7 +130,15 @@ async def get_session(pool: asyncpg.Pool, request: platform_pb2.GetSessionReques
     check = Violations()
     sid = session_id(check, request.session_id)
     check.raise_if_any()
-    return records.session(await sessions.get_session(pool, current_identity(), sid))
+    view = await transfers.get_session(pool, current_identity(), sid)
+    return with_history(view)
+
+
+def with_history(view: transfers.SessionView) -> common_pb2.Session:
+    """The session with its assignment history (SPEC R13), as GetSession and TransferSession return it."""
+    session = records.session(view.session)
+    session.assignment_history.extend(records.assignment_history(view.session, view.moves))
+    return session
 
 
 async def list_sessions(

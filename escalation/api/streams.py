@@ -337,7 +337,8 @@ async def watch_session(
     after_seq: int,
     context: Context,
 ) -> None:
-    """Streams a session's messages after ``after_seq``, the merchant's read receipts, and its end.
+    """Streams a session's messages after ``after_seq``, the merchant's read receipts, every move to
+    another merchant agent after the stream started (SPEC R13, ``assignment_changed``), and its end.
 
     Ends with UNAUTHENTICATED (TOKEN_EXPIRED) when the caller's token expires (see until_token_expires).
     """
@@ -357,6 +358,8 @@ async def _watch_session(
     session = await sessions.get_session(pool, caller, session_id)
     sub = hub.subscribe(session["merchant_id"], None, present=False)
     seq, read_seq = after_seq, 0
+    # Moves before the stream started are in GetSession's assignment_history; only later ones stream.
+    moved = int(await pool.fetchval(sql("watch_moves"), session_id))
     try:
         while True:
             if hub.closing.is_set():
@@ -370,10 +373,16 @@ async def _watch_session(
             if len(rows) == config.page_size:
                 continue
             state = await pool.fetchrow(sql("watch_state"), session_id)
+            if state is not None and state["moves"] > moved:
+                # SPEC R13: the platform sees each transfer or re-assignment as it commits.
+                for move in await pool.fetch(sql("moves_after"), session_id, moved):
+                    step = records.assignment_step(move)
+                    await _write(context, platform_pb2.WatchSessionResponse(assignment_changed=step), config)
+                    moved = move["step"]
             if state is not None and state["merchant_read_seq"] > read_seq:
                 read_seq = state["merchant_read_seq"]
                 receipt = platform_pb2.WatchSessionResponse(
-                    read_receipt=records.read_receipt(str(session_id), read_seq, session["assigned_agent_id"])
+                    read_receipt=records.read_receipt(str(session_id), read_seq, state["assigned_agent_id"])
                 )
                 await _write(context, receipt, config)
             if state is not None and state["state"] == "ENDED" and seq >= state["last_seq"]:

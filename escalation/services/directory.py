@@ -18,7 +18,7 @@ import asyncpg
 from escalation import errors
 from escalation.auth import Identity, Role
 from escalation.domain.reception import DEFAULT_CAPACITY
-from escalation.services import callers
+from escalation.services import callers, moves
 from escalation.store.queries import sql
 
 
@@ -73,12 +73,36 @@ async def _merchant_for_read(conn: asyncpg.Connection, target: MerchantScope) ->
     return merchant
 
 
+# Who a directory change is recorded as in the assignment history when no caller is given (the
+# development seed and tests call these functions directly).
+DIRECT = Identity("directory", Role.OPS)
+
+
+async def _reassign(conn: asyncpg.Connection, merchant_id: str, actor: Identity) -> moves.Reassigned:
+    """SPEC R13: the open sessions of agents this change made ineligible go to eligible ones, in its transaction."""
+    return await moves.reassign_ineligible(conn=conn, merchant_id=merchant_id, actor=actor)
+
+
+async def _after_commit(pool: asyncpg.Pool, merchant_id: str, done: moves.Reassigned, actor: Identity) -> None:
+    """The sessions a writer held during the change, re-assigned now in the usual lock order."""
+    if done.held:
+        await moves.reassign_held(pool, merchant_id=merchant_id, session_ids=done.held, actor=actor)
+
+
 async def upsert_merchant(
-    pool: asyncpg.Pool, *, merchant_id: str, display_name: str, main_account_id: str, disabled: bool
+    pool: asyncpg.Pool,
+    *,
+    merchant_id: str,
+    display_name: str,
+    main_account_id: str,
+    disabled: bool,
+    actor: Identity = DIRECT,
 ) -> asyncpg.Record:
     """Creates or updates a merchant; its main account becomes an agent with IM permission.
 
-    Account sync from the platform (ops only; the servicer checks the role). Raises nothing of its own.
+    Account sync from the platform (ops only; the servicer checks the role). When the main account
+    moves and the old one stops being eligible, its open sessions are re-assigned (SPEC R13; ``actor``
+    is recorded in their history). Raises nothing of its own.
     """
     async with pool.acquire() as conn, conn.transaction():
         merchant = await conn.fetchrow(
@@ -88,7 +112,9 @@ async def upsert_merchant(
         await conn.execute(sql("demote_other_main_accounts"), merchant_id, main_account_id)
         await conn.execute(sql("upsert_main_account"), merchant_id, main_account_id)
         assert merchant is not None
-        return merchant
+        done = await _reassign(conn, merchant_id, actor)
+    await _after_commit(pool, merchant_id, done, actor)
+    return merchant
 
 
 async def upsert_agent(
@@ -116,9 +142,11 @@ async def upsert_agent(
             disabled,
             capacity or DEFAULT_CAPACITY,
         )
+        done = await _reassign(conn, target.merchant_id, target.caller)
         agent = await conn.fetchrow(sql("get_agent"), target.merchant_id, agent_id)
         assert agent is not None
-        return agent
+    await _after_commit(pool, target.merchant_id, done, target.caller)
+    return agent
 
 
 async def list_agents(
@@ -161,7 +189,10 @@ async def set_reception_agents(pool: asyncpg.Pool, target: MerchantScope, agent_
             )
         await conn.execute(sql("set_reception_agents"), target.merchant_id, agent_ids)
         await conn.execute(sql("touch_reception_settings"), target.merchant_id)
-        return await _settings(conn, target.merchant_id)
+        done = await _reassign(conn, target.merchant_id, target.caller)
+        settings = await _settings(conn, target.merchant_id)
+    await _after_commit(pool, target.merchant_id, done, target.caller)
+    return settings
 
 
 async def _settings(conn: asyncpg.Connection, merchant_id: str) -> asyncpg.Record:

@@ -12,6 +12,7 @@ from datetime import datetime
 import asyncpg
 from google.protobuf import duration_pb2, timestamp_pb2
 
+from escalation.domain import assignment
 from escalation.v1 import admin_pb2, common_pb2, merchant_pb2, ops_pb2, platform_pb2
 
 
@@ -81,6 +82,60 @@ def session(row: asyncpg.Record) -> common_pb2.Session:
         ticket_id=str(row["ticket_id"]) if row["ticket_id"] else "",
         assignment=common_pb2.AssignmentDecision.FromString(row["assignment"]),
     )
+
+
+def assignment_decision(
+    winner: assignment.Candidate, seen: Sequence[assignment.Candidate], *, connected: bool
+) -> common_pb2.AssignmentDecision:
+    """The audit record of one R2 pick: the winner, every candidate's inputs as the rule saw them
+    (in agent id order), the rule version; ``decide_time`` is left for the caller to stamp."""
+    return common_pb2.AssignmentDecision(
+        rule_version=assignment.RULE_VERSION,
+        agent_id=winner.agent_id,
+        # Recorded for audit (R1), never used to choose: online status is not considered.
+        agent_connected=connected,
+        candidates=[
+            common_pb2.AssignmentCandidate(
+                agent_id=c.agent_id,
+                open_sessions=c.open_sessions,
+                capacity=c.capacity,
+                saturation=float(c.saturation),
+                last_assign_time=timestamp(c.last_assign_time),
+            )
+            for c in sorted(seen, key=lambda c: c.agent_id)
+        ],
+    )
+
+
+def assignment_step(move: asyncpg.Record) -> common_pb2.AssignmentStep:
+    """One move (a session_assignments row) as a step of the history (SPEC R13)."""
+    return common_pb2.AssignmentStep(
+        step=move["step"],
+        reason=common_pb2.AssignmentReason.Value(f"ASSIGNMENT_REASON_{move['reason']}"),
+        from_agent_id=move["from_agent_id"],
+        to_agent_id=move["to_agent_id"],
+        actor_id=move["actor_id"],
+        actor_role=move["actor_role"],
+        step_time=timestamp(move["move_time"]),
+        decision=common_pb2.AssignmentDecision.FromString(move["decision"]) if move["decision"] else None,
+    )
+
+
+def assignment_history(session_row: asyncpg.Record, moves: Sequence[asyncpg.Record]) -> list[common_pb2.AssignmentStep]:
+    """A session's assignment history (SPEC R13): step 0 from the session row (the platform agent
+    opened it at ``open_time``, the R2 decision chose the agent), then its moves (``session_moves``
+    rows, step order). Tickets carry the same steps without decisions (``assignment_history_pb``)."""
+    decision = common_pb2.AssignmentDecision.FromString(session_row["assignment"])
+    opened = common_pb2.AssignmentStep(
+        step=0,
+        reason=common_pb2.ASSIGNMENT_REASON_OPENED,
+        to_agent_id=decision.agent_id,
+        actor_id=session_row["platform_agent_id"],
+        actor_role="platform",
+        step_time=timestamp(session_row["open_time"]),
+        decision=decision,
+    )
+    return [opened, *(assignment_step(m) for m in moves)]
 
 
 def read_receipt(session_id: str, seq: int, reader_id: str) -> common_pb2.ReadReceipt:

@@ -38,9 +38,17 @@ class Ticket:
 
 
 def build(
-    ended: asyncpg.Record, transcript: Sequence[asyncpg.Record], reason: CloseReason, sla: Mapping[str, timedelta]
+    ended: asyncpg.Record,
+    transcript: Sequence[asyncpg.Record],
+    reason: CloseReason,
+    sla: Mapping[str, timedelta],
+    history_pb: bytes = b"",
 ) -> Ticket:
-    """The ticket for a session that just ended; ``ended`` is its sessions row after the end (SPEC R7)."""
+    """The ticket for a session that just ended; ``ended`` is the row its end statement returned.
+
+    ``history_pb``: the session's assignment history as the database encodes it (SPEC R13,
+    ``assignment_history_pb`` of migration 0013: ServiceTicket field 16 entries, appended to the value,
+    where a serializer writes field 16 too)."""
     messages = [records.message(r) for r in transcript]
     ticket_id = uuid.uuid4()
     handle_by = rules.handle_by(ended["close_time"], ended["category"], sla)
@@ -70,6 +78,6 @@ def build(
         ended["category"],
         handle_by,
         digest,
-        event.SerializeToString(),
+        event.SerializeToString() + history_pb,
         ended["close_time"],
     )

@@ -109,3 +109,21 @@ def session_closed(session: common_pb2.Session, handle_by: datetime | None) -> l
 
 def read_receipt(session: common_pb2.Session, receipt: common_pb2.ReadReceipt) -> Event:
     return _event(session, "read_receipt", merchant_pb2.MerchantEvent(read_receipt=receipt))
+
+
+def session_moved(session: common_pb2.Session, step: common_pb2.AssignmentStep) -> list[Event]:
+    """A transfer or re-assignment (SPEC R13): SessionUnassigned for the agent it left, then
+    SessionAssigned for the one that holds it now (``session.assigned_agent_id``)."""
+    left = Event(
+        session.merchant_id,
+        uuid.UUID(session.session_id),
+        step.from_agent_id,
+        "session_unassigned",
+        merchant_pb2.MerchantEvent(session_unassigned=merchant_pb2.SessionUnassigned(session=session, step=step)),
+    )
+    assigned = _event(
+        session,
+        "session_assigned",
+        merchant_pb2.MerchantEvent(session_assigned=merchant_pb2.SessionAssigned(session=session, step=step)),
+    )
+    return [left, assigned]

@@ -72,6 +72,53 @@ BEGIN
     RETURNING * INTO appended;
     RETURN appended;
 END $$;
+CREATE FUNCTION public.assignment_history_pb(p_session_id uuid) RETURNS bytea
+    LANGUAGE sql STABLE PARALLEL SAFE
+    AS $$
+    SELECT assignment_pb_len(16, assignment_step_pb(0, 'OPENED', NULL, coalesce(first.from_agent_id, s.assigned_agent_id),
+                                                    s.platform_agent_id, 'platform', s.open_time))
+           || coalesce((SELECT string_agg(assignment_pb_len(16, assignment_step_pb(m.step, m.reason, m.from_agent_id,
+                                                                                   m.to_agent_id, m.actor_id,
+                                                                                   m.actor_role, m.move_time)),
+                                          '\x'::bytea ORDER BY m.step)
+                        FROM session_assignments m WHERE m.session_id = s.session_id), '\x'::bytea)
+    FROM sessions s
+    LEFT JOIN session_assignments first ON first.session_id = s.session_id AND first.step = 1
+    WHERE s.session_id = p_session_id
+$$;
+CREATE FUNCTION public.assignment_pb_len(field integer, value bytea) RETURNS bytea
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    AS $$
+    SELECT CASE WHEN value IS NULL THEN '\x'::bytea
+                ELSE assignment_pb_varint(field::bigint << 3 | 2) || assignment_pb_varint(octet_length(value)) || value END
+$$;
+CREATE FUNCTION public.assignment_pb_string(field integer, value text) RETURNS bytea
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    AS $$
+    SELECT CASE WHEN value IS NULL OR value = '' THEN '\x'::bytea
+                ELSE assignment_pb_len(field, convert_to(value, 'UTF8')) END
+$$;
+CREATE FUNCTION public.assignment_pb_uint(field integer, value bigint) RETURNS bytea
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    AS $$
+    SELECT CASE WHEN value IS NULL OR value = 0 THEN '\x'::bytea
+                ELSE assignment_pb_varint(field::bigint << 3) || assignment_pb_varint(value) END
+$$;
+CREATE FUNCTION public.assignment_pb_varint(value bigint) RETURNS bytea
+    LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE
+    AS $$
+DECLARE
+    encoded bytea := '\x'::bytea;
+BEGIN
+    IF value < 0 THEN
+        RAISE EXCEPTION 'assignment_pb_varint: % is negative', value;
+    END IF;
+    WHILE value >= 128 LOOP
+        encoded := encoded || set_byte('\x00'::bytea, 0, (value & 127)::int | 128);
+        value := value >> 7;
+    END LOOP;
+    RETURN encoded || set_byte('\x00'::bytea, 0, value::int);
+END $$;
 CREATE FUNCTION public.assignment_precedes(a_open integer, a_capacity integer, a_last timestamp with time zone, a_agent text, b_open integer, b_capacity integer, b_last timestamp with time zone, b_agent text) RETURNS boolean
     LANGUAGE sql IMMUTABLE PARALLEL SAFE
     AS $$
@@ -81,6 +128,19 @@ CREATE FUNCTION public.assignment_precedes(a_open integer, a_capacity integer, a
         WHEN (a_last IS NULL) <> (b_last IS NULL) THEN a_last IS NULL
         WHEN a_last <> b_last THEN a_last < b_last
         ELSE a_agent COLLATE "C" < b_agent COLLATE "C" END
+$$;
+CREATE FUNCTION public.assignment_step_pb(step bigint, reason text, from_agent_id text, to_agent_id text, actor_id text, actor_role text, at timestamp with time zone) RETURNS bytea
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    AS $$
+    SELECT assignment_pb_uint(1, step)
+           || assignment_pb_uint(2, CASE reason WHEN 'OPENED' THEN 1 WHEN 'TRANSFERRED' THEN 2
+                                                WHEN 'AGENT_DISABLED' THEN 3 WHEN 'IM_PERMISSION_REMOVED' THEN 4
+                                                WHEN 'NOT_RECEPTION_AGENT' THEN 5 END)
+           || assignment_pb_string(3, from_agent_id) || assignment_pb_string(4, to_agent_id)
+           || assignment_pb_string(5, actor_id) || assignment_pb_string(6, actor_role)
+           || assignment_pb_len(7, assignment_pb_uint(1, floor(e)::bigint)
+                                   || assignment_pb_uint(2, ((e - floor(e)) * 1000000000)::bigint))
+    FROM (SELECT extract(epoch FROM at) AS e) AS epoch
 $$;
 CREATE FUNCTION public.close_session(p_session_id uuid, p_scope_platform_agent_id text, p_reason text, p_makes_ticket boolean, p_sla_categories text[], p_sla_seconds double precision[], p_digest_algorithm text, p_topic text, p_content_type text, p_traceparent text) RETURNS TABLE(session_id uuid, merchant_id text, assigned_agent_id text, platform_agent_id text, order_id text, category text, open_time timestamp with time zone, close_time timestamp with time zone, ticket_id uuid, handle_by timestamp with time zone, session_pb bytea)
     LANGUAGE plpgsql
@@ -149,7 +209,9 @@ BEGIN
                 || transcript
                 || pb_timestamp_field(10, s.open_time) || pb_timestamp_field(11, s.close_time)
                 || pb_timestamp_field(12, due) || pb_string_field(13, encode(digest, 'hex'))
-                || pb_string_field(14, p_digest_algorithm) || pb_timestamp_field(15, s.close_time);
+                || pb_string_field(14, p_digest_algorithm) || pb_timestamp_field(15, s.close_time)
+                -- SPEC R13: the assignment history, ServiceTicket field 16 (0013's encoder).
+                || assignment_history_pb(s.session_id);
             INSERT INTO tickets (ticket_id, session_id, merchant_id, reason, category, handle_by, transcript_digest,
                                  payload, create_time)
             VALUES (new_ticket, s.session_id, s.merchant_id, p_reason, s.category, due, encode(digest, 'hex'),
@@ -513,6 +575,7 @@ DECLARE
     msg_content bytea := p_content;
     awaiting_first_reply boolean := false;
     added bytea;
+    moved_away boolean := false;
 BEGIN
     IF p_caller_merchant_id IS NOT NULL THEN
         -- Where the merchant agent stands in its shop now (SPEC R1, R9; services/callers.py).
@@ -537,10 +600,22 @@ BEGIN
       AND (p_scope_platform_agent_id IS NULL OR ss.platform_agent_id = p_scope_platform_agent_id)
     FOR UPDATE OF ss;
     IF NOT FOUND THEN
-        PERFORM raise_refusal('SESSION_NOT_FOUND');
+        -- R4 after R13: the session may have moved to another agent since this sender's send. The
+        -- sender's own message is still the answer to its retry (it reveals nothing new); anything
+        -- else stays SESSION_NOT_FOUND. Only a session of the caller's own shop (agent ids are per
+        -- shop) and, for the platform, one it opened.
+        SELECT ss.merchant_id INTO s FROM sessions ss
+        WHERE ss.session_id = p_session_id
+          AND (scope_merchant IS NULL OR ss.merchant_id = scope_merchant)
+          AND (p_scope_platform_agent_id IS NULL OR ss.platform_agent_id = p_scope_platform_agent_id);
+        IF NOT FOUND OR p_client_msg_id IS NULL THEN
+            PERFORM raise_refusal('SESSION_NOT_FOUND');
+        END IF;
+        moved_away := true;
+    ELSE
+        reply_timeout_seconds := coalesce(p_reply_timeout_override, s.reply_timeout_seconds);
     END IF;
     merchant_id := s.merchant_id;
-    reply_timeout_seconds := coalesce(p_reply_timeout_override, s.reply_timeout_seconds);
     IF p_client_msg_id IS NOT NULL THEN
         -- R4: the key belongs to the session and the verified sender; a retry returns the original.
         SELECT * INTO msg FROM messages m
@@ -560,6 +635,9 @@ BEGIN
             END IF;
             PERFORM raise_refusal('CLIENT_MSG_ID_REUSED');
         END IF;
+    END IF;
+    IF moved_away THEN
+        PERFORM raise_refusal('SESSION_NOT_FOUND');  -- not a retry of this sender's: outside its scope (R9)
     END IF;
     IF p_sender = 'MERCHANT' AND NOT may_im THEN
         PERFORM raise_refusal('IM_PERMISSION_REQUIRED');
@@ -738,6 +816,24 @@ CREATE TABLE public.schema_migrations (
     name text NOT NULL,
     applied_at timestamp with time zone DEFAULT now() NOT NULL
 );
+CREATE TABLE public.session_assignments (
+    session_id uuid NOT NULL,
+    step bigint NOT NULL,
+    merchant_id text NOT NULL,
+    reason text NOT NULL,
+    from_agent_id text NOT NULL,
+    to_agent_id text NOT NULL,
+    actor_id text NOT NULL,
+    actor_role text NOT NULL,
+    decision bytea,
+    request_id text,
+    request_hash bytea,
+    move_time timestamp with time zone NOT NULL,
+    CONSTRAINT session_assignments_keyed CHECK (((request_id IS NULL) = (request_hash IS NULL))),
+    CONSTRAINT session_assignments_moves CHECK ((from_agent_id <> to_agent_id)),
+    CONSTRAINT session_assignments_reason_known CHECK ((reason = ANY (ARRAY['TRANSFERRED'::text, 'AGENT_DISABLED'::text, 'IM_PERMISSION_REMOVED'::text, 'NOT_RECEPTION_AGENT'::text]))),
+    CONSTRAINT session_assignments_step_positive CHECK ((step >= 1))
+);
 CREATE TABLE public.tickets (
     ticket_id uuid NOT NULL,
     session_id uuid NOT NULL,
@@ -772,6 +868,8 @@ ALTER TABLE ONLY public.reply_templates
     ADD CONSTRAINT reply_templates_pkey PRIMARY KEY (template_id);
 ALTER TABLE ONLY public.schema_migrations
     ADD CONSTRAINT schema_migrations_pkey PRIMARY KEY (version);
+ALTER TABLE ONLY public.session_assignments
+    ADD CONSTRAINT session_assignments_pkey PRIMARY KEY (session_id, step);
 ALTER TABLE ONLY public.sessions
     ADD CONSTRAINT sessions_pkey PRIMARY KEY (session_id);
 ALTER TABLE ONLY public.tickets
@@ -789,6 +887,7 @@ CREATE INDEX outbox_parked ON public.outbox USING btree (id) WHERE ((parked_time
 CREATE INDEX outbox_pending ON public.outbox USING btree (id) WHERE ((published_time IS NULL) AND (parked_time IS NULL));
 CREATE INDEX outbox_pending_by_key ON public.outbox USING btree (message_key, id) WHERE ((published_time IS NULL) AND (parked_time IS NULL));
 CREATE INDEX reply_templates_merchant ON public.reply_templates USING btree (merchant_id, create_time, template_id);
+CREATE UNIQUE INDEX session_assignments_request_id ON public.session_assignments USING btree (merchant_id, actor_id, request_id) WHERE (request_id IS NOT NULL);
 CREATE INDEX sessions_agent_open_time ON public.sessions USING btree (merchant_id, assigned_agent_id, open_time DESC, session_id DESC);
 CREATE INDEX sessions_due ON public.sessions USING btree (reply_deadline) WHERE (reply_deadline IS NOT NULL);
 CREATE INDEX sessions_idle_due ON public.sessions USING btree (idle_deadline) WHERE ((idle_deadline IS NOT NULL) AND (reply_deadline IS NULL) AND (state = 'OPEN'::text));
@@ -812,6 +911,8 @@ ALTER TABLE ONLY public.reception_settings
     ADD CONSTRAINT reception_settings_merchant_id_fkey FOREIGN KEY (merchant_id) REFERENCES public.merchants(merchant_id) ON DELETE CASCADE;
 ALTER TABLE ONLY public.reply_templates
     ADD CONSTRAINT reply_templates_merchant_id_fkey FOREIGN KEY (merchant_id) REFERENCES public.merchants(merchant_id) ON DELETE CASCADE;
+ALTER TABLE ONLY public.session_assignments
+    ADD CONSTRAINT session_assignments_session_id_fkey FOREIGN KEY (session_id) REFERENCES public.sessions(session_id);
 ALTER TABLE ONLY public.sessions
     ADD CONSTRAINT sessions_merchant_id_assigned_agent_id_fkey FOREIGN KEY (merchant_id, assigned_agent_id) REFERENCES public.agents(merchant_id, agent_id);
 ALTER TABLE ONLY public.sessions

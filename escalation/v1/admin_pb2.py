@@ -22,41 +22,44 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from escalation.v1 import common_pb2 as escalation_dot_v1_dot_common__pb2
 from escalation.v1 import merchant_pb2 as escalation_dot_v1_dot_merchant__pb2
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x65scalation/v1/admin.proto\x12\rescalation.v1\x1a\x1c\x65scalation/v1/merchant.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x88\x02\n\x05\x41gent\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x13\n\x0bmerchant_id\x18\x02 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\x12\x15\n\rim_permission\x18\x04 \x01(\x08\x12\x10\n\x08\x64isabled\x18\x05 \x01(\x08\x12\x10\n\x08\x63\x61pacity\x18\x06 \x01(\x05\x12\x14\n\x0cmain_account\x18\x07 \x01(\x08\x12\x17\n\x0freception_agent\x18\x08 \x01(\x08\x12\x10\n\x08\x65ligible\x18\t \x01(\x08\x12\x15\n\ropen_sessions\x18\n \x01(\x05\x12/\n\x0bupdate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"N\n\x12UpsertAgentRequest\x12\x13\n\x0bmerchant_id\x18\x01 \x01(\t\x12#\n\x05\x61gent\x18\x02 \x01(\x0b\x32\x14.escalation.v1.Agent\"O\n\x11ListAgentsRequest\x12\x13\n\x0bmerchant_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"S\n\x12ListAgentsResponse\x12$\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x14.escalation.v1.Agent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xf5\x01\n\x11ReceptionSettings\x12\x13\n\x0bmerchant_id\x18\x01 \x01(\t\x12\x1b\n\x13reception_agent_ids\x18\x02 \x03(\t\x12\x1a\n\x12\x65ligible_agent_ids\x18\x03 \x03(\t\x12\x30\n\rreply_timeout\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12/\n\x0bupdate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0cidle_timeout\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\"C\n\x19SetReceptionAgentsRequest\x12\x13\n\x0bmerchant_id\x18\x01 \x01(\t\x12\x11\n\tagent_ids\x18\x02 \x03(\t\"2\n\x1bGetReceptionSettingsRequest\x12\x13\n\x0bmerchant_id\x18\x01 \x01(\t\"b\n\x19UpdateReplyTimeoutRequest\x12\x13\n\x0bmerchant_id\x18\x01 \x01(\t\x12\x30\n\rreply_timeout\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"`\n\x18UpdateIdleTimeoutRequest\x12\x13\n\x0bmerchant_id\x18\x01 \x01(\t\x12/\n\x0cidle_timeout\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"a\n\x1a\x43reateReplyTemplateRequest\x12\x13\n\x0bmerchant_id\x18\x01 \x01(\t\x12.\n\x08template\x18\x02 \x01(\x0b\x32\x1c.escalation.v1.ReplyTemplate\"F\n\x1a\x44\x65leteReplyTemplateRequest\x12\x13\n\x0bmerchant_id\x18\x01 \x01(\t\x12\x13\n\x0btemplate_id\x18\x02 \x01(\t2\xf5\x05\n\x14MerchantAdminService\x12\x46\n\x0bUpsertAgent\x12!.escalation.v1.UpsertAgentRequest\x1a\x14.escalation.v1.Agent\x12Q\n\nListAgents\x12 .escalation.v1.ListAgentsRequest\x1a!.escalation.v1.ListAgentsResponse\x12`\n\x12SetReceptionAgents\x12(.escalation.v1.SetReceptionAgentsRequest\x1a .escalation.v1.ReceptionSettings\x12\x64\n\x14GetReceptionSettings\x12*.escalation.v1.GetReceptionSettingsRequest\x1a .escalation.v1.ReceptionSettings\x12`\n\x12UpdateReplyTimeout\x12(.escalation.v1.UpdateReplyTimeoutRequest\x1a .escalation.v1.ReceptionSettings\x12^\n\x11UpdateIdleTimeout\x12\'.escalation.v1.UpdateIdleTimeoutRequest\x1a .escalation.v1.ReceptionSettings\x12^\n\x13\x43reateReplyTemplate\x12).escalation.v1.CreateReplyTemplateRequest\x1a\x1c.escalation.v1.ReplyTemplate\x12X\n\x13\x44\x65leteReplyTemplate\x12).escalation.v1.DeleteReplyTemplateRequest\x1a\x16.google.protobuf.Emptyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x65scalation/v1/admin.proto\x12\rescalation.v1\x1a\x1a\x65scalation/v1/common.proto\x1a\x1c\x65scalation/v1/merchant.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x88\x02\n\x05\x41gent\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x13\n\x0bmerchant_id\x18\x02 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\x12\x15\n\rim_permission\x18\x04 \x01(\x08\x12\x10\n\x08\x64isabled\x18\x05 \x01(\x08\x12\x10\n\x08\x63\x61pacity\x18\x06 \x01(\x05\x12\x14\n\x0cmain_account\x18\x07 \x01(\x08\x12\x17\n\x0freception_agent\x18\x08 \x01(\x08\x12\x10\n\x08\x65ligible\x18\t \x01(\x08\x12\x15\n\ropen_sessions\x18\n \x01(\x05\x12/\n\x0bupdate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"N\n\x12UpsertAgentRequest\x12\x13\n\x0bmerchant_id\x18\x01 \x01(\t\x12#\n\x05\x61gent\x18\x02 \x01(\x0b\x32\x14.escalation.v1.Agent\"O\n\x11ListAgentsRequest\x12\x13\n\x0bmerchant_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"S\n\x12ListAgentsResponse\x12$\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x14.escalation.v1.Agent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xf5\x01\n\x11ReceptionSettings\x12\x13\n\x0bmerchant_id\x18\x01 \x01(\t\x12\x1b\n\x13reception_agent_ids\x18\x02 \x03(\t\x12\x1a\n\x12\x65ligible_agent_ids\x18\x03 \x03(\t\x12\x30\n\rreply_timeout\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12/\n\x0bupdate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0cidle_timeout\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\"C\n\x19SetReceptionAgentsRequest\x12\x13\n\x0bmerchant_id\x18\x01 \x01(\t\x12\x11\n\tagent_ids\x18\x02 \x03(\t\"2\n\x1bGetReceptionSettingsRequest\x12\x13\n\x0bmerchant_id\x18\x01 \x01(\t\"b\n\x19UpdateReplyTimeoutRequest\x12\x13\n\x0bmerchant_id\x18\x01 \x01(\t\x12\x30\n\rreply_timeout\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"`\n\x18UpdateIdleTimeoutRequest\x12\x13\n\x0bmerchant_id\x18\x01 \x01(\t\x12/\n\x0cidle_timeout\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"a\n\x1a\x43reateReplyTemplateRequest\x12\x13\n\x0bmerchant_id\x18\x01 \x01(\t\x12.\n\x08template\x18\x02 \x01(\x0b\x32\x1c.escalation.v1.ReplyTemplate\"F\n\x1a\x44\x65leteReplyTemplateRequest\x12\x13\n\x0bmerchant_id\x18\x01 \x01(\t\x12\x13\n\x0btemplate_id\x18\x02 \x01(\t\"g\n\x16TransferSessionRequest\x12\x13\n\x0bmerchant_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t2\xc7\x06\n\x14MerchantAdminService\x12\x46\n\x0bUpsertAgent\x12!.escalation.v1.UpsertAgentRequest\x1a\x14.escalation.v1.Agent\x12Q\n\nListAgents\x12 .escalation.v1.ListAgentsRequest\x1a!.escalation.v1.ListAgentsResponse\x12`\n\x12SetReceptionAgents\x12(.escalation.v1.SetReceptionAgentsRequest\x1a .escalation.v1.ReceptionSettings\x12\x64\n\x14GetReceptionSettings\x12*.escalation.v1.GetReceptionSettingsRequest\x1a .escalation.v1.ReceptionSettings\x12`\n\x12UpdateReplyTimeout\x12(.escalation.v1.UpdateReplyTimeoutRequest\x1a .escalation.v1.ReceptionSettings\x12^\n\x11UpdateIdleTimeout\x12\'.escalation.v1.UpdateIdleTimeoutRequest\x1a .escalation.v1.ReceptionSettings\x12^\n\x13\x43reateReplyTemplate\x12).escalation.v1.CreateReplyTemplateRequest\x1a\x1c.escalation.v1.ReplyTemplate\x12X\n\x13\x44\x65leteReplyTemplate\x12).escalation.v1.DeleteReplyTemplateRequest\x1a\x16.google.protobuf.Empty\x12P\n\x0fTransferSession\x12%.escalation.v1.TransferSessionRequest\x1a\x16.escalation.v1.Sessionb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'escalation.v1.admin_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_AGENT']._serialized_start=169
-  _globals['_AGENT']._serialized_end=433
-  _globals['_UPSERTAGENTREQUEST']._serialized_start=435
-  _globals['_UPSERTAGENTREQUEST']._serialized_end=513
-  _globals['_LISTAGENTSREQUEST']._serialized_start=515
-  _globals['_LISTAGENTSREQUEST']._serialized_end=594
-  _globals['_LISTAGENTSRESPONSE']._serialized_start=596
-  _globals['_LISTAGENTSRESPONSE']._serialized_end=679
-  _globals['_RECEPTIONSETTINGS']._serialized_start=682
-  _globals['_RECEPTIONSETTINGS']._serialized_end=927
-  _globals['_SETRECEPTIONAGENTSREQUEST']._serialized_start=929
-  _globals['_SETRECEPTIONAGENTSREQUEST']._serialized_end=996
-  _globals['_GETRECEPTIONSETTINGSREQUEST']._serialized_start=998
-  _globals['_GETRECEPTIONSETTINGSREQUEST']._serialized_end=1048
-  _globals['_UPDATEREPLYTIMEOUTREQUEST']._serialized_start=1050
-  _globals['_UPDATEREPLYTIMEOUTREQUEST']._serialized_end=1148
-  _globals['_UPDATEIDLETIMEOUTREQUEST']._serialized_start=1150
-  _globals['_UPDATEIDLETIMEOUTREQUEST']._serialized_end=1246
-  _globals['_CREATEREPLYTEMPLATEREQUEST']._serialized_start=1248
-  _globals['_CREATEREPLYTEMPLATEREQUEST']._serialized_end=1345
-  _globals['_DELETEREPLYTEMPLATEREQUEST']._serialized_start=1347
-  _globals['_DELETEREPLYTEMPLATEREQUEST']._serialized_end=1417
-  _globals['_MERCHANTADMINSERVICE']._serialized_start=1420
-  _globals['_MERCHANTADMINSERVICE']._serialized_end=2177
+  _globals['_AGENT']._serialized_start=197
+  _globals['_AGENT']._serialized_end=461
+  _globals['_UPSERTAGENTREQUEST']._serialized_start=463
+  _globals['_UPSERTAGENTREQUEST']._serialized_end=541
+  _globals['_LISTAGENTSREQUEST']._serialized_start=543
+  _globals['_LISTAGENTSREQUEST']._serialized_end=622
+  _globals['_LISTAGENTSRESPONSE']._serialized_start=624
+  _globals['_LISTAGENTSRESPONSE']._serialized_end=707
+  _globals['_RECEPTIONSETTINGS']._serialized_start=710
+  _globals['_RECEPTIONSETTINGS']._serialized_end=955
+  _globals['_SETRECEPTIONAGENTSREQUEST']._serialized_start=957
+  _globals['_SETRECEPTIONAGENTSREQUEST']._serialized_end=1024
+  _globals['_GETRECEPTIONSETTINGSREQUEST']._serialized_start=1026
+  _globals['_GETRECEPTIONSETTINGSREQUEST']._serialized_end=1076
+  _globals['_UPDATEREPLYTIMEOUTREQUEST']._serialized_start=1078
+  _globals['_UPDATEREPLYTIMEOUTREQUEST']._serialized_end=1176
+  _globals['_UPDATEIDLETIMEOUTREQUEST']._serialized_start=1178
+  _globals['_UPDATEIDLETIMEOUTREQUEST']._serialized_end=1274
+  _globals['_CREATEREPLYTEMPLATEREQUEST']._serialized_start=1276
+  _globals['_CREATEREPLYTEMPLATEREQUEST']._serialized_end=1373
+  _globals['_DELETEREPLYTEMPLATEREQUEST']._serialized_start=1375
+  _globals['_DELETEREPLYTEMPLATEREQUEST']._serialized_end=1445
+  _globals['_TRANSFERSESSIONREQUEST']._serialized_start=1447
+  _globals['_TRANSFERSESSIONREQUEST']._serialized_end=1550
+  _globals['_MERCHANTADMINSERVICE']._serialized_start=1553
+  _globals['_MERCHANTADMINSERVICE']._serialized_end=2392
 # @@protoc_insertion_point(module_scope)

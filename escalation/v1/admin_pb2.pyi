@@ -358,3 +358,37 @@ class DeleteReplyTemplateRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeleteReplyTemplateRequest: _TypeAlias = DeleteReplyTemplateRequest  # noqa: Y015
+
+@_typing.final
+class TransferSessionRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MERCHANT_ID_FIELD_NUMBER: _builtins.int
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    AGENT_ID_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    merchant_id: _builtins.str
+    session_id: _builtins.str
+    """Required. An open session of the shop."""
+    agent_id: _builtins.str
+    """Required. The agent to take it: an eligible agent of the shop (SPEC R1) other than its current one."""
+    request_id: _builtins.str
+    """Required. Idempotency key, identifier rules, scoped to the shop and the caller. The same id
+    returns the session (as it is now) without moving it again; the same id with a different
+    session_id or agent_id is INVALID_ARGUMENT (REQUEST_ID_REUSED).
+    """
+    def __init__(
+        self,
+        *,
+        merchant_id: _builtins.str = ...,
+        session_id: _builtins.str = ...,
+        agent_id: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "merchant_id", b"merchant_id", "request_id", b"request_id", "session_id", b"session_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TransferSessionRequest: _TypeAlias = TransferSessionRequest  # noqa: Y015

@@ -4,6 +4,7 @@ import grpc
 import warnings
 
 from escalation.v1 import admin_pb2 as escalation_dot_v1_dot_admin__pb2
+from escalation.v1 import common_pb2 as escalation_dot_v1_dot_common__pb2
 from escalation.v1 import merchant_pb2 as escalation_dot_v1_dot_merchant__pb2
 from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 
@@ -76,6 +77,11 @@ class MerchantAdminServiceStub:
                 request_serializer=escalation_dot_v1_dot_admin__pb2.DeleteReplyTemplateRequest.SerializeToString,
                 response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
                 _registered_method=True)
+        self.TransferSession = channel.unary_unary(
+                '/escalation.v1.MerchantAdminService/TransferSession',
+                request_serializer=escalation_dot_v1_dot_admin__pb2.TransferSessionRequest.SerializeToString,
+                response_deserializer=escalation_dot_v1_dot_common__pb2.Session.FromString,
+                _registered_method=True)
 
 
 class MerchantAdminServiceServicer:
@@ -135,6 +141,18 @@ class MerchantAdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def TransferSession(self, request, context):
+        """Moves an open session to another eligible agent of the shop (SPEC R13; AIP-136 custom method).
+        Only the main account or ops. The session keeps its messages and its reply deadline; the counts
+        of both agents move in one transaction. Idempotent by request_id (AIP-155). Errors:
+        FAILED_PRECONDITION AGENT_NOT_ELIGIBLE (target not eligible, SPEC R1), ALREADY_ASSIGNED (target
+        already holds it), SESSION_CLOSED; NOT_FOUND SESSION_NOT_FOUND / AGENT_NOT_FOUND;
+        PERMISSION_DENIED NOT_MAIN_ACCOUNT; INVALID_ARGUMENT REQUEST_ID_REUSED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MerchantAdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -177,6 +195,11 @@ def add_MerchantAdminServiceServicer_to_server(servicer, server):
                     servicer.DeleteReplyTemplate,
                     request_deserializer=escalation_dot_v1_dot_admin__pb2.DeleteReplyTemplateRequest.FromString,
                     response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
+            ),
+            'TransferSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.TransferSession,
+                    request_deserializer=escalation_dot_v1_dot_admin__pb2.TransferSessionRequest.FromString,
+                    response_serializer=escalation_dot_v1_dot_common__pb2.Session.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -395,6 +418,33 @@ class MerchantAdminService:
             '/escalation.v1.MerchantAdminService/DeleteReplyTemplate',
             escalation_dot_v1_dot_admin__pb2.DeleteReplyTemplateRequest.SerializeToString,
             google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TransferSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/escalation.v1.MerchantAdminService/TransferSession',
+            escalation_dot_v1_dot_admin__pb2.TransferSessionRequest.SerializeToString,
+            escalation_dot_v1_dot_common__pb2.Session.FromString,
             options,
             channel_credentials,
             insecure,

@@ -10,6 +10,7 @@ NOT_FOUND. Ops callers must set it.
 
 from collections import abc as _abc
 from escalation.v1 import admin_pb2 as _admin_pb2
+from escalation.v1 import common_pb2 as _common_pb2
 from escalation.v1 import merchant_pb2 as _merchant_pb2
 from google.protobuf import empty_pb2 as _empty_pb2
 from grpc import aio as _aio
@@ -54,6 +55,14 @@ class MerchantAdminServiceStub:
     """
     CreateReplyTemplate: _grpc.UnaryUnaryMultiCallable[_admin_pb2.CreateReplyTemplateRequest, _merchant_pb2.ReplyTemplate]
     DeleteReplyTemplate: _grpc.UnaryUnaryMultiCallable[_admin_pb2.DeleteReplyTemplateRequest, _empty_pb2.Empty]
+    TransferSession: _grpc.UnaryUnaryMultiCallable[_admin_pb2.TransferSessionRequest, _common_pb2.Session]
+    """Moves an open session to another eligible agent of the shop (SPEC R13; AIP-136 custom method).
+    Only the main account or ops. The session keeps its messages and its reply deadline; the counts
+    of both agents move in one transaction. Idempotent by request_id (AIP-155). Errors:
+    FAILED_PRECONDITION AGENT_NOT_ELIGIBLE (target not eligible, SPEC R1), ALREADY_ASSIGNED (target
+    already holds it), SESSION_CLOSED; NOT_FOUND SESSION_NOT_FOUND / AGENT_NOT_FOUND;
+    PERMISSION_DENIED NOT_MAIN_ACCOUNT; INVALID_ARGUMENT REQUEST_ID_REUSED.
+    """
 
 @_typing.type_check_only
 class MerchantAdminServiceAsyncStub(MerchantAdminServiceStub):
@@ -74,6 +83,14 @@ class MerchantAdminServiceAsyncStub(MerchantAdminServiceStub):
     """
     CreateReplyTemplate: _aio.UnaryUnaryMultiCallable[_admin_pb2.CreateReplyTemplateRequest, _merchant_pb2.ReplyTemplate]  # type: ignore[assignment]
     DeleteReplyTemplate: _aio.UnaryUnaryMultiCallable[_admin_pb2.DeleteReplyTemplateRequest, _empty_pb2.Empty]  # type: ignore[assignment]
+    TransferSession: _aio.UnaryUnaryMultiCallable[_admin_pb2.TransferSessionRequest, _common_pb2.Session]  # type: ignore[assignment]
+    """Moves an open session to another eligible agent of the shop (SPEC R13; AIP-136 custom method).
+    Only the main account or ops. The session keeps its messages and its reply deadline; the counts
+    of both agents move in one transaction. Idempotent by request_id (AIP-155). Errors:
+    FAILED_PRECONDITION AGENT_NOT_ELIGIBLE (target not eligible, SPEC R1), ALREADY_ASSIGNED (target
+    already holds it), SESSION_CLOSED; NOT_FOUND SESSION_NOT_FOUND / AGENT_NOT_FOUND;
+    PERMISSION_DENIED NOT_MAIN_ACCOUNT; INVALID_ARGUMENT REQUEST_ID_REUSED.
+    """
 
 class MerchantAdminServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -139,5 +156,19 @@ class MerchantAdminServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _admin_pb2.DeleteReplyTemplateRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_empty_pb2.Empty, _abc.Awaitable[_empty_pb2.Empty]]: ...
+
+    @_abc_1.abstractmethod
+    def TransferSession(
+        self,
+        request: _admin_pb2.TransferSessionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_common_pb2.Session, _abc.Awaitable[_common_pb2.Session]]:
+        """Moves an open session to another eligible agent of the shop (SPEC R13; AIP-136 custom method).
+        Only the main account or ops. The session keeps its messages and its reply deadline; the counts
+        of both agents move in one transaction. Idempotent by request_id (AIP-155). Errors:
+        FAILED_PRECONDITION AGENT_NOT_ELIGIBLE (target not eligible, SPEC R1), ALREADY_ASSIGNED (target
+        already holds it), SESSION_CLOSED; NOT_FOUND SESSION_NOT_FOUND / AGENT_NOT_FOUND;
+        PERMISSION_DENIED NOT_MAIN_ACCOUNT; INVALID_ARGUMENT REQUEST_ID_REUSED.
+        """
 
 def add_MerchantAdminServiceServicer_to_server(servicer: MerchantAdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

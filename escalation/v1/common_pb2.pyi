@@ -136,6 +136,44 @@ SENDER_PLATFORM: Sender.ValueType  # 1
 SENDER_MERCHANT: Sender.ValueType  # 2
 Global___Sender: _TypeAlias = Sender  # noqa: Y015
 
+class _AssignmentReason:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _AssignmentReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AssignmentReason.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ASSIGNMENT_REASON_UNSPECIFIED: _AssignmentReason.ValueType  # 0
+    ASSIGNMENT_REASON_OPENED: _AssignmentReason.ValueType  # 1
+    """The initial assignment by the saturation rule when the session opened (SPEC R2)."""
+    ASSIGNMENT_REASON_TRANSFERRED: _AssignmentReason.ValueType  # 2
+    """The main account or ops moved it with MerchantAdminService.TransferSession."""
+    ASSIGNMENT_REASON_AGENT_DISABLED: _AssignmentReason.ValueType  # 3
+    """Re-assigned by the saturation rule: its agent was disabled."""
+    ASSIGNMENT_REASON_IM_PERMISSION_REMOVED: _AssignmentReason.ValueType  # 4
+    """Re-assigned by the saturation rule: its agent lost IM permission."""
+    ASSIGNMENT_REASON_NOT_RECEPTION_AGENT: _AssignmentReason.ValueType  # 5
+    """Re-assigned by the saturation rule: its agent is no longer a reception agent (designation removed,
+    or it stopped being the main account that receives by default).
+    """
+
+class AssignmentReason(_AssignmentReason, metaclass=_AssignmentReasonEnumTypeWrapper):
+    """Why a session went to the agent of an assignment step (SPEC R2, R13)."""
+
+ASSIGNMENT_REASON_UNSPECIFIED: AssignmentReason.ValueType  # 0
+ASSIGNMENT_REASON_OPENED: AssignmentReason.ValueType  # 1
+"""The initial assignment by the saturation rule when the session opened (SPEC R2)."""
+ASSIGNMENT_REASON_TRANSFERRED: AssignmentReason.ValueType  # 2
+"""The main account or ops moved it with MerchantAdminService.TransferSession."""
+ASSIGNMENT_REASON_AGENT_DISABLED: AssignmentReason.ValueType  # 3
+"""Re-assigned by the saturation rule: its agent was disabled."""
+ASSIGNMENT_REASON_IM_PERMISSION_REMOVED: AssignmentReason.ValueType  # 4
+"""Re-assigned by the saturation rule: its agent lost IM permission."""
+ASSIGNMENT_REASON_NOT_RECEPTION_AGENT: AssignmentReason.ValueType  # 5
+"""Re-assigned by the saturation rule: its agent is no longer a reception agent (designation removed,
+or it stopped being the main account that receives by default).
+"""
+Global___AssignmentReason: _TypeAlias = AssignmentReason  # noqa: Y015
+
 @_typing.final
 class Text(_message.Message):
     """Plain text. 1–2,000 characters after trimming whitespace; no control characters except
@@ -546,6 +584,7 @@ class Session(_message.Message):
     LAST_SEQ_FIELD_NUMBER: _builtins.int
     TICKET_ID_FIELD_NUMBER: _builtins.int
     ASSIGNMENT_FIELD_NUMBER: _builtins.int
+    ASSIGNMENT_HISTORY_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     """Output only. UUID."""
     merchant_id: _builtins.str
@@ -578,7 +617,13 @@ class Session(_message.Message):
 
     @_builtins.property
     def assignment(self) -> Global___AssignmentDecision:
-        """Output only."""
+        """Output only. The initial assignment's decision (SPEC R2); later moves are in assignment_history."""
+
+    @_builtins.property
+    def assignment_history(self) -> _containers.RepeatedCompositeFieldContainer[Global___AssignmentStep]:
+        """Output only. Every step of the session's assignment, oldest first: the initial assignment, then
+        each transfer and re-assignment (SPEC R13). Filled by GetSession; empty in events and lists.
+        """
 
     def __init__(
         self,
@@ -597,14 +642,69 @@ class Session(_message.Message):
         last_seq: _builtins.int = ...,
         ticket_id: _builtins.str = ...,
         assignment: Global___AssignmentDecision | None = ...,
+        assignment_history: _abc.Iterable[Global___AssignmentStep] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["assignment", b"assignment", "close_time", b"close_time", "open_time", b"open_time", "reply_deadline", b"reply_deadline"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["assigned_agent_id", b"assigned_agent_id", "assignment", b"assignment", "category", b"category", "close_reason", b"close_reason", "close_time", b"close_time", "last_seq", b"last_seq", "merchant_id", b"merchant_id", "open_time", b"open_time", "order_id", b"order_id", "platform_agent_id", b"platform_agent_id", "reply_deadline", b"reply_deadline", "session_id", b"session_id", "state", b"state", "ticket_id", b"ticket_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assigned_agent_id", b"assigned_agent_id", "assignment", b"assignment", "assignment_history", b"assignment_history", "category", b"category", "close_reason", b"close_reason", "close_time", b"close_time", "last_seq", b"last_seq", "merchant_id", b"merchant_id", "open_time", b"open_time", "order_id", b"order_id", "platform_agent_id", b"platform_agent_id", "reply_deadline", b"reply_deadline", "session_id", b"session_id", "state", b"state", "ticket_id", b"ticket_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Session: _TypeAlias = Session  # noqa: Y015
+
+@_typing.final
+class AssignmentStep(_message.Message):
+    """One step of a session's assignment history: who gave it to whom, when and why (SPEC R13)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STEP_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    FROM_AGENT_ID_FIELD_NUMBER: _builtins.int
+    TO_AGENT_ID_FIELD_NUMBER: _builtins.int
+    ACTOR_ID_FIELD_NUMBER: _builtins.int
+    ACTOR_ROLE_FIELD_NUMBER: _builtins.int
+    STEP_TIME_FIELD_NUMBER: _builtins.int
+    DECISION_FIELD_NUMBER: _builtins.int
+    step: _builtins.int
+    """0 for the initial assignment, then 1, 2, ... for each move."""
+    reason: Global___AssignmentReason.ValueType
+    from_agent_id: _builtins.str
+    """The agent that held the session before; empty for the initial assignment."""
+    to_agent_id: _builtins.str
+    actor_id: _builtins.str
+    """Who made the step: the platform agent who opened the session, the caller of TransferSession, or the
+    caller of the directory change that made the previous agent ineligible.
+    """
+    actor_role: _builtins.str
+    """The actor's role: "platform", "merchant" or "ops"."""
+    @_builtins.property
+    def step_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def decision(self) -> Global___AssignmentDecision:
+        """The saturation decision with every candidate's inputs: set for the initial assignment and for
+        re-assignments; unset for transfers (the caller chose the agent).
+        """
+
+    def __init__(
+        self,
+        *,
+        step: _builtins.int = ...,
+        reason: Global___AssignmentReason.ValueType = ...,
+        from_agent_id: _builtins.str = ...,
+        to_agent_id: _builtins.str = ...,
+        actor_id: _builtins.str = ...,
+        actor_role: _builtins.str = ...,
+        step_time: _timestamp_pb2.Timestamp | None = ...,
+        decision: Global___AssignmentDecision | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["decision", b"decision", "step_time", b"step_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor_id", b"actor_id", "actor_role", b"actor_role", "decision", b"decision", "from_agent_id", b"from_agent_id", "reason", b"reason", "step", b"step", "step_time", b"step_time", "to_agent_id", b"to_agent_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AssignmentStep: _TypeAlias = AssignmentStep  # noqa: Y015
 
 @_typing.final
 class ReadReceipt(_message.Message):

@@ -47,6 +47,7 @@ class ServiceTicket(_message.Message):
     TRANSCRIPT_DIGEST_FIELD_NUMBER: _builtins.int
     DIGEST_ALGORITHM_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
+    ASSIGNMENT_HISTORY_FIELD_NUMBER: _builtins.int
     ticket_id: _builtins.str
     """UUID; also the Kafka event_id header."""
     session_id: _builtins.str
@@ -80,6 +81,13 @@ class ServiceTicket(_message.Message):
 
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def assignment_history(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.AssignmentStep]:
+        """Every step of the session's assignment, oldest first (SPEC R13): the initial assignment, then each
+        transfer and re-assignment. assigned_agent_id is the last step's to_agent_id. Steps come without
+        their decisions (GetSession shows them), to keep the ticket within its size bound.
+        """
+
     def __init__(
         self,
         *,
@@ -98,10 +106,11 @@ class ServiceTicket(_message.Message):
         transcript_digest: _builtins.str = ...,
         digest_algorithm: _builtins.str = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
+        assignment_history: _abc.Iterable[_common_pb2.AssignmentStep] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["close_time", b"close_time", "create_time", b"create_time", "handle_by", b"handle_by", "open_time", b"open_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["assigned_agent_id", b"assigned_agent_id", "category", b"category", "close_time", b"close_time", "create_time", b"create_time", "digest_algorithm", b"digest_algorithm", "handle_by", b"handle_by", "merchant_id", b"merchant_id", "open_time", b"open_time", "order_id", b"order_id", "platform_agent_id", b"platform_agent_id", "reason", b"reason", "session_id", b"session_id", "ticket_id", b"ticket_id", "transcript", b"transcript", "transcript_digest", b"transcript_digest"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assigned_agent_id", b"assigned_agent_id", "assignment_history", b"assignment_history", "category", b"category", "close_time", b"close_time", "create_time", b"create_time", "digest_algorithm", b"digest_algorithm", "handle_by", b"handle_by", "merchant_id", b"merchant_id", "open_time", b"open_time", "order_id", b"order_id", "platform_agent_id", b"platform_agent_id", "reason", b"reason", "session_id", b"session_id", "ticket_id", b"ticket_id", "transcript", b"transcript", "transcript_digest", b"transcript_digest"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -28,7 +28,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x65scalation/v1/merchant.proto\x12\rescalation.v1\x1a\x1a\x65scalation/v1/common.proto\x1a\x1c\x65scalation/v1/platform.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\"~\n\x0cReplyRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x15\n\rclient_msg_id\x18\x02 \x01(\t\x12.\n\x07\x63ontent\x18\x03 \x01(\x0b\x32\x1d.escalation.v1.MessageContent\x12\x13\n\x0btemplate_id\x18\x04 \x01(\t\"G\n\x05Hello\x12\x18\n\x0blast_cursor\x18\x01 \x01(\x03H\x00\x88\x01\x01\x12\x14\n\x0csend_started\x18\x02 \x01(\x08\x42\x0e\n\x0c_last_cursor\"\x15\n\x03\x41\x63k\x12\x0e\n\x06\x63ursor\x18\x01 \x01(\x03\"5\n\x12ReadReceiptRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x03\"\xcc\x01\n\x0e\x43onnectRequest\x12%\n\x05hello\x18\x01 \x01(\x0b\x32\x14.escalation.v1.HelloH\x00\x12,\n\x05reply\x18\x02 \x01(\x0b\x32\x1b.escalation.v1.ReplyRequestH\x00\x12!\n\x03\x61\x63k\x18\x03 \x01(\x0b\x32\x12.escalation.v1.AckH\x00\x12\x39\n\x0cread_receipt\x18\x04 \x01(\x0b\x32!.escalation.v1.ReadReceiptRequestH\x00\x42\x07\n\x05\x66rame\":\n\x0fSessionAssigned\x12\'\n\x07session\x18\x01 \x01(\x0b\x32\x16.escalation.v1.Session\"7\n\x0cMessageAdded\x12\'\n\x07message\x18\x01 \x01(\x0b\x32\x16.escalation.v1.Message\"W\n\rReplyReminder\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x32\n\x0ereply_deadline\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"8\n\rSessionClosed\x12\'\n\x07session\x18\x01 \x01(\x0b\x32\x16.escalation.v1.Session\"e\n\rTicketCreated\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x11\n\tticket_id\x18\x02 \x01(\t\x12-\n\thandle_by\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xb9\x03\n\rMerchantEvent\x12\x0e\n\x06\x63ursor\x18\x01 \x01(\x03\x12.\n\nevent_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nsession_id\x18\x03 \x01(\t\x12:\n\x10session_assigned\x18\n \x01(\x0b\x32\x1e.escalation.v1.SessionAssignedH\x00\x12\x34\n\rmessage_added\x18\x0b \x01(\x0b\x32\x1b.escalation.v1.MessageAddedH\x00\x12\x36\n\x0ereply_reminder\x18\x0c \x01(\x0b\x32\x1c.escalation.v1.ReplyReminderH\x00\x12\x36\n\x0esession_closed\x18\r \x01(\x0b\x32\x1c.escalation.v1.SessionClosedH\x00\x12\x36\n\x0eticket_created\x18\x0e \x01(\x0b\x32\x1c.escalation.v1.TicketCreatedH\x00\x12\x32\n\x0cread_receipt\x18\x0f \x01(\x0b\x32\x1a.escalation.v1.ReadReceiptH\x00\x42\x06\n\x04kind\"\x1f\n\rStreamStarted\x12\x0e\n\x06\x63ursor\x18\x01 \x01(\x03\"~\n\x0bReplyResult\x12\x15\n\rclient_msg_id\x18\x01 \x01(\t\x12)\n\x07message\x18\x02 \x01(\x0b\x32\x16.escalation.v1.MessageH\x00\x12#\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x12.google.rpc.StatusH\x00\x42\x08\n\x06result\"\xdd\x01\n\x0f\x43onnectResponse\x12-\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x1c.escalation.v1.MerchantEventH\x00\x12\x32\n\x0creply_result\x18\x02 \x01(\x0b\x32\x1a.escalation.v1.ReplyResultH\x00\x12-\n\theartbeat\x18\x03 \x01(\x0b\x32\x18.escalation.v1.HeartbeatH\x00\x12/\n\x07started\x18\x04 \x01(\x0b\x32\x1c.escalation.v1.StreamStartedH\x00\x42\x07\n\x05\x66rame\"B\n\x19ListReplyTemplatesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"f\n\x1aListReplyTemplatesResponse\x12/\n\ttemplates\x18\x01 \x03(\x0b\x32\x1c.escalation.v1.ReplyTemplate\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"r\n\rReplyTemplate\x12\x13\n\x0btemplate_id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x0c\n\x04text\x18\x03 \x01(\t\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp2\x82\x04\n\x0fMerchantService\x12L\n\x07\x43onnect\x12\x1d.escalation.v1.ConnectRequest\x1a\x1e.escalation.v1.ConnectResponse(\x01\x30\x01\x12<\n\x05Reply\x12\x1b.escalation.v1.ReplyRequest\x1a\x16.escalation.v1.Message\x12\x46\n\nGetSession\x12 .escalation.v1.GetSessionRequest\x1a\x16.escalation.v1.Session\x12W\n\x0cListSessions\x12\".escalation.v1.ListSessionsRequest\x1a#.escalation.v1.ListSessionsResponse\x12W\n\x0cListMessages\x12\".escalation.v1.ListMessagesRequest\x1a#.escalation.v1.ListMessagesResponse\x12i\n\x12ListReplyTemplates\x12(.escalation.v1.ListReplyTemplatesRequest\x1a).escalation.v1.ListReplyTemplatesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x65scalation/v1/merchant.proto\x12\rescalation.v1\x1a\x1a\x65scalation/v1/common.proto\x1a\x1c\x65scalation/v1/platform.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\"~\n\x0cReplyRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x15\n\rclient_msg_id\x18\x02 \x01(\t\x12.\n\x07\x63ontent\x18\x03 \x01(\x0b\x32\x1d.escalation.v1.MessageContent\x12\x13\n\x0btemplate_id\x18\x04 \x01(\t\"G\n\x05Hello\x12\x18\n\x0blast_cursor\x18\x01 \x01(\x03H\x00\x88\x01\x01\x12\x14\n\x0csend_started\x18\x02 \x01(\x08\x42\x0e\n\x0c_last_cursor\"\x15\n\x03\x41\x63k\x12\x0e\n\x06\x63ursor\x18\x01 \x01(\x03\"5\n\x12ReadReceiptRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x03\"\xcc\x01\n\x0e\x43onnectRequest\x12%\n\x05hello\x18\x01 \x01(\x0b\x32\x14.escalation.v1.HelloH\x00\x12,\n\x05reply\x18\x02 \x01(\x0b\x32\x1b.escalation.v1.ReplyRequestH\x00\x12!\n\x03\x61\x63k\x18\x03 \x01(\x0b\x32\x12.escalation.v1.AckH\x00\x12\x39\n\x0cread_receipt\x18\x04 \x01(\x0b\x32!.escalation.v1.ReadReceiptRequestH\x00\x42\x07\n\x05\x66rame\"g\n\x0fSessionAssigned\x12\'\n\x07session\x18\x01 \x01(\x0b\x32\x16.escalation.v1.Session\x12+\n\x04step\x18\x02 \x01(\x0b\x32\x1d.escalation.v1.AssignmentStep\"i\n\x11SessionUnassigned\x12\'\n\x07session\x18\x01 \x01(\x0b\x32\x16.escalation.v1.Session\x12+\n\x04step\x18\x02 \x01(\x0b\x32\x1d.escalation.v1.AssignmentStep\"7\n\x0cMessageAdded\x12\'\n\x07message\x18\x01 \x01(\x0b\x32\x16.escalation.v1.Message\"W\n\rReplyReminder\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x32\n\x0ereply_deadline\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"8\n\rSessionClosed\x12\'\n\x07session\x18\x01 \x01(\x0b\x32\x16.escalation.v1.Session\"e\n\rTicketCreated\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x11\n\tticket_id\x18\x02 \x01(\t\x12-\n\thandle_by\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xf9\x03\n\rMerchantEvent\x12\x0e\n\x06\x63ursor\x18\x01 \x01(\x03\x12.\n\nevent_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nsession_id\x18\x03 \x01(\t\x12:\n\x10session_assigned\x18\n \x01(\x0b\x32\x1e.escalation.v1.SessionAssignedH\x00\x12\x34\n\rmessage_added\x18\x0b \x01(\x0b\x32\x1b.escalation.v1.MessageAddedH\x00\x12\x36\n\x0ereply_reminder\x18\x0c \x01(\x0b\x32\x1c.escalation.v1.ReplyReminderH\x00\x12\x36\n\x0esession_closed\x18\r \x01(\x0b\x32\x1c.escalation.v1.SessionClosedH\x00\x12\x36\n\x0eticket_created\x18\x0e \x01(\x0b\x32\x1c.escalation.v1.TicketCreatedH\x00\x12\x32\n\x0cread_receipt\x18\x0f \x01(\x0b\x32\x1a.escalation.v1.ReadReceiptH\x00\x12>\n\x12session_unassigned\x18\x10 \x01(\x0b\x32 .escalation.v1.SessionUnassignedH\x00\x42\x06\n\x04kind\"\x1f\n\rStreamStarted\x12\x0e\n\x06\x63ursor\x18\x01 \x01(\x03\"~\n\x0bReplyResult\x12\x15\n\rclient_msg_id\x18\x01 \x01(\t\x12)\n\x07message\x18\x02 \x01(\x0b\x32\x16.escalation.v1.MessageH\x00\x12#\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x12.google.rpc.StatusH\x00\x42\x08\n\x06result\"\xdd\x01\n\x0f\x43onnectResponse\x12-\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x1c.escalation.v1.MerchantEventH\x00\x12\x32\n\x0creply_result\x18\x02 \x01(\x0b\x32\x1a.escalation.v1.ReplyResultH\x00\x12-\n\theartbeat\x18\x03 \x01(\x0b\x32\x18.escalation.v1.HeartbeatH\x00\x12/\n\x07started\x18\x04 \x01(\x0b\x32\x1c.escalation.v1.StreamStartedH\x00\x42\x07\n\x05\x66rame\"B\n\x19ListReplyTemplatesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"f\n\x1aListReplyTemplatesResponse\x12/\n\ttemplates\x18\x01 \x03(\x0b\x32\x1c.escalation.v1.ReplyTemplate\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"r\n\rReplyTemplate\x12\x13\n\x0btemplate_id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x0c\n\x04text\x18\x03 \x01(\t\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp2\x82\x04\n\x0fMerchantService\x12L\n\x07\x43onnect\x12\x1d.escalation.v1.ConnectRequest\x1a\x1e.escalation.v1.ConnectResponse(\x01\x30\x01\x12<\n\x05Reply\x12\x1b.escalation.v1.ReplyRequest\x1a\x16.escalation.v1.Message\x12\x46\n\nGetSession\x12 .escalation.v1.GetSessionRequest\x1a\x16.escalation.v1.Session\x12W\n\x0cListSessions\x12\".escalation.v1.ListSessionsRequest\x1a#.escalation.v1.ListSessionsResponse\x12W\n\x0cListMessages\x12\".escalation.v1.ListMessagesRequest\x1a#.escalation.v1.ListMessagesResponse\x12i\n\x12ListReplyTemplates\x12(.escalation.v1.ListReplyTemplatesRequest\x1a).escalation.v1.ListReplyTemplatesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -46,29 +46,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CONNECTREQUEST']._serialized_start=443
   _globals['_CONNECTREQUEST']._serialized_end=647
   _globals['_SESSIONASSIGNED']._serialized_start=649
-  _globals['_SESSIONASSIGNED']._serialized_end=707
-  _globals['_MESSAGEADDED']._serialized_start=709
-  _globals['_MESSAGEADDED']._serialized_end=764
-  _globals['_REPLYREMINDER']._serialized_start=766
-  _globals['_REPLYREMINDER']._serialized_end=853
-  _globals['_SESSIONCLOSED']._serialized_start=855
-  _globals['_SESSIONCLOSED']._serialized_end=911
-  _globals['_TICKETCREATED']._serialized_start=913
-  _globals['_TICKETCREATED']._serialized_end=1014
-  _globals['_MERCHANTEVENT']._serialized_start=1017
-  _globals['_MERCHANTEVENT']._serialized_end=1458
-  _globals['_STREAMSTARTED']._serialized_start=1460
-  _globals['_STREAMSTARTED']._serialized_end=1491
-  _globals['_REPLYRESULT']._serialized_start=1493
-  _globals['_REPLYRESULT']._serialized_end=1619
-  _globals['_CONNECTRESPONSE']._serialized_start=1622
-  _globals['_CONNECTRESPONSE']._serialized_end=1843
-  _globals['_LISTREPLYTEMPLATESREQUEST']._serialized_start=1845
-  _globals['_LISTREPLYTEMPLATESREQUEST']._serialized_end=1911
-  _globals['_LISTREPLYTEMPLATESRESPONSE']._serialized_start=1913
-  _globals['_LISTREPLYTEMPLATESRESPONSE']._serialized_end=2015
-  _globals['_REPLYTEMPLATE']._serialized_start=2017
-  _globals['_REPLYTEMPLATE']._serialized_end=2131
-  _globals['_MERCHANTSERVICE']._serialized_start=2134
-  _globals['_MERCHANTSERVICE']._serialized_end=2648
+  _globals['_SESSIONASSIGNED']._serialized_end=752
+  _globals['_SESSIONUNASSIGNED']._serialized_start=754
+  _globals['_SESSIONUNASSIGNED']._serialized_end=859
+  _globals['_MESSAGEADDED']._serialized_start=861
+  _globals['_MESSAGEADDED']._serialized_end=916
+  _globals['_REPLYREMINDER']._serialized_start=918
+  _globals['_REPLYREMINDER']._serialized_end=1005
+  _globals['_SESSIONCLOSED']._serialized_start=1007
+  _globals['_SESSIONCLOSED']._serialized_end=1063
+  _globals['_TICKETCREATED']._serialized_start=1065
+  _globals['_TICKETCREATED']._serialized_end=1166
+  _globals['_MERCHANTEVENT']._serialized_start=1169
+  _globals['_MERCHANTEVENT']._serialized_end=1674
+  _globals['_STREAMSTARTED']._serialized_start=1676
+  _globals['_STREAMSTARTED']._serialized_end=1707
+  _globals['_REPLYRESULT']._serialized_start=1709
+  _globals['_REPLYRESULT']._serialized_end=1835
+  _globals['_CONNECTRESPONSE']._serialized_start=1838
+  _globals['_CONNECTRESPONSE']._serialized_end=2059
+  _globals['_LISTREPLYTEMPLATESREQUEST']._serialized_start=2061
+  _globals['_LISTREPLYTEMPLATESREQUEST']._serialized_end=2127
+  _globals['_LISTREPLYTEMPLATESRESPONSE']._serialized_start=2129
+  _globals['_LISTREPLYTEMPLATESRESPONSE']._serialized_end=2231
+  _globals['_REPLYTEMPLATE']._serialized_start=2233
+  _globals['_REPLYTEMPLATE']._serialized_end=2347
+  _globals['_MERCHANTSERVICE']._serialized_start=2350
+  _globals['_MERCHANTSERVICE']._serialized_end=2864
 # @@protoc_insertion_point(module_scope)

@@ -175,20 +175,58 @@ class SessionAssigned(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     SESSION_FIELD_NUMBER: _builtins.int
+    STEP_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def session(self) -> _common_pb2.Session: ...
+    @_builtins.property
+    def step(self) -> _common_pb2.AssignmentStep:
+        """How the session came to its agent: unset when it was opened; the step of a transfer or
+        re-assignment (SPEC R13) otherwise. The messages so far are read with ListMessages.
+        """
+
     def __init__(
         self,
         *,
         session: _common_pb2.Session | None = ...,
+        step: _common_pb2.AssignmentStep | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["session", b"session"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["session", b"session", "step", b"step"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["session", b"session"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["session", b"session", "step", b"step"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SessionAssigned: _TypeAlias = SessionAssigned  # noqa: Y015
+
+@_typing.final
+class SessionUnassigned(_message.Message):
+    """A session left the agent that held it (SPEC R13): transferred or re-assigned to step.to_agent_id.
+    Delivered to that previous agent (and the main account); the new agent gets SessionAssigned.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_FIELD_NUMBER: _builtins.int
+    STEP_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def session(self) -> _common_pb2.Session:
+        """The session as it is now, assigned to its new agent."""
+
+    @_builtins.property
+    def step(self) -> _common_pb2.AssignmentStep: ...
+    def __init__(
+        self,
+        *,
+        session: _common_pb2.Session | None = ...,
+        step: _common_pb2.AssignmentStep | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["session", b"session", "step", b"step"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["session", b"session", "step", b"step"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SessionUnassigned: _TypeAlias = SessionUnassigned  # noqa: Y015
 
 @_typing.final
 class MessageAdded(_message.Message):
@@ -294,6 +332,7 @@ class MerchantEvent(_message.Message):
     SESSION_CLOSED_FIELD_NUMBER: _builtins.int
     TICKET_CREATED_FIELD_NUMBER: _builtins.int
     READ_RECEIPT_FIELD_NUMBER: _builtins.int
+    SESSION_UNASSIGNED_FIELD_NUMBER: _builtins.int
     cursor: _builtins.int
     """Gapless per merchant; resume with it in Hello.last_cursor."""
     session_id: _builtins.str
@@ -311,6 +350,8 @@ class MerchantEvent(_message.Message):
     def ticket_created(self) -> Global___TicketCreated: ...
     @_builtins.property
     def read_receipt(self) -> _common_pb2.ReadReceipt: ...
+    @_builtins.property
+    def session_unassigned(self) -> Global___SessionUnassigned: ...
     def __init__(
         self,
         *,
@@ -323,12 +364,13 @@ class MerchantEvent(_message.Message):
         session_closed: Global___SessionClosed | None = ...,
         ticket_created: Global___TicketCreated | None = ...,
         read_receipt: _common_pb2.ReadReceipt | None = ...,
+        session_unassigned: Global___SessionUnassigned | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["event_time", b"event_time", "kind", b"kind", "message_added", b"message_added", "read_receipt", b"read_receipt", "reply_reminder", b"reply_reminder", "session_assigned", b"session_assigned", "session_closed", b"session_closed", "ticket_created", b"ticket_created"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event_time", b"event_time", "kind", b"kind", "message_added", b"message_added", "read_receipt", b"read_receipt", "reply_reminder", b"reply_reminder", "session_assigned", b"session_assigned", "session_closed", b"session_closed", "session_unassigned", b"session_unassigned", "ticket_created", b"ticket_created"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cursor", b"cursor", "event_time", b"event_time", "kind", b"kind", "message_added", b"message_added", "read_receipt", b"read_receipt", "reply_reminder", b"reply_reminder", "session_assigned", b"session_assigned", "session_closed", b"session_closed", "session_id", b"session_id", "ticket_created", b"ticket_created"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cursor", b"cursor", "event_time", b"event_time", "kind", b"kind", "message_added", b"message_added", "read_receipt", b"read_receipt", "reply_reminder", b"reply_reminder", "session_assigned", b"session_assigned", "session_closed", b"session_closed", "session_id", b"session_id", "session_unassigned", b"session_unassigned", "ticket_created", b"ticket_created"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["session_assigned", "message_added", "reply_reminder", "session_closed", "ticket_created", "read_receipt"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["session_assigned", "message_added", "reply_reminder", "session_closed", "ticket_created", "read_receipt", "session_unassigned"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 

@@ -390,6 +390,7 @@ class WatchSessionResponse(_message.Message):
     READ_RECEIPT_FIELD_NUMBER: _builtins.int
     SESSION_ENDED_FIELD_NUMBER: _builtins.int
     HEARTBEAT_FIELD_NUMBER: _builtins.int
+    ASSIGNMENT_CHANGED_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def message_added(self) -> _common_pb2.Message: ...
     @_builtins.property
@@ -400,6 +401,10 @@ class WatchSessionResponse(_message.Message):
 
     @_builtins.property
     def heartbeat(self) -> Global___Heartbeat: ...
+    @_builtins.property
+    def assignment_changed(self) -> _common_pb2.AssignmentStep:
+        """The session moved to another merchant agent (SPEC R13): a transfer or a re-assignment."""
+
     def __init__(
         self,
         *,
@@ -407,12 +412,13 @@ class WatchSessionResponse(_message.Message):
         read_receipt: _common_pb2.ReadReceipt | None = ...,
         session_ended: Global___SessionEnded | None = ...,
         heartbeat: Global___Heartbeat | None = ...,
+        assignment_changed: _common_pb2.AssignmentStep | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "heartbeat", b"heartbeat", "message_added", b"message_added", "read_receipt", b"read_receipt", "session_ended", b"session_ended"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["assignment_changed", b"assignment_changed", "event", b"event", "heartbeat", b"heartbeat", "message_added", b"message_added", "read_receipt", b"read_receipt", "session_ended", b"session_ended"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "heartbeat", b"heartbeat", "message_added", b"message_added", "read_receipt", b"read_receipt", "session_ended", b"session_ended"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assignment_changed", b"assignment_changed", "event", b"event", "heartbeat", b"heartbeat", "message_added", b"message_added", "read_receipt", b"read_receipt", "session_ended", b"session_ended"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["message_added", "read_receipt", "session_ended", "heartbeat"]  # noqa: Y015
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["message_added", "read_receipt", "session_ended", "heartbeat", "assignment_changed"]  # noqa: Y015
     _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 

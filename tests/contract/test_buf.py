@@ -83,7 +83,8 @@ def test_adding_a_field_is_not_breaking(tmp_path: Path) -> None:
     text = proto.read_text()
     last = "google.protobuf.Timestamp create_time = 15;"
     assert text.count(last) == 1
-    proto.write_text(text.replace(last, last + "\n  string escalation_note = 16;"))
+    # A number far above the used ones, so that fields added since (16: assignment_history) do not collide.
+    proto.write_text(text.replace(last, last + "\n  string escalation_note = 1000;"))
 
     result = _breaking(cwd=copy, cache=tmp_path)
 

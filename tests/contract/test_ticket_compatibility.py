@@ -80,7 +80,7 @@ def test_a_v1_consumer_reads_a_newer_ticket_and_verifies_its_digest(content: byt
         header
         + _bytes_field(9, first_wire)
         + _bytes_field(9, second_wire)
-        + _bytes_field(16, b"a field added to ServiceTicket")
+        + _bytes_field(1000, b"a field added to ServiceTicket")
         # category again (the last value wins): a value added to Category after this consumer was built
         + _varint(7 << 3)
         + _varint(99)

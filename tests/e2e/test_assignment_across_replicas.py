@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from dataclasses import dataclass
 from datetime import UTC
 from fractions import Fraction
@@ -25,9 +25,9 @@ import pytest
 from escalation.bus.kafka import TICKETS_TOPIC
 from escalation.domain import assignment
 from escalation.domain.assignment import RULE_VERSION
-from escalation.v1 import common_pb2, platform_pb2, platform_pb2_grpc
+from escalation.v1 import admin_pb2, admin_pb2_grpc, common_pb2, platform_pb2, platform_pb2_grpc
 from tests.e2e import replicas
-from tests.integration.grpc_harness import failure
+from tests.integration.grpc_harness import bearer, failure
 from tests.integration.sessions_harness import PLATFORM, make_shop, open_request
 
 pytestmark = pytest.mark.e2e
@@ -293,4 +293,53 @@ async def test_concurrent_opens_then_closes_return_every_count_to_zero(
     outbox = await db.fetch("SELECT topic, event_id, message_key FROM outbox")
     assert Counter(r["event_id"] for r in outbox) == Counter(ticket_ids), "not exactly one outbox row per ticket"
     assert {(r["topic"], bytes(r["message_key"])) for r in outbox} == {(TICKETS_TOPIC, b"churn")}
+    await cluster.shut_down()
+
+
+async def test_transfers_and_a_reassignment_racing_opens_across_replicas_keep_every_count_true(
+    cluster: Cluster, db: asyncpg.Connection
+) -> None:
+    """SPEC R13 across real replicas: opens, transfers and a designation change that makes an agent
+    ineligible, all at once through both processes; no deadlock, no drifted count, nothing left on the
+    ineligible agent."""
+    capacities = {f"move-sub-{n}": 10 for n in range(1, 5)}
+    await make_shop(cluster.channels[0], "move", capacities)
+    main = bearer("merchant", "move-main", "move")
+    early = await _open_burst(cluster, "move", 16)
+    admins = [admin_pb2_grpc.MerchantAdminServiceStub(c) for c in cluster.channels]
+    agents = sorted(capacities)
+    calls: list[Awaitable[object]] = [
+        admins[n % 2].TransferSession(
+            admin_pb2.TransferSessionRequest(
+                session_id=s.session_id, agent_id=agents[(n + 1) % 4], request_id=f"move-{n}"
+            ),
+            metadata=main,
+            timeout=RPC_TIMEOUT,
+        )
+        for n, s in enumerate(early)
+    ]
+    calls += [
+        cluster.platform(n).OpenSession(
+            open_request("move", request_id=f"move-open-{n}"), metadata=PLATFORM, timeout=RPC_TIMEOUT
+        )
+        for n in range(40)
+    ]
+    narrowed = admin_pb2.SetReceptionAgentsRequest(merchant_id="move", agent_ids=agents[:3])
+    calls.insert(20, admins[1].SetReceptionAgents(narrowed, metadata=main, timeout=RPC_TIMEOUT))
+    answers = await asyncio.gather(*calls, return_exceptions=True)
+
+    refused = [a for a in answers if isinstance(a, BaseException)]
+    # A transfer may come after the change made its target ineligible, or find the target already holds
+    # the session (the burst's picks, or a re-assignment, put it there): those are its answers.
+    reasons = {failure(r).reason if isinstance(r, grpc.aio.AioRpcError) else _describe(r) for r in refused}
+    assert reasons <= {"AGENT_NOT_ELIGIBLE", "ALREADY_ASSIGNED"}, [_describe(r) for r in refused]
+    counts = await _assert_counters_match_sessions(db, "move")
+    assert sum(counts.values()) == 56
+    assert counts[agents[3]] == 0, counts
+    moves = await db.fetch(
+        "SELECT s.session_id, s.assigned_agent_id, a.to_agent_id FROM sessions s "
+        "JOIN LATERAL (SELECT to_agent_id FROM session_assignments m WHERE m.session_id = s.session_id "
+        "ORDER BY step DESC LIMIT 1) a ON true WHERE s.merchant_id = 'move'"
+    )
+    assert all(m["assigned_agent_id"] == m["to_agent_id"] for m in moves)
     await cluster.shut_down()

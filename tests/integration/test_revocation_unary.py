@@ -101,8 +101,11 @@ async def test_a_disabled_agent_gets_permission_denied_on_every_unary_call(chann
     for unaffected in [*calls.values(), *directory_calls.values()]:
         await unaffected(MAIN)  # the shop's other agents are unaffected
 
+    # R13: disabling sub-1 re-assigned its session to sub-2, the other eligible agent.
+    assert (await calls["GetSession"](SUB2)).session_id == sid
     await _set_agent(channel, "shop-a-sub-1")  # enabled again: nothing was cached
-    assert (await calls["GetSession"](SUB1)).session_id == sid
+    assert list((await calls["ListSessions"](SUB1)).sessions) == []
+    assert await _refused(calls["GetSession"](SUB1)) == (grpc.StatusCode.NOT_FOUND, "SESSION_NOT_FOUND")
 
 
 async def test_an_agent_unknown_to_its_shop_is_refused(channel: grpc.aio.Channel) -> None:
@@ -133,6 +136,11 @@ async def test_a_main_account_moved_away_keeps_only_sub_account_scope(channel: g
 
 async def test_im_permission_removed_refuses_reads_and_new_replies_but_replays_r4(channel: grpc.aio.Channel) -> None:
     sid = await _shop_with_session(channel)
+    admin = admin_pb2_grpc.MerchantAdminServiceStub(channel)
+    # sub-1 alone receives, so nobody can take its session when it loses IM permission (R13: it stays).
+    await admin.SetReceptionAgents(
+        admin_pb2.SetReceptionAgentsRequest(merchant_id="shop-a", agent_ids=["shop-a-sub-1"]), metadata=OPS
+    )
     m = merchant_pb2_grpc.MerchantServiceStub(channel)
     keyed = merchant_pb2.ReplyRequest(session_id=sid, content=text("we ship today"), client_msg_id="c-1")
     original = await m.Reply(keyed, metadata=SUB1)
@@ -143,21 +151,50 @@ async def test_im_permission_removed_refuses_reads_and_new_replies_but_replays_r
         assert got == (grpc.StatusCode.PERMISSION_DENIED, "IM_PERMISSION_REQUIRED"), name
     assert await m.Reply(keyed, metadata=SUB1) == original  # SPEC R4: the replay comes before the check
 
+    # Once sub-2 receives, the session moves to it (R13); the retry still returns the original.
+    await admin.SetReceptionAgents(
+        admin_pb2.SetReceptionAgentsRequest(merchant_id="shop-a", agent_ids=["shop-a-sub-2"]), metadata=OPS
+    )
+    assert (await _merchant_calls(channel, sid)["GetSession"](SUB2)).assigned_agent_id == "shop-a-sub-2"
+    assert await m.Reply(keyed, metadata=SUB1) == original
+    reused = merchant_pb2.ReplyRequest(session_id=sid, content=text("something else"), client_msg_id="c-1")
+    assert await _refused(m.Reply(reused, metadata=SUB1)) == (grpc.StatusCode.INVALID_ARGUMENT, "CLIENT_MSG_ID_REUSED")
 
-async def test_designation_removed_keeps_the_sessions_still_assigned(channel: grpc.aio.Channel) -> None:
-    # R9 scopes a sub-account by assignment; R13 moves its sessions when it stops being eligible. Until
-    # a session moves (or when nobody else is eligible) the agent may still read and answer it.
+
+async def test_the_retry_after_a_move_answers_only_its_sender_in_its_own_shop(channel: grpc.aio.Channel) -> None:
+    """R4 after R13 opens no door (R9): agent ids are per shop, so an agent of another shop with the same id
+    replaying the same key on the moved session is NOT_FOUND, and so is a new write of the former agent."""
     sid = await _shop_with_session(channel)
+    await make_shop(channel, "shop-b", agents={"shop-a-sub-1": 10})  # the same agent id, another shop
+    m = merchant_pb2_grpc.MerchantServiceStub(channel)
+    keyed = merchant_pb2.ReplyRequest(session_id=sid, content=text("we ship today"), client_msg_id="c-1")
+    original = await m.Reply(keyed, metadata=SUB1)
     await admin_pb2_grpc.MerchantAdminServiceStub(channel).SetReceptionAgents(
         admin_pb2.SetReceptionAgentsRequest(merchant_id="shop-a", agent_ids=["shop-a-sub-2"]), metadata=OPS
     )
+    assert await m.Reply(keyed, metadata=SUB1) == original
+    namesake = bearer("merchant", "shop-a-sub-1", "shop-b")
+    assert await _refused(m.Reply(keyed, metadata=namesake)) == (grpc.StatusCode.NOT_FOUND, "SESSION_NOT_FOUND")
+    fresh = merchant_pb2.ReplyRequest(session_id=sid, content=text("still here"), client_msg_id="c-2")
+    for request in (fresh, merchant_pb2.ReplyRequest(session_id=sid, content=text("still here"))):
+        assert await _refused(m.Reply(request, metadata=SUB1)) == (grpc.StatusCode.NOT_FOUND, "SESSION_NOT_FOUND")
+
+
+async def test_designation_removed_moves_the_sessions_out_of_the_agents_scope(channel: grpc.aio.Channel) -> None:
+    # R9 scopes a sub-account by assignment; R13 moves its sessions when it stops being eligible, after
+    # which they are NOT_FOUND to it like any sibling's session.
+    sid = await _shop_with_session(channel)
     calls = _merchant_calls(channel, sid)
-    assigned = (await calls["GetSession"](SUB1)).assigned_agent_id
-    if assigned == "shop-a-sub-1":
-        for call in calls.values():
-            await call(SUB1)
-    else:  # re-assigned (R13): out of scope like any sibling's session
-        assert await _refused(calls["GetSession"](SUB1)) == (grpc.StatusCode.NOT_FOUND, "SESSION_NOT_FOUND")
+    await admin_pb2_grpc.MerchantAdminServiceStub(channel).SetReceptionAgents(
+        admin_pb2.SetReceptionAgentsRequest(merchant_id="shop-a", agent_ids=["shop-a-sub-2"]), metadata=OPS
+    )
+    for name, call in calls.items():
+        if name == "ListSessions":
+            assert list((await call(SUB1)).sessions) == []
+        else:
+            assert await _refused(call(SUB1)) == (grpc.StatusCode.NOT_FOUND, "SESSION_NOT_FOUND"), name
+    for call in calls.values():
+        await call(SUB2)
 
 
 # --- the scope is part of the query: a foreign session is never locked nor waited for ---------------

@@ -67,11 +67,13 @@ async def test_main_account_moved_cuts_its_whole_shop_stream_and_a_reconnect_see
         # Reconnecting works, as the sub-account it now is: another agent's sessions are filtered out.
         again = await connect(a, MAIN, last_cursor=head)
         admin = admin_pb2_grpc.MerchantAdminServiceStub(b)
+        # Designated next to sub-1 (which keeps its sessions): the old main account takes the next one.
         await admin.SetReceptionAgents(
-            admin_pb2.SetReceptionAgentsRequest(merchant_id="shop-a", agent_ids=["shop-a-main"]), metadata=OPS
+            admin_pb2.SetReceptionAgentsRequest(merchant_id="shop-a", agent_ids=["shop-a-main", "shop-a-sub-1"]),
+            metadata=OPS,
         )
         await send(b, after.session_id, "still there?")  # sub-1's session: not for the old main account
-        own = await open_session(b)  # the old main account is the only reception agent now
+        own = await open_session(b)  # the least saturated reception agent: the old main account
         assert own.assigned_agent_id == "shop-a-main"
         first = await next_event(again)
         assert (first.session_id, first.WhichOneof("kind")) == (own.session_id, "session_assigned")
@@ -125,8 +127,11 @@ async def test_revoked_agent_stream_is_cut_before_any_later_event_and_cannot_rec
         await _ends_with(refused, grpc.StatusCode.PERMISSION_DENIED, reason)
 
 
-async def test_designation_removed_keeps_the_stream_on_the_agents_own_sessions(pool: asyncpg.Pool) -> None:
-    """Designation decides who gets new sessions (R1), not what an agent sees: the stream stays, re-scoped."""
+async def test_designation_removed_keeps_the_stream_and_tells_the_agent_its_sessions_left(
+    pool: asyncpg.Pool,
+) -> None:
+    """Designation decides who receives sessions (R1): removing it does not cut the stream, but R13 moves
+    the agent's open sessions to an eligible agent, and the stream says so (SessionUnassigned)."""
     async with two_servers(pool) as (a, b):
         await make_shop(b, agents={"shop-a-sub-1": 10, "shop-a-sub-2": 10})
         stream = await live(pool, a, SUB1)
@@ -134,18 +139,28 @@ async def test_designation_removed_keeps_the_stream_on_the_agents_own_sessions(p
         while mine.assigned_agent_id != "shop-a-sub-1":
             mine = await open_session(b)
         assert (await next_event(stream)).session_id == mine.session_id
-        await admin_pb2_grpc.MerchantAdminServiceStub(b).SetReceptionAgents(
+        admin = admin_pb2_grpc.MerchantAdminServiceStub(b)
+        await admin.SetReceptionAgents(
             admin_pb2.SetReceptionAgentsRequest(merchant_id="shop-a", agent_ids=["shop-a-sub-2"]), metadata=OPS
         )
-        new = await open_session(b)
-        assert new.assigned_agent_id == "shop-a-sub-2"
-        await send(b, mine.session_id, "your session still")
         skipped_opening = await next_event(stream)  # the opening message of `mine`
         assert skipped_opening.session_id == mine.session_id
-        got = await next_event(stream)
-        assert (got.session_id, got.message_added.message.seq) == (mine.session_id, 2)
+        left = await next_event(stream)
+        assert (left.session_id, left.WhichOneof("kind")) == (mine.session_id, "session_unassigned")
+        assert left.session_unassigned.step.to_agent_id == "shop-a-sub-2"
+        new = await open_session(b)
+        assert new.assigned_agent_id == "shop-a-sub-2"
+        await send(b, mine.session_id, "for its new agent")
+        # Designated again, sub-1 (no sessions left) receives the next one: the first event since.
+        await admin.SetReceptionAgents(
+            admin_pb2.SetReceptionAgentsRequest(merchant_id="shop-a", agent_ids=["shop-a-sub-1", "shop-a-sub-2"]),
+            metadata=OPS,
+        )
+        back = await open_session(b)
+        assert back.assigned_agent_id == "shop-a-sub-1"
+        assert (await next_event(stream)).session_id == back.session_id
         stream.cancel()
         other = await live(pool, a, SUB2)
-        await send(b, new.session_id, "for sub-2")
-        assert (await next_event(other)).session_id == new.session_id
+        await send(b, mine.session_id, "for sub-2")
+        assert (await next_event(other)).session_id == mine.session_id
         other.cancel()

@@ -362,7 +362,9 @@ async def _assert_ending_agrees(pool: asyncpg.Pool, sid: uuid.UUID, reason: Clos
     transcript = await pool.fetch("SELECT * FROM messages WHERE session_id = $1 ORDER BY seq", sid)
     stored = await pool.fetchrow("SELECT * FROM tickets WHERE session_id = $1", sid)
     assert stored is not None
-    spec = tickets.build(ended, transcript, reason, POLICY.ticket_sla)
+    # SPEC R13: the history, encoded by the database as tickets.build() appends it (migration 0013).
+    history = await pool.fetchval("SELECT assignment_history_pb($1)", sid)
+    spec = tickets.build(ended, transcript, reason, POLICY.ticket_sla, history)
     expected = events_pb2.ServiceTicket.FromString(spec.payload)
     expected.ticket_id = str(stored["ticket_id"])
     assert stored["payload"] == expected.SerializeToString(), "the ticket SQL wrote differs from tickets.build()"

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 
 from escalation.store import queries
@@ -30,3 +33,17 @@ def test_shipped_queries_load() -> None:
 def test_migrations_are_numbered_without_gaps() -> None:
     found = migrations()
     assert [m.version for m in found] == list(range(1, len(found) + 1))
+
+
+def test_every_query_the_code_names_exists() -> None:
+    """A query removed from store/sql while code still names it fails here, not at run time (a merge
+    once dropped four that the R13 moves still used)."""
+    root = Path(__file__).resolve().parents[2]
+    shipped = queries.named()
+    missing = [
+        f"{path.relative_to(root)}: {name}"
+        for path in sorted([*(root / "escalation").rglob("*.py"), *(root / "workers").rglob("*.py")])
+        for name in re.findall(r'\bsql\("([a-z0-9_]+)"\)', path.read_text(encoding="utf-8"))
+        if name not in shipped
+    ]
+    assert missing == []

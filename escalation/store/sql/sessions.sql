@@ -67,7 +67,10 @@ WHERE session_id = $1 AND merchant_read_seq < least($2, last_seq)
 RETURNING merchant_read_seq, clock_timestamp() AS at;
 
 -- name: watch_state
-SELECT state, merchant_read_seq, last_seq FROM sessions WHERE session_id = $1;
+-- moves: the session's latest assignment step (0: never moved, SPEC R13).
+SELECT state, merchant_read_seq, last_seq, assigned_agent_id,
+       (SELECT coalesce(max(a.step), 0) FROM session_assignments a WHERE a.session_id = s.session_id) AS moves
+FROM sessions s WHERE session_id = $1;
 
 -- name: sessions_open
 SELECT coalesce(sum(open_sessions), 0)::bigint FROM agents;
