@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 PG_INITDB := $(firstword $(wildcard /usr/lib/postgresql/*/bin/initdb))
 PYTEST_ARGS ?=
 
-.PHONY: help run test bench chaos lint typecheck check-proto proto proto-baseline schema fmt clean system-deps venv lock
+.PHONY: help run demo test bench chaos lint typecheck check-proto proto proto-baseline schema fmt clean system-deps venv lock
 
 help: ## show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[1m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -48,6 +48,10 @@ system-deps: ## install Debian's postgresql and prometheus (promtool) when their
 
 run: system-deps venv ## run everything locally (embedded PostgreSQL + broker), print how to call it
 	@exec $(BIN)/escalation dev
+
+demo: system-deps venv ## `make run` plus a platform agent opening sessions; prints how to open the workbench (docs/clients.md)
+	@ESCALATION_DEV_OVERRIDE_REPLY_TIMEOUT_SECONDS=$${ESCALATION_DEV_OVERRIDE_REPLY_TIMEOUT_SECONDS:-60} \
+	  ESCALATION_REMIND_BEFORE_SECONDS=$${ESCALATION_REMIND_BEFORE_SECONDS:-20} exec $(BIN)/escalation dev --demo
 
 test: system-deps venv lint typecheck ## lint, type-check and run the whole test suite
 	@echo "==> pytest"

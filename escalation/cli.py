@@ -1,4 +1,4 @@
-"""`escalation serve | worker … | tickets tail | migrate | token | dev | platform`: the one entry point."""
+"""`escalation serve | worker … | tickets tail | migrate | token | dev | platform | workbench`: the one entry."""
 
 from __future__ import annotations
 
@@ -292,6 +292,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     dev = sub.add_parser("dev", help="run everything locally: embedded PostgreSQL and broker, migrate, seed, serve")
     dev.add_argument("--data-dir", default=".data", help="where PostgreSQL keeps its data (default .data)")
+    dev.add_argument(
+        "--demo", action="store_true", help="also run a scripted platform agent opening sessions (`make demo`)"
+    )
+    from escalation.workbench.main import add_arguments as workbench_arguments
+
+    workbench_arguments(
+        sub.add_parser(
+            "workbench",
+            help="a merchant agent's terminal app: sessions, countdowns, quick replies (docs/clients.md)",
+            description="A merchant agent's terminal app on the public API (needs the 'workbench' extra).",
+        )
+    )
     return parser
 
 
@@ -310,7 +322,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.command == "dev":
         from escalation.devenv.runner import run_dev
 
-        raise SystemExit(run_dev(data_dir=args.data_dir))
+        raise SystemExit(run_dev(data_dir=args.data_dir, demo=args.demo))
+    if args.command == "workbench":
+        from escalation.workbench.main import run as run_workbench
+
+        raise SystemExit(run_workbench(args))
     settings = _settings()
     obs_logging.configure(log_format=settings.log_format, level=settings.log_level)
     from escalation.observability import build_info

@@ -125,6 +125,7 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("ESCALATION_REMIND_BEFORE_SECONDS", "60", "reply reminder this long before the deadline", _SESSIONS),
     Variable("ESCALATION_TICKET_SLA", "spec defaults", "CATEGORY=DURATION,… e.g. REFUND=1h", _SESSIONS),
     Variable("ESCALATION_DEV_OVERRIDE_REPLY_TIMEOUT_SECONDS", "unset", "development only", _SESSIONS),
+    Variable("ESCALATION_DEV_OVERRIDE_IDLE_TIMEOUT_SECONDS", "unset", "development only", _SESSIONS),
     Variable(
         "ESCALATION_DEADLINE_BATCH_SIZE", str(DEFAULT_BATCH_SIZE), "sessions per transaction", frozenset({"deadlines"})
     ),
@@ -291,6 +292,8 @@ class Settings:
     ticket_sla: Mapping[str, timedelta] = field(default_factory=lambda: dict(DEFAULT_SLA))
     # Development and tests only: every merchant's reply timeout becomes this many seconds.
     dev_override_reply_timeout_seconds: float | None = None
+    # Development and tests only: every merchant's idle timeout (SPEC R12) becomes this many seconds.
+    dev_override_idle_timeout_seconds: float | None = None
     deadline_batch_size: int = DEFAULT_BATCH_SIZE
     deadline_poll_seconds: float = 2.0
     outbox_batch_size: int = DEFAULT_BATCH_SIZE
@@ -654,6 +657,9 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         ticket_sla=_get(env, "ESCALATION_TICKET_SLA", _sla, dict(DEFAULT_SLA), "e.g. REFUND=2h,LOGISTICS=1d"),
         dev_override_reply_timeout_seconds=_get(
             env, "ESCALATION_DEV_OVERRIDE_REPLY_TIMEOUT_SECONDS", _float_in(0.1, 3600), None, "seconds, 0.1..3600"
+        ),
+        dev_override_idle_timeout_seconds=_get(
+            env, "ESCALATION_DEV_OVERRIDE_IDLE_TIMEOUT_SECONDS", _float_in(0.1, 7200), None, "seconds, 0.1..7200"
         ),
         deadline_batch_size=_get(
             env, "ESCALATION_DEADLINE_BATCH_SIZE", _int_in(1, 10_000), DEFAULT_BATCH_SIZE, "1..10000"

@@ -1,4 +1,5 @@
-"""The deadline worker (SPEC R5–R7): ends sessions whose reply deadline passed and sends reminders.
+"""The deadline worker (SPEC R5–R7, R12): ends sessions whose reply deadline passed (a ticket each),
+closes answered sessions whose idle deadline passed (IDLE, no ticket) and sends reminders.
 
 Deadlines live in PostgreSQL and are judged by its clock, so a restart of every process loses none
 and no replica's clock can fire one early. Each round claims a batch with one ``FOR UPDATE SKIP
@@ -6,8 +7,13 @@ LOCKED`` statement and, in that transaction, ends the sessions, writes their tic
 Any number of replicas may run: a row one of them holds is skipped by the others, and a reply that
 holds a session's lock first wins (the worker looks again next round and finds nothing due).
 
-Between rounds it sleeps until the nearest deadline or reminder, woken early by NOTIFY on
-``escalation_deadline`` when a nearer one is written, and never longer than ``poll_interval``.
+Idle deadlines (R12) take the same path: their own claim (``claim_idle_sessions``, its own partial
+index), the same ending (services/ending.py), the same metrics.
+
+Between rounds it sleeps until the nearest deadline, idle deadline or reminder, woken early by NOTIFY on
+``escalation_deadline`` when a nearer one may have been written, and never longer than ``poll_interval``.
+The writers send that NOTIFY after their commit (store/signals.py, issue 13 §1); a lost one costs at
+most ``poll_interval`` of lateness, and only for a deadline or reminder written less than that ahead.
 """
 
 from __future__ import annotations
@@ -26,14 +32,14 @@ from escalation.domain.session import CloseReason
 from escalation.observability import metrics, tracing
 from escalation.services import ending, records
 from escalation.services.sessions import SessionPolicy
-from escalation.store import events
+from escalation.store import events, signals
 from escalation.store.queries import sql
 from escalation.v1 import merchant_pb2
 from workers.loop import Wakeup, run_forever
 
 log = structlog.get_logger(__name__)
 
-CHANNEL = "escalation_deadline"
+CHANNEL = signals.DEADLINE_CHANNEL
 # The span of a round's closes: its traceparent goes with each ticket's outbox row (docs/tracing.md).
 CLOSE_SPAN = "deadlines.end_sessions"
 
@@ -47,10 +53,25 @@ class DeadlineConfig:
     housekeeping_every: float = 60.0  # seconds between deletions of expired events and stale presence
 
 
+@dataclass(frozen=True)
+class _Claim:
+    """One way the worker ends sessions: the claim query, the reason it writes, and the column (returned
+    by the claim) holding the instant each session was due, which the lateness histogram measures from."""
+
+    query: str
+    reason: CloseReason
+    due_column: str
+
+
+TIMEOUT = _Claim("claim_due_sessions", CloseReason.MERCHANT_TIMEOUT, "reply_deadline")  # SPEC R5, R6
+IDLE = _Claim("claim_idle_sessions", CloseReason.IDLE, "idle_deadline")  # SPEC R12
+
+
 @dataclass
 class RoundResult:
-    ended: int = 0
+    ended: int = 0  # MERCHANT_TIMEOUT: a ticket each
     reminded: int = 0
+    idled: int = 0  # IDLE: no ticket
 
 
 class DeadlineWorker:
@@ -75,14 +96,19 @@ class DeadlineWorker:
             if n < self.config.batch_size:
                 break
         while True:
-            n = await self._end_batch(now)
+            n = await self._end_batch(now, TIMEOUT)
             result.ended += n
+            if n < self.config.batch_size:
+                break
+        while True:
+            n = await self._end_batch(now, IDLE)
+            result.idled += n
             if n < self.config.batch_size:
                 break
         return result
 
-    async def _end_batch(self, now: datetime | None) -> int:
-        """Ends one batch of due sessions; traced from the claim to the commit when it ended any.
+    async def _end_batch(self, now: datetime | None, claim: _Claim) -> int:
+        """Ends one batch of sessions ``claim`` finds due; traced from the claim to the commit when it ended any.
 
         A round that finds nothing due leaves no span: it would be one every poll interval.
         """
@@ -90,24 +116,31 @@ class DeadlineWorker:
         span: trace.Span | None = None
         try:
             async with self._pool.acquire() as conn, conn.transaction():
-                claimed = await conn.fetch(sql("claim_due_sessions"), self.config.batch_size, now)
+                claimed = await conn.fetch(sql(claim.query), self.config.batch_size, now)
                 if not claimed:
                     return 0
                 span = tracing.tracer().start_span(
-                    CLOSE_SPAN, start_time=started, attributes={"escalation.sessions_ended": len(claimed)}
+                    CLOSE_SPAN,
+                    start_time=started,
+                    attributes={
+                        "escalation.sessions_ended": len(claimed),
+                        "escalation.close_reason": claim.reason.value,
+                    },
                 )
                 with trace.use_span(span):
-                    # In the claim's transaction: tickets with their outbox rows, events, released capacity.
+                    # In the claim's transaction: tickets with their outbox rows (for MERCHANT_TIMEOUT),
+                    # events, released capacity.
                     await ending.end_sessions(
-                        conn=conn, sessions=claimed, reason=CloseReason.MERCHANT_TIMEOUT, policy=self.config.policy
+                        conn=conn, sessions=claimed, reason=claim.reason, policy=self.config.policy
                     )
         finally:
             if span is not None:
                 span.end()
+        signals.touch(self._pool, *{r["merchant_id"] for r in claimed}, outbox=claim.reason.makes_ticket)
         for row in claimed:
-            metrics.DEADLINE_LATENESS.observe((row["close_time"] - row["reply_deadline"]).total_seconds())
-        metrics.SESSIONS_CLOSED.labels(reason=CloseReason.MERCHANT_TIMEOUT.value).inc(len(claimed))
-        log.info("deadlines.ended", sessions=len(claimed))
+            metrics.DEADLINE_LATENESS.observe((row["close_time"] - row[claim.due_column]).total_seconds())
+        metrics.SESSIONS_CLOSED.labels(reason=claim.reason.value).inc(len(claimed))
+        log.info("deadlines.ended", sessions=len(claimed), reason=claim.reason.value)
         return len(claimed)
 
     async def _remind_batch(self, now: datetime | None) -> int:
@@ -133,12 +166,13 @@ class DeadlineWorker:
                     for r in due
                 ],
             )
+        signals.touch(self._pool, *{r["merchant_id"] for r in due})
         log.info("deadlines.reminded", sessions=len(due))
         return len(due)
 
     async def seconds_until_next(self, now: datetime | None = None) -> float:
-        """Seconds from ``now`` (None: the database clock) until the nearest deadline or reminder, at
-        most the poll interval (which is also the answer when none is pending)."""
+        """Seconds from ``now`` (None: the database clock) until the nearest deadline, idle deadline or
+        reminder, at most the poll interval (which is also the answer when none is pending)."""
         seconds = await self._pool.fetchval(sql("next_wakeup"), now)
         if seconds is None:
             return self.config.poll_interval

@@ -21,12 +21,13 @@ from aiokafka.errors import KafkaTimeoutError
 from escalation.bus import kafka
 from escalation.domain.limits import DEFAULT_BATCH_SIZE
 from escalation.observability import metrics, tracing
+from escalation.store import signals
 from escalation.store.queries import sql
 from workers.loop import Wakeup, run_forever
 
 log = structlog.get_logger(__name__)
 
-CHANNEL = "escalation_outbox"
+CHANNEL = signals.OUTBOX_CHANNEL
 
 
 @dataclass(frozen=True)

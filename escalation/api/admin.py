@@ -12,9 +12,11 @@ from escalation.api.interceptors import current_identity
 from escalation.domain import paging
 from escalation.domain.reception import (
     MAX_CAPACITY,
+    MAX_IDLE_TIMEOUT_SECONDS,
     MAX_RECEPTION_AGENTS,
     MAX_REPLY_TIMEOUT_SECONDS,
     MIN_CAPACITY,
+    MIN_IDLE_TIMEOUT_SECONDS,
     MIN_REPLY_TIMEOUT_SECONDS,
 )
 from escalation.domain.validation import IDENTIFIER, Violations
@@ -106,6 +108,21 @@ class MerchantAdminServicer(admin_pb2_grpc.MerchantAdminServiceServicer):
             check.add("reply_timeout", f"must be whole seconds between {low} and {high}")
         target = self._scope(request.merchant_id, check)
         return records.reception_settings(await directory.update_reply_timeout(self._pool, target, timeout.seconds))
+
+    async def UpdateIdleTimeout(
+        self, request: admin_pb2.UpdateIdleTimeoutRequest, context: Context
+    ) -> admin_pb2.ReceptionSettings:
+        """SPEC R12: validated like UpdateReplyTimeout (whole seconds, 300–7200, INVALID_ARGUMENT naming
+        ``idle_timeout``); main account or ops only (NOT_MAIN_ACCOUNT / PERMISSION_DENIED otherwise)."""
+        check = Violations()
+        timeout = request.idle_timeout
+        low, high = MIN_IDLE_TIMEOUT_SECONDS, MAX_IDLE_TIMEOUT_SECONDS
+        if not request.HasField("idle_timeout"):
+            check.add("idle_timeout", f"is required: whole seconds between {low} and {high}")
+        elif timeout.nanos != 0 or not low <= timeout.seconds <= high:
+            check.add("idle_timeout", f"must be whole seconds between {low} and {high}")
+        target = self._scope(request.merchant_id, check)
+        return records.reception_settings(await directory.update_idle_timeout(self._pool, target, timeout.seconds))
 
     async def CreateReplyTemplate(
         self, request: admin_pb2.CreateReplyTemplateRequest, context: Context

@@ -51,7 +51,7 @@ class MerchantServicer(merchant_pb2_grpc.MerchantServiceServicer):
         await stream.run(request_iterator)
 
     async def Reply(self, request: merchant_pb2.ReplyRequest, context: Context) -> common_pb2.Message:
-        return records.message(await reply(self._pool, self._policy, request))
+        return records.sent_message(await reply(self._pool, self._policy, request))
 
     async def GetSession(self, request: platform_pb2.GetSessionRequest, context: Context) -> common_pb2.Session:
         return await req.get_session(self._pool, request)

@@ -60,9 +60,7 @@ class PlatformServicer(platform_pb2_grpc.PlatformServiceServicer):
         )
         if not opened.replayed:
             limits.charge_opened_session(request.merchant_id)
-        return platform_pb2.OpenSessionResponse(
-            session=records.session(opened.session), messages=[records.message(m) for m in opened.messages]
-        )
+        return records.opened(opened.session_pb, opened.message_pbs)
 
     async def SendMessage(self, request: platform_pb2.SendMessageRequest, context: Context) -> common_pb2.Message:
         check = Violations()
@@ -72,7 +70,7 @@ class PlatformServicer(platform_pb2_grpc.PlatformServiceServicer):
         check.raise_if_any()
         assert message is not None
         row = await sessions.add_message(self._pool, current_identity(), sid, message, self._policy)
-        return records.message(row)
+        return records.sent_message(row)
 
     async def CloseSession(self, request: platform_pb2.CloseSessionRequest, context: Context) -> common_pb2.Session:
         check = Violations()
@@ -84,7 +82,7 @@ class PlatformServicer(platform_pb2_grpc.PlatformServiceServicer):
         assert outcome is not None
         reason = CloseReason.RESOLVED if outcome == "RESOLVED" else CloseReason.PLATFORM_ESCALATED
         row = await sessions.close_session(self._pool, current_identity(), sid, reason, self._policy)
-        return records.session(row)
+        return records.closed_session(row)
 
     async def GetSession(self, request: platform_pb2.GetSessionRequest, context: Context) -> common_pb2.Session:
         return await req.get_session(self._pool, request)

@@ -23,7 +23,8 @@ async def reply(pool: asyncpg.Pool, policy: SessionPolicy, request: merchant_pb2
     """A merchant reply (unary, or a Connect frame): text, image, emoji, or a quick-reply template.
 
     Charged to the sender's reply rate first (api/limits.py, SPEC §3 "Limits"): a refused reply writes
-    nothing. Returns the messages row (new, or the original on a retried client_msg_id, SPEC R4). Raises
+    nothing. Returns the messages row with ``message_pb`` (new, or the original on a retried client_msg_id,
+    SPEC R4; records.sent_message() reads it). Raises
     RateLimited, InvalidArgument, and whatever services.sessions.add_message raises.
     """
     await limits.take_reply(request.session_id, request.client_msg_id)

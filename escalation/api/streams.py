@@ -297,7 +297,7 @@ class MerchantStream:
             if kind == "reply":
                 result = merchant_pb2.ReplyResult(client_msg_id=frame.reply.client_msg_id)
                 try:
-                    result.message.CopyFrom(records.message(await reply(self._pool, self._policy, frame.reply)))
+                    result.message.CopyFrom(records.sent_message(await reply(self._pool, self._policy, frame.reply)))
                 except Exception as exc:
                     result.error.CopyFrom(_status_of(exc))
                 self._queue(merchant_pb2.ConnectResponse(reply_result=result), sub)

@@ -24,6 +24,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from escalation import auth, config
+from escalation.devenv import demo as demo_script
 from escalation.devenv import seed
 from escalation.devenv.broker import EmbeddedBroker, TansuNotFoundError
 from escalation.devenv.ports import PortInUseError, ensure_free
@@ -167,6 +168,19 @@ def _reply_timeout_note(override: str | None) -> str:
     )
 
 
+def _idle_timeout_note(override: str | None) -> str:
+    """The banner's line on the idle timeout (SPEC R12): the override in force, or how to set one."""
+    if override:
+        return (
+            f"Answered sessions close as idle after {override} s without a message:\n"
+            f"ESCALATION_DEV_OVERRIDE_IDLE_TIMEOUT_SECONDS={override} overrides every merchant's idle timeout."
+        )
+    return (
+        "Answered sessions close as idle after the merchant's idle timeout (30 min unless changed with\n"
+        "UpdateIdleTimeout); to watch one sooner, restart with ESCALATION_DEV_OVERRIDE_IDLE_TIMEOUT_SECONDS=30."
+    )
+
+
 def _banner(ports: DevPorts, secret: str, data_dir: Path) -> str:
     def tok(role: auth.Role, sub: str, merchant_id: str | None = None) -> str:
         return auth.mint(
@@ -193,7 +207,11 @@ def _banner(ports: DevPorts, secret: str, data_dir: Path) -> str:
     rel_env = shlex.quote(_shown(env_file))
     cli = _shown(Path(sys.executable).with_name("escalation"))
     override = os.environ.get("ESCALATION_DEV_OVERRIDE_REPLY_TIMEOUT_SECONDS")
-    timeout_note = _reply_timeout_note(override)
+    timeout_note = (
+        _reply_timeout_note(override)
+        + "\n"
+        + _idle_timeout_note(os.environ.get("ESCALATION_DEV_OVERRIDE_IDLE_TIMEOUT_SECONDS"))
+    )
     return f"""
 escalation is running (demo merchant {seed.DEMO_MERCHANT!r}: main account {seed.DEMO_MAIN_ACCOUNT!r},
 designated agents {", ".join(seed.DEMO_AGENTS)}).
@@ -236,8 +254,46 @@ Ctrl-C stops everything; data stays in {_shown(data_dir)}/ for the next run.
 """
 
 
-def run_dev(data_dir: str = ".data") -> int:
+def _demo_note(secret: str, data_dir: Path, target: str) -> str:
+    """`make demo`'s lines on opening the workbench as each demo agent; writes their tokens to
+    ``demo.env`` (0600, like dev.env) so that no token appears on a command line."""
+    names = {f"DEMO_AGENT_{n}_TOKEN": agent for n, agent in enumerate(seed.DEMO_AGENTS, start=1)}
+    names["DEMO_MAIN_TOKEN"] = seed.DEMO_MAIN_ACCOUNT
+    env_file = data_dir / "demo.env"
+    write_private(
+        env_file,
+        "".join(
+            f"export {name}="
+            + auth.mint(
+                key=secret,
+                algorithm="HS256",
+                subject=agent,
+                role=auth.Role.MERCHANT,
+                merchant_id=seed.DEMO_MERCHANT,
+                ttl_seconds=TOKEN_TTL_SECONDS,
+            )
+            + "\n"
+            for name, agent in names.items()
+        ),
+    )
+    cli = shlex.quote(_shown(Path(sys.executable).with_name("escalation")))
+    lines = [
+        "The demo platform agent opens a session for the demo shop every half minute or so. Open the",
+        "workbench as a demo agent in another terminal (each gets the sessions assigned to it; the main",
+        "account sees the whole shop), answer with a quick reply (type / or press Ctrl+T), and leave one",
+        "unanswered to watch it time out into a ticket:",
+        "",
+        f"  source {shlex.quote(_shown(env_file))}",
+    ]
+    lines += [f"  {cli} workbench --target {target} --token-env {name}   # as {agent}" for name, agent in names.items()]
+    return "\n".join(lines) + "\n"
+
+
+def run_dev(data_dir: str = ".data", *, demo: bool = False) -> int:
     """Runs until SIGINT/SIGTERM/SIGHUP or until a child dies; returns the exit status.
+
+    ``demo`` (`make demo`) also runs the scripted platform agent of escalation/devenv/demo.py as a
+    child like the workers, and prints how to open the workbench as each demo agent.
 
     SIGHUP (the terminal of `make run` closed) is a stop like the others: by default it would kill us,
     and the parent-death signal would then SIGKILL PostgreSQL mid-write (issue 9 §9).
@@ -320,9 +376,28 @@ def run_dev(data_dir: str = ".data") -> int:
         _wait_serving(ports.grpc_port, server, stop)
         interrupted()
         print(_banner(ports, secret, root), flush=True)
+        if demo:
+            target = f"localhost:{ports.grpc_port}"
+            print(_demo_note(secret, root, target), flush=True)
+            workers["demo platform agent"] = spawn(
+                [sys.executable, "-m", "escalation.devenv.demo", "--target", target],
+                log_path=None,
+                env={
+                    **env,
+                    demo_script.JWT_VARIABLE: auth.mint(
+                        key=secret,
+                        algorithm="HS256",
+                        subject=demo_script.PLATFORM_AGENT,
+                        role=auth.Role.PLATFORM,
+                        ttl_seconds=TOKEN_TTL_SECONDS,
+                    ),
+                },
+                cwd=os.getcwd(),
+                inherit_output=True,
+            )
         while not stop.wait(0.5):
             children = [("server", server.poll() is None)] + [
-                (f"worker {n}", p.poll() is None) for n, p in workers.items()
+                (n if n not in WORKERS else f"worker {n}", p.poll() is None) for n, p in workers.items()
             ]
             died = [
                 name

@@ -1,4 +1,5 @@
-"""The demo merchant `make run` starts with: a main account and three designated sub-accounts."""
+"""The demo merchant `make run` starts with: a main account, three designated sub-accounts and the
+quick replies the workbench offers them (`make demo`, docs/clients.md)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,13 @@ from escalation.services import directory
 DEMO_MERCHANT = "demo-shop"
 DEMO_MAIN_ACCOUNT = "demo-main"
 DEMO_AGENTS = ("demo-agent-1", "demo-agent-2", "demo-agent-3")
+# (title, text) of the demo shop's quick replies (SPEC R11).
+DEMO_TEMPLATES = (
+    ("Ships today", "Yes, it ships today. The tracking number follows within the hour."),
+    ("Refund approved", "The refund is approved; the buyer gets it back in 1-3 working days."),
+    ("Checking", "Let me check with the warehouse; I will answer within two minutes."),
+    ("Exchange OK", "Yes, we exchange it: please ask the buyer to send it back with the order number."),
+)
 
 
 async def seed_demo(pool: asyncpg.Pool) -> None:
@@ -33,3 +41,7 @@ async def seed_demo(pool: asyncpg.Pool) -> None:
             capacity=10,
         )
     await directory.set_reception_agents(pool, target, list(DEMO_AGENTS))
+    # Only into a shop without any: a re-run must not duplicate them, nor undo the main account's edits.
+    if not await directory.list_reply_templates(pool, target, after=None, limit=1):
+        for title, text in DEMO_TEMPLATES:
+            await directory.create_reply_template(pool, target, title=title, body=text)

@@ -31,3 +31,9 @@ FEED_BYTE_BUDGET = 4 * PAGE_BYTE_BUDGET
 # large enough that a burst of 10,000 due sessions is 20 transactions, small enough that one stays well
 # under the statement timeout and holds its row locks briefly.
 DEFAULT_BATCH_SIZE = 500
+
+# Seconds between a stream hub's reads of the event heads of the merchants it serves (one indexed
+# statement for all of them, only while streams are connected): the bound on the delay a lost post-commit
+# wake-up can cause (store/signals.py, issue 13 §1). Wake-ups normally arrive one round trip after the
+# commit; this only matters when one is lost, so it trades that rare delay against a steady, tiny read.
+SIGNAL_POLL_SECONDS = 1.0

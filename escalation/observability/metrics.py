@@ -27,7 +27,7 @@ ASSIGNMENT_SATURATION = Histogram(
 )
 DEADLINE_LATENESS = Histogram(
     "escalation_deadline_lateness_seconds",
-    "How long after its reply deadline (database clock) a session was actually closed.",
+    "How long after its reply deadline or idle deadline (database clock) a session was actually closed.",
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0),
 )
 OUTBOX_PENDING = Gauge("escalation_outbox_pending", "Outbox rows waiting for Kafka's ack (parked rows excluded).")

@@ -121,6 +121,10 @@ class MerchantFeed:
         """The merchant has news (or access changed): read once more, soon."""
         self._dirty.set()
 
+    def behind(self, head: int) -> bool:
+        """Whether the log's head ``head`` is past the newest read (or no read has succeeded yet)."""
+        return self._snapshot is None or self.failed or self._snapshot.head < head
+
     def knows(self, agent_id: str) -> bool:
         return self._snapshot is not None and agent_id in self._snapshot.access
 

@@ -12,6 +12,11 @@ only the reconnect itself delays delivery (issue 9 §8).
 Since issue 10 §2 a NOTIFY wakes the merchant's feed (realtime/feed.py), which reads the log once for
 all the merchant's streams here and then wakes them; access-change notifications wake it the same way.
 
+Since issue 13 §1 the event notifications come from the writers' post-commit notifiers (store/signals.py),
+not from a trigger in the writing transaction, so one can be lost after its commit (the writer died). The
+hub therefore also reads the event heads of the merchants it serves every ``limits.SIGNAL_POLL_SECONDS``
+and wakes the feeds that are behind: a lost wake-up delays events by at most that long, never loses one.
+
 The hub also keeps this process's rows in ``agent_presence`` fresh, so every replica can tell whether
 an agent holds a live Connect stream somewhere (recorded with each assignment).
 """
@@ -26,13 +31,15 @@ from dataclasses import dataclass, field
 import asyncpg
 import structlog
 
+from escalation.domain import limits
 from escalation.observability import metrics
 from escalation.realtime.feed import MerchantFeed
+from escalation.store import signals
 from escalation.store.queries import sql
 
 log = structlog.get_logger(__name__)
 
-EVENTS_CHANNEL = "escalation_events"
+EVENTS_CHANNEL = signals.EVENTS_CHANNEL
 AGENTS_CHANNEL = "escalation_agents"
 # Names the listener's backend in pg_stat_activity (operators, and tests that terminate it).
 LISTENER_APPLICATION_NAME = "escalation-hub-listener"
@@ -125,6 +132,7 @@ class Hub:
         self._tasks = [
             asyncio.create_task(self._keep_listening(), name="hub-listener"),
             asyncio.create_task(self._refresh_presence(), name="hub-presence"),
+            asyncio.create_task(self._poll_heads(), name="hub-heads"),
         ]
 
     async def close(self) -> None:
@@ -220,6 +228,31 @@ class Hub:
                 await conn.fetchval("SELECT 1", timeout=PROBE_SECONDS)
             except Exception:  # any failure of the probe means the listener cannot be trusted
                 return
+
+    async def poll_heads_once(self) -> int:
+        """Wakes the feeds whose merchant's log is ahead of what they read; returns how many it woke.
+
+        The fallback for a lost post-commit wake-up (module docstring): one statement for every merchant
+        served here, none when no stream is connected.
+        """
+        feeds = dict(self._feeds)
+        if not feeds:
+            return 0
+        woken = 0
+        for row in await self._pool.fetch(sql("event_heads"), sorted(feeds)):
+            feed = feeds.get(row["merchant_id"])
+            if feed is not None and feed.behind(int(row["head"])):
+                feed.wake()
+                woken += 1
+        return woken
+
+    async def _poll_heads(self) -> None:
+        while True:
+            await asyncio.sleep(limits.SIGNAL_POLL_SECONDS)
+            try:
+                await self.poll_heads_once()
+            except Exception as exc:  # keep polling whatever one round met (see _keep_listening)
+                log.warning("hub.heads_poll_failed", error=str(exc))
 
     def live_stream_ids(self) -> list[uuid.UUID]:
         """The presence rows this process's live Connect streams hold (or are inserting)."""

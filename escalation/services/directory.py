@@ -192,6 +192,18 @@ async def update_reply_timeout(pool: asyncpg.Pool, target: MerchantScope, second
         return await _settings(conn, target.merchant_id)
 
 
+async def update_idle_timeout(pool: asyncpg.Pool, target: MerchantScope, seconds: int) -> asyncpg.Record:
+    """Sets the shop's idle timeout in seconds (SPEC R12: 300–7200, validated by the servicer).
+
+    Like the reply timeout, applies to idle deadlines started afterwards (by the next merchant
+    message); those already running keep their instant. Raises the write errors.
+    """
+    async with pool.acquire() as conn, conn.transaction():
+        await _merchant_for_write(conn, target)
+        await conn.execute(sql("update_idle_timeout"), target.merchant_id, seconds)
+        return await _settings(conn, target.merchant_id)
+
+
 async def create_reply_template(pool: asyncpg.Pool, target: MerchantScope, *, title: str, body: str) -> asyncpg.Record:
     """Adds a quick-reply template (SPEC R11); returns its row with a new id. Raises the write errors."""
     async with pool.acquire() as conn, conn.transaction():

@@ -1,8 +1,9 @@
 """What ending a session writes (SPEC R6, R7), once for every way a session ends.
 
-A platform close ends one session and the deadline worker a batch; both hand the rows their end
-statement returned to :func:`end_sessions`, in the transaction that ended them, so the two ways cannot
-drift apart. The batch is the shape; one session is a batch of one (:func:`end_session`).
+The rule itself is one server-side function, ``end_sessions_locked`` (migrations/0010): a platform
+close runs it inside its one-round-trip ``close_session`` (services/sessions.py), the deadline worker
+after its claim statement, through :func:`end_sessions`. services/tickets.py ``build()`` stays the
+specification of the ticket it writes (the integration tests compare both).
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ from typing import TYPE_CHECKING
 
 import asyncpg
 
+from escalation.domain import tickets as ticket_rules
 from escalation.domain.session import CloseReason
-from escalation.services import records, tickets
-from escalation.store import events
-from escalation.store.queries import sql
+from escalation.observability import tracing
+from escalation.services import tickets
+from escalation.store import session_writes
 
 if TYPE_CHECKING:
     from escalation.services.sessions import SessionPolicy
@@ -25,11 +27,22 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Ended:
-    """One ended session: its row as read back (``sessions_by_id``, with ``ticket_id``) and its ticket
-    (None when the reason makes none, SPEC R7)."""
+    """One ended session as read back after its end (``session_id``, ``merchant_id``, ``close_time``, …,
+    ``session_pb``), and its ticket id (None when the reason makes none, SPEC R7)."""
 
     session: asyncpg.Record
-    ticket: tickets.Ticket | None
+    ticket_id: uuid.UUID | None
+
+
+def ticket_output(policy: SessionPolicy) -> session_writes.TicketOutput:
+    """Where the tickets of sessions ended now go: the SLA table, the topic and the current span."""
+    return session_writes.TicketOutput(
+        sla=policy.ticket_sla,
+        digest_algorithm=ticket_rules.DIGEST_ALGORITHM,
+        topic=tickets.TOPIC,
+        content_type=tickets.CONTENT_TYPE,
+        traceparent=tracing.current_traceparent(),
+    )
 
 
 async def end_sessions(
@@ -37,48 +50,20 @@ async def end_sessions(
 ) -> list[Ended]:
     """Writes what ending ``sessions`` means, in the caller's transaction (SPEC R6, R7).
 
-    ``sessions`` are the rows an end statement (``end_session``, ``claim_due_sessions``) has just
-    returned: each holds ``session_id``, ``merchant_id``, ``assigned_agent_id``, ``platform_agent_id``,
-    ``order_id``, ``category``, ``open_time`` and ``close_time``, and the caller holds their locks. For
-    each: a ticket with its outbox row (when ``reason.makes_ticket``; the outbox row carries the current
-    span's traceparent, docs/tracing.md), the merchant's SessionClosed (and TicketCreated) events, and
-    one open session less for its agent. Returns them in close-time order (``close_time``, then
-    ``session_id``); an empty batch writes nothing. Raises only what the driver raises.
+    ``sessions`` are the rows an end statement (``claim_due_sessions``) has just returned (each with a
+    ``session_id``), and the caller holds their locks. For each: a ticket with its outbox row (when
+    ``reason.makes_ticket``; the outbox row carries the current span's traceparent, docs/tracing.md),
+    the merchant's SessionClosed (and TicketCreated) events, and one open session less for its agent.
+    Returns them in close-time order (``close_time``, then ``session_id``); an empty batch writes
+    nothing. Raises only what the driver raises.
     """
     if not sessions:
         return []
-    ids = [r["session_id"] for r in sessions]
-    built: dict[uuid.UUID, tickets.Ticket] = {}
-    if reason.makes_ticket:
-        transcripts: dict[uuid.UUID, list[asyncpg.Record]] = {sid: [] for sid in ids}
-        for row in await conn.fetch(sql("transcripts"), ids):
-            transcripts[row["session_id"]].append(row)
-        built = {
-            r["session_id"]: tickets.build(r, transcripts[r["session_id"]], reason, policy.ticket_sla) for r in sessions
-        }
-        await tickets.insert(conn, list(built.values()))
-    # Lock order: sessions (the caller's), merchants (events), agents — as everywhere else.
-    closed = [Ended(row, built.get(row["session_id"])) for row in await conn.fetch(sql("sessions_by_id"), ids)]
-    await events.append(
+    rows = await session_writes.end_sessions_locked(
         conn=conn,
-        events=[
-            e
-            for c in closed
-            for e in events.session_closed(records.session(c.session), c.ticket.handle_by if c.ticket else None)
-        ],
+        session_ids=[r["session_id"] for r in sessions],
+        reason=reason.value,
+        makes_ticket=reason.makes_ticket,
+        ticket=ticket_output(policy),
     )
-    merchants = [r["merchant_id"] for r in sessions]
-    agents = [r["assigned_agent_id"] for r in sessions]
-    if len(set(zip(merchants, agents, strict=True))) > 1:
-        # Several agents: lock them in one order first, so two batches never wait on each other.
-        await conn.execute(sql("lock_agents"), merchants, agents)
-    await conn.execute(sql("release_assignments"), merchants, agents)
-    return closed
-
-
-async def end_session(
-    *, conn: asyncpg.Connection, session: asyncpg.Record, reason: CloseReason, policy: SessionPolicy
-) -> Ended:
-    """:func:`end_sessions` for one session (same rows, writes and errors)."""
-    (ended,) = await end_sessions(conn=conn, sessions=[session], reason=reason, policy=policy)
-    return ended
+    return [Ended(row, row["ticket_id"]) for row in rows]

@@ -6,12 +6,13 @@ workers (issue #12: records.py and api/convert.py were two halves of one job).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 
 import asyncpg
 from google.protobuf import duration_pb2, timestamp_pb2
 
-from escalation.v1 import admin_pb2, common_pb2, merchant_pb2, ops_pb2
+from escalation.v1 import admin_pb2, common_pb2, merchant_pb2, ops_pb2, platform_pb2
 
 
 def timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
@@ -35,6 +36,27 @@ def message(row: asyncpg.Record) -> common_pb2.Message:
         content=common_pb2.MessageContent.FromString(row["content"]),
         template_id=row["template_id"] or "",
     )
+
+
+def sent_message(row: asyncpg.Record) -> common_pb2.Message:
+    """The message a write function returned ready (``message_pb``, store/session_writes.py): parsed
+    once, not rebuilt field by field (issue 13 item 3). The same fields as :func:`message`."""
+    return common_pb2.Message.FromString(row["message_pb"])
+
+
+def closed_session(row: asyncpg.Record) -> common_pb2.Session:
+    """The session an ending function returned ready (``session_pb``); the same fields as :func:`session`."""
+    return common_pb2.Session.FromString(row["session_pb"])
+
+
+def opened(session_pb: bytes, message_pbs: Sequence[bytes]) -> platform_pb2.OpenSessionResponse:
+    """The OpenSession response from what the open_session function returned ready, parsed in place;
+    the same fields as :func:`session` and :func:`message` of the rows."""
+    response = platform_pb2.OpenSessionResponse()
+    response.session.ParseFromString(session_pb)
+    for pb in message_pbs:
+        response.messages.add().ParseFromString(pb)
+    return response
 
 
 def session(row: asyncpg.Record) -> common_pb2.Session:
@@ -104,6 +126,7 @@ def reception_settings(row: asyncpg.Record) -> admin_pb2.ReceptionSettings:
         reception_agent_ids=list(row["reception_agent_ids"]),
         eligible_agent_ids=list(row["eligible_agent_ids"]),
         reply_timeout=duration_pb2.Duration(seconds=row["reply_timeout_seconds"]),
+        idle_timeout=duration_pb2.Duration(seconds=row["idle_timeout_seconds"]),
         update_time=timestamp(row["update_time"]),
     )
 

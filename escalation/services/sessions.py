@@ -17,12 +17,12 @@ import structlog
 from escalation import errors
 from escalation.auth import Identity, Role
 from escalation.config import Settings
-from escalation.domain import assignment, limits
-from escalation.domain.session import CloseReason, Kind, Sender, State
+from escalation.domain import assignment
+from escalation.domain.session import CloseReason, Kind, Sender
 from escalation.domain.tickets import DEFAULT_SLA
 from escalation.observability import metrics
 from escalation.services import callers, ending, records
-from escalation.store import events
+from escalation.store import events, session_writes, signals
 from escalation.store.queries import sql
 from escalation.v1 import common_pb2
 
@@ -38,8 +38,15 @@ class SessionPolicy:
     # Development and tests only: replaces every merchant's reply timeout (seconds), so a session
     # times out in seconds instead of minutes. Never set in production.
     reply_timeout_override: float | None = None
+    # Development and tests only, the same for the idle timeout (SPEC R12, seconds). Never in production.
+    idle_timeout_override: float | None = None
     # A Connect stream counts as live while its server refreshed it this recently (seconds).
     presence_window: float = 45.0
+
+    def first_due(self, reply_timeout: float) -> float:
+        """Seconds from a platform message until the earliest instant its deadline or reminder can fall
+        due (SPEC R5: the reminder, ``remind_before`` ahead of the deadline, never before the message)."""
+        return max(0.0, reply_timeout - self.remind_before.total_seconds())
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SessionPolicy:
@@ -47,6 +54,7 @@ class SessionPolicy:
             remind_before=timedelta(seconds=settings.remind_before_seconds),
             ticket_sla=settings.ticket_sla,
             reply_timeout_override=settings.dev_override_reply_timeout_seconds,
+            idle_timeout_override=settings.dev_override_idle_timeout_seconds,
         )
 
 
@@ -70,9 +78,14 @@ class OpenRequest:
 
 @dataclass(frozen=True)
 class Opened:
+    """An OpenSession outcome: the sessions row and the opening messages' rows, and the same as the
+    serialized escalation.v1.Session and Messages the database built (records.opened() reads those)."""
+
     session: asyncpg.Record
     messages: list[asyncpg.Record]
     replayed: bool
+    session_pb: bytes
+    message_pbs: list[bytes]
 
 
 @dataclass(frozen=True)
@@ -116,7 +129,7 @@ async def _lock_visible(conn: asyncpg.Connection, caller: Identity, session_id: 
     """Locks the session for a write if it is in the caller's scope; SessionNotFound otherwise, having
     neither locked nor waited for a session outside it."""
     scope = await caller_scope(conn, caller, reading=False)
-    s = await conn.fetchrow(sql("lock_session"), session_id, caller.subject, *scope.params())
+    s = await conn.fetchrow(sql("lock_session"), session_id, *scope.params())
     if s is None:
         raise errors.SessionNotFound()
     return s
@@ -130,155 +143,52 @@ async def _get_visible(conn: asyncpg.Connection, caller: Identity, session_id: u
     return row
 
 
-def _closed(row: asyncpg.Record) -> errors.SessionClosed:
-    ticket_id = row["ticket_id"]
-    return errors.SessionClosed(metadata={"ticket_id": str(ticket_id)} if ticket_id else None)
-
-
 # --- open ----------------------------------------------------------------------------------------
 
 
 async def open_session(pool: asyncpg.Pool, caller: Identity, req: OpenRequest, policy: SessionPolicy) -> Opened:
-    """Opens a session and assigns it (R2) in one transaction; the same request_id replays (AIP-155)."""
+    """Opens a session and assigns it (SPEC R2) with its opening messages, in one round trip.
+
+    The same request_id replays the session as it is now (AIP-155), before any check of the merchant.
+    Raises RequestIdReused, MerchantNotFound,
+    MerchantDisabled, NoEligibleAgent or SessionFull (R7).
+    """
     structlog.contextvars.bind_contextvars(merchant_id=req.merchant_id)
-    try:
-        async with pool.acquire() as conn, conn.transaction():
-            merchant = await conn.fetchrow(
-                sql("lock_merchant_for_open"), req.merchant_id, caller.subject, req.request_id
-            )
-            if merchant is None:
-                # Unknown merchant; but the request id may name a session opened for another one.
-                existing = await conn.fetchrow(sql("find_session_by_request"), caller.subject, req.request_id)
-                if existing is not None:
-                    return await _replay(conn, caller, existing["session_id"], existing["request_hash"], req)
-                raise errors.MerchantNotFound()
-            if merchant["prior_session_id"] is not None:
-                return await _replay(conn, caller, merchant["prior_session_id"], merchant["prior_hash"], req)
-            if merchant["disabled"]:
-                raise errors.MerchantDisabled()
-            timeout = policy.reply_timeout_override or merchant["reply_timeout_seconds"]
-            opened, saturation = await _assign_and_insert(conn, caller, req, timeout, policy)
-    except asyncpg.UniqueViolationError as exc:
-        # Same request_id, other merchant, at the same moment: the other transaction won the index.
-        if exc.constraint_name != "sessions_request_id":
-            raise
-        async with pool.acquire() as conn:
-            existing = await conn.fetchrow(sql("find_session_by_request"), caller.subject, req.request_id)
-            assert existing is not None
-            return await _replay(conn, caller, existing["session_id"], existing["request_hash"], req)
-    structlog.contextvars.bind_contextvars(session_id=str(opened.session["session_id"]))
-    metrics.SESSIONS_OPENED.labels(category=req.category).inc()
-    metrics.ASSIGNMENT_SATURATION.observe(saturation)
+    async with pool.acquire() as conn:
+        row = await session_writes.open_session(
+            conn=conn,
+            platform_agent_id=caller.subject,
+            request_id=req.request_id,
+            request_hash=req.request_hash,
+            merchant_id=req.merchant_id,
+            category=req.category,
+            order_id=req.order_id,
+            kinds=[m.kind.value for m in req.messages],
+            contents=[m.content for m in req.messages],
+            rule_version=assignment.RULE_VERSION,
+            presence_window=policy.presence_window,
+            reply_timeout_override=policy.reply_timeout_override or None,
+            idle_timeout_override=policy.idle_timeout_override or None,
+            remind_before=policy.remind_before.total_seconds(),
+        )
+    opened = Opened(
+        row["opened_session"],
+        list(row["opened_messages"]),
+        replayed=row["replayed"],
+        session_pb=row["session_pb"],
+        message_pbs=list(row["message_pbs"]),
+    )
+    if not opened.replayed:
+        signals.touch(
+            pool, req.merchant_id, due_in=policy.first_due(row["reply_timeout_seconds"]) if req.messages else None
+        )
+        structlog.contextvars.bind_contextvars(session_id=str(opened.session["session_id"]))
+        metrics.SESSIONS_OPENED.labels(category=req.category).inc()
+        metrics.ASSIGNMENT_SATURATION.observe(row["saturation"])
     return opened
 
 
-async def _replay(
-    conn: asyncpg.Connection, caller: Identity, session_id: uuid.UUID, request_hash: bytes, req: OpenRequest
-) -> Opened:
-    if request_hash != req.request_hash:
-        raise errors.RequestIdReused()
-    session = await conn.fetchrow(sql("get_session"), session_id)
-    messages = await conn.fetch(sql("list_messages"), session_id, 0, len(req.messages))
-    return Opened(session, list(messages), replayed=True)
-
-
-async def _assign_and_insert(
-    conn: asyncpg.Connection, caller: Identity, req: OpenRequest, reply_timeout: float, policy: SessionPolicy
-) -> tuple[Opened, float]:
-    rows = await conn.fetch(sql("assignment_candidates"), req.merchant_id, policy.presence_window)
-    if not rows:
-        raise errors.NoEligibleAgent()
-    candidates = [
-        assignment.Candidate(r["agent_id"], r["open_sessions"], r["capacity"], r["last_assign_time"]) for r in rows
-    ]
-    winner = assignment.choose(candidates)
-    await conn.execute(sql("take_assignment"), req.merchant_id, winner.agent_id)
-    decision = common_pb2.AssignmentDecision(
-        rule_version=assignment.RULE_VERSION,
-        agent_id=winner.agent_id,
-        # Recorded for audit (R1), never used to choose: online status is not considered.
-        agent_connected=next(r["connected"] for r in rows if r["agent_id"] == winner.agent_id),
-        candidates=[
-            common_pb2.AssignmentCandidate(
-                agent_id=c.agent_id,
-                open_sessions=c.open_sessions,
-                capacity=c.capacity,
-                saturation=float(c.saturation),
-                last_assign_time=records.timestamp(c.last_assign_time),
-            )
-            for c in sorted(candidates, key=lambda c: c.agent_id)
-        ],
-    )
-    session_id = uuid.uuid4()
-    decision.decide_time.GetCurrentTime()
-    await conn.execute(
-        sql("insert_session"),
-        session_id,
-        req.merchant_id,
-        winner.agent_id,
-        caller.subject,
-        req.order_id,
-        req.category,
-        req.request_id,
-        req.request_hash,
-        decision.SerializeToString(),
-    )
-    messages = [
-        await _append(conn, session_id, Sender.PLATFORM, caller.subject, m, reply_timeout, policy) for m in req.messages
-    ]
-    session = await conn.fetchrow(sql("get_session"), session_id)
-    await events.append(
-        conn=conn, events=events.session_assigned(records.session(session), [records.message(m) for m in messages])
-    )
-    return Opened(session, messages, replayed=False), float(winner.saturation)
-
-
 # --- messages ------------------------------------------------------------------------------------
-
-
-async def _append(
-    conn: asyncpg.Connection,
-    session_id: uuid.UUID,
-    sender: Sender,
-    sender_id: str,
-    message: NewMessage,
-    reply_timeout: float,
-    policy: SessionPolicy,
-) -> asyncpg.Record:
-    row = await conn.fetchrow(
-        sql("append_message"),
-        session_id,
-        sender.value,
-        sender_id,
-        message.kind.value,
-        message.client_msg_id,
-        reply_timeout,
-        policy.remind_before.total_seconds(),
-        message.template_id,
-        message.content,
-        limits.MAX_SESSION_MESSAGES,
-        limits.MAX_SESSION_CONTENT_BYTES,
-    )
-    if row is None:
-        # The caller holds the lock and saw the session open, so only the size bound refuses.
-        raise await _full(conn, session_id, len(message.content))
-    return row
-
-
-async def _full(conn: asyncpg.Connection, session_id: uuid.UUID, adding: int) -> errors.SessionFull:
-    """Which R7 bound refused a message of ``adding`` content bytes (read under the session lock)."""
-    s = await conn.fetchrow(sql("session_size"), session_id)
-    assert s is not None, "append_message on a missing session"
-    if s["last_seq"] >= limits.MAX_SESSION_MESSAGES:
-        return errors.SessionFull(
-            f"the session already holds {limits.MAX_SESSION_MESSAGES} messages; close or escalate it",
-            metadata={"limit": "messages", "max_messages": str(limits.MAX_SESSION_MESSAGES)},
-        )
-    return errors.SessionFull(
-        f"this message ({adding} bytes) would take the session past {limits.MAX_SESSION_CONTENT_BYTES} content "
-        "bytes; close or escalate it",
-        metadata={"limit": "content_bytes", "max_content_bytes": str(limits.MAX_SESSION_CONTENT_BYTES)},
-    )
 
 
 async def add_message(
@@ -288,62 +198,49 @@ async def add_message(
     message: NewMessage,
     policy: SessionPolicy,
 ) -> asyncpg.Record:
-    """Appends a platform message (caller is platform) or a merchant reply (caller is a merchant).
+    """Appends a platform message (caller is platform) or a merchant reply (caller is a merchant), in
+    one round trip (store/session_writes.py).
 
     A retried client_msg_id (scoped to the session and the verified sender, SPEC R4) returns the
     original message, even after the session ended, the template was deleted or IM permission was
-    removed. Raises SessionNotFound, ClientMsgIdReused, ImPermissionRequired, TemplateNotFound,
-    SessionClosed, or SessionFull (SPEC R7: MAX_SESSION_MESSAGES / MAX_SESSION_CONTENT_BYTES).
+    removed. Returns the messages row with ``message_pb`` (records.sent_message() reads it). Raises
+    SessionNotFound (outside the caller's scope too, R9), AgentDisabled, ClientMsgIdReused,
+    ImPermissionRequired, TemplateNotFound, SessionClosed (R6, with the ticket id), or SessionFull
+    (SPEC R7: MAX_SESSION_MESSAGES / MAX_SESSION_CONTENT_BYTES).
     """
-    sender = Sender.MERCHANT if caller.role is Role.MERCHANT else Sender.PLATFORM
     structlog.contextvars.bind_contextvars(session_id=str(session_id))
-    first_reply: float | None = None
-    async with pool.acquire() as conn, conn.transaction():
-        s = await _lock_visible(conn, caller, session_id)
-        structlog.contextvars.bind_contextvars(merchant_id=s["merchant_id"])
-        # The replay comes before every check of current state (IM permission, template, open
-        # session): a retry of a request that succeeded returns the original (AIP-155, issue 9 §7).
-        if message.client_msg_id is not None:
-            prior = await conn.fetchrow(
-                sql("find_message_by_client_id"), session_id, sender.value, caller.subject, message.client_msg_id
-            )
-            if prior is not None:
-                if not _same(prior, message):
-                    raise errors.ClientMsgIdReused()
-                return prior
-        if sender is Sender.MERCHANT and not s["caller_may_im"]:
-            raise errors.ImPermissionRequired()
-        if message.template_id is not None:
-            body = await conn.fetchval(sql("get_template_body"), s["merchant_id"], message.template_id)
-            if body is None:
-                raise errors.TemplateNotFound()
-            message = NewMessage(
-                Kind.TEXT,
-                common_pb2.MessageContent(text=common_pb2.Text(body=body)).SerializeToString(),
-                message.client_msg_id,
-                message.template_id,
-            )
-        if s["state"] == State.ENDED:
-            raise _closed(s)
-        timeout = policy.reply_timeout_override or s["reply_timeout_seconds"]
-        row = await _append(conn, session_id, sender, caller.subject, message, timeout, policy)
-        session = common_pb2.Session(
-            session_id=str(session_id), merchant_id=s["merchant_id"], assigned_agent_id=s["assigned_agent_id"]
+    if caller.role is Role.MERCHANT:
+        assert caller.merchant_id is not None, "a merchant token names its shop"
+        sender, caller_merchant_id, platform_scope = Sender.MERCHANT, caller.merchant_id, None
+    elif caller.role in (Role.PLATFORM, Role.PLATFORM_SUPERVISOR):
+        sender, caller_merchant_id = Sender.PLATFORM, None
+        platform_scope = caller.subject if caller.role is Role.PLATFORM else None
+    else:
+        raise errors.SessionNotFound()  # R9: ops sees no session
+    async with pool.acquire() as conn:
+        row = await session_writes.send_message(
+            conn=conn,
+            session_id=session_id,
+            sender=sender.value,
+            sender_id=caller.subject,
+            caller_merchant_id=caller_merchant_id,
+            scope_platform_agent_id=platform_scope,
+            kind=message.kind.value,
+            client_msg_id=message.client_msg_id,
+            template_id=message.template_id,
+            content=message.content,
+            reply_timeout_override=policy.reply_timeout_override or None,
+            idle_timeout_override=policy.idle_timeout_override or None,
+            remind_before=policy.remind_before.total_seconds(),
         )
-        await events.append(conn=conn, events=[events.message_added(session, records.message(row))])
-        if sender is Sender.MERCHANT and s["awaiting_first_reply"]:
-            first_reply = (row["send_time"] - s["open_time"]).total_seconds()
-    if first_reply is not None:
-        metrics.FIRST_REPLY.observe(first_reply)
+    signals.touch(
+        pool,
+        row["merchant_id"],
+        due_in=policy.first_due(row["reply_timeout_seconds"]) if sender is Sender.PLATFORM else None,
+    )
+    if row["first_reply_seconds"] is not None:
+        metrics.FIRST_REPLY.observe(row["first_reply_seconds"])
     return row
-
-
-def _same(prior: asyncpg.Record, message: NewMessage) -> bool:
-    """Whether a stored message is what this retry asks for. A template reply is the same when it
-    names the same template: its body is whatever the template said when the original was stored."""
-    if message.template_id is not None:
-        return bool(prior["template_id"] == message.template_id)
-    return bool((prior["kind"], prior["content"], prior["template_id"]) == (message.kind.value, message.content, None))
 
 
 async def mark_read(pool: asyncpg.Pool, caller: Identity, session_id: uuid.UUID, seq: int) -> None:
@@ -364,35 +261,36 @@ async def mark_read(pool: asyncpg.Pool, caller: Identity, session_id: uuid.UUID,
             read_time=records.timestamp(marked["at"]),
         )
         await events.append(conn=conn, events=[events.read_receipt(session, receipt)])
+    signals.touch(pool, s["merchant_id"])
 
 
 # --- ending --------------------------------------------------------------------------------------
 
 
-async def end_locked(
-    conn: asyncpg.Connection, session_id: uuid.UUID, reason: CloseReason, policy: SessionPolicy
-) -> uuid.UUID | None:
-    """Ends a session whose row the caller has locked (R6) and writes what that means (R7, see
-    services/ending.py). Returns the ticket id, or None. Raises SessionClosed if it had ended."""
-    row = await conn.fetchrow(sql("end_session"), session_id, reason.value)
-    if row is None:
-        raise errors.SessionClosed()
-    ended = await ending.end_session(conn=conn, session=row, reason=reason, policy=policy)
-    return ended.ticket.ticket_id if ended.ticket else None
-
-
 async def close_session(
     pool: asyncpg.Pool, caller: Identity, session_id: uuid.UUID, reason: CloseReason, policy: SessionPolicy
 ) -> asyncpg.Record:
+    """The platform ends a session (SPEC R6: RESOLVED, or ESCALATED into a ticket, R7), in one round trip.
+
+    What ending writes is services/ending.py's rule (the function both ways of ending run). Returns the
+    ended session with ``ticket_id`` and ``session_pb`` (records.closed_session() reads it). Raises
+    SessionNotFound (outside the caller's scope too, R9) or SessionClosed (with the ticket id).
+    """
+    structlog.contextvars.bind_contextvars(session_id=str(session_id))
+    if caller.role not in (Role.PLATFORM, Role.PLATFORM_SUPERVISOR):
+        raise errors.SessionNotFound()  # R3: only the platform ends sessions; nothing else is in scope
     async with pool.acquire() as conn:
-        async with conn.transaction():
-            s = await _lock_visible(conn, caller, session_id)
-            if s["state"] == State.ENDED:
-                raise _closed(s)
-            await end_locked(conn, session_id, reason, policy)
-        metrics.SESSIONS_CLOSED.labels(reason=reason.value).inc()
-        session: asyncpg.Record = await conn.fetchrow(sql("get_session"), session_id)
-        return session
+        row = await session_writes.close_session(
+            conn=conn,
+            session_id=session_id,
+            scope_platform_agent_id=caller.subject if caller.role is Role.PLATFORM else None,
+            reason=reason.value,
+            makes_ticket=reason.makes_ticket,
+            ticket=ending.ticket_output(policy),
+        )
+    signals.touch(pool, row["merchant_id"], outbox=reason.makes_ticket)
+    metrics.SESSIONS_CLOSED.labels(reason=reason.value).inc()
+    return row
 
 
 # --- reads ---------------------------------------------------------------------------------------

@@ -1,4 +1,10 @@
-"""Service tickets (SPEC R7): built in the transaction that ends the session, with their outbox row."""
+"""Service tickets (SPEC R7): what the ticket of a session that ended says, as Python.
+
+The database writes tickets with their outbox rows in the transaction that ends the session
+(``end_sessions_locked``, migrations/0010, run by services/ending.py); :func:`build` is the
+specification it follows, and tests/integration/test_write_functions_agree.py holds the two equal.
+The size bound of R7 is proved against it too (tests/unit/test_ticket_size_bound.py).
+"""
 
 from __future__ import annotations
 
@@ -11,9 +17,7 @@ import asyncpg
 
 from escalation.domain import tickets as rules
 from escalation.domain.session import CloseReason
-from escalation.observability import tracing
 from escalation.services import records
-from escalation.store.queries import sql
 from escalation.v1 import common_pb2, events_pb2
 
 TOPIC = "escalation.service-tickets.v1"
@@ -36,7 +40,7 @@ class Ticket:
 def build(
     ended: asyncpg.Record, transcript: Sequence[asyncpg.Record], reason: CloseReason, sla: Mapping[str, timedelta]
 ) -> Ticket:
-    """The ticket for a session that just ended; ``ended`` is the row its end statement returned."""
+    """The ticket for a session that just ended; ``ended`` is its sessions row after the end (SPEC R7)."""
     messages = [records.message(r) for r in transcript]
     ticket_id = uuid.uuid4()
     handle_by = rules.handle_by(ended["close_time"], ended["category"], sla)
@@ -68,34 +72,4 @@ def build(
         digest,
         event.SerializeToString(),
         ended["close_time"],
-    )
-
-
-async def insert(conn: asyncpg.Connection, tickets: Sequence[Ticket]) -> None:
-    """Stores the tickets and their outbox rows (the caller's transaction makes them atomic).
-
-    Each outbox row keeps the traceparent of the span ending the session (None when not traced), so
-    the ticket's Kafka record continues that trace (docs/tracing.md).
-    """
-    traceparent = tracing.current_traceparent()
-    await conn.executemany(
-        sql("insert_ticket"),
-        [
-            (
-                t.ticket_id,
-                t.session_id,
-                t.merchant_id,
-                t.reason.value,
-                t.category,
-                t.handle_by,
-                t.digest,
-                t.payload,
-                t.create_time,
-            )
-            for t in tickets
-        ],
-    )
-    await conn.executemany(
-        sql("insert_outbox"),
-        [(TOPIC, t.merchant_id.encode(), str(t.ticket_id), CONTENT_TYPE, t.payload, traceparent) for t in tickets],
     )

@@ -21,6 +21,7 @@ from escalation.domain.limits import DEFAULT_BATCH_SIZE
 from escalation.domain.timeliness import Figures, WarningKind, WarningRule
 from escalation.services import records
 from escalation.services.stats import Window, duration, figures_by_merchant
+from escalation.store import signals
 from escalation.store.queries import sql
 from escalation.v1 import events_pb2
 
@@ -116,6 +117,7 @@ async def check(
                 warning = build(merchant_id, by_merchant[merchant_id], kinds, rule, check_time)
                 if await record(conn, warning):
                     result.created.append(warning)
+                    signals.touch(pool, outbox=True)  # record() committed (autocommit statement)
     return result
 
 

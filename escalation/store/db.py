@@ -8,12 +8,16 @@ from collections.abc import Callable
 import asyncpg
 
 from escalation import errors
+from escalation.domain import limits
 
 # Constraint name → domain error factory. Only constraints that a client can trip belong here;
 # anything else surfacing as a constraint error is a bug and stays INTERNAL.
 _CONSTRAINTS: dict[str, Callable[[], errors.EscalationError]] = {
     "reception_settings_reply_timeout_range": lambda: errors.InvalidArgument(
         [errors.FieldViolation("reply_timeout", "must be between 120 and 180 seconds")]
+    ),
+    "reception_settings_idle_timeout_range": lambda: errors.InvalidArgument(
+        [errors.FieldViolation("idle_timeout", "must be between 300 and 7200 seconds")]
     ),
     "agents_capacity_range": lambda: errors.InvalidArgument(
         [errors.FieldViolation("agent.capacity", "must be between 1 and 50")]
@@ -23,6 +27,51 @@ _CONSTRAINTS: dict[str, Callable[[], errors.EscalationError]] = {
     "agents_merchant_id_fkey": lambda: errors.MerchantNotFound(),
     "reception_settings_merchant_id_fkey": lambda: errors.MerchantNotFound(),
     "reply_templates_merchant_id_fkey": lambda: errors.MerchantNotFound(),
+}
+
+# A rule a server-side function refused (migrations/0010): it raises SQLSTATE EX001 with the domain
+# error's reason in HINT and what the message needs in DETAIL. Reason → factory taking DETAIL.
+REFUSAL_STATE = "EX001"
+
+
+def _session_closed(ticket_id: str) -> errors.EscalationError:
+    # SPEC R6: the ticket id in the error metadata when the session became one.
+    return errors.SessionClosed(metadata={"ticket_id": ticket_id} if ticket_id else None)
+
+
+def _session_full(detail: str) -> errors.EscalationError:
+    # SPEC R7: DETAIL is "messages", or "content_bytes:<size of the refused message's content>".
+    if detail == "messages":
+        return errors.SessionFull(
+            f"the session already holds {limits.MAX_SESSION_MESSAGES} messages; close or escalate it",
+            metadata={"limit": "messages", "max_messages": str(limits.MAX_SESSION_MESSAGES)},
+        )
+    adding = detail.removeprefix("content_bytes:")
+    return errors.SessionFull(
+        f"this message ({adding} bytes) would take the session past {limits.MAX_SESSION_CONTENT_BYTES} content "
+        "bytes; close or escalate it",
+        metadata={"limit": "content_bytes", "max_content_bytes": str(limits.MAX_SESSION_CONTENT_BYTES)},
+    )
+
+
+def _im_permission_required(detail: str) -> errors.EscalationError:
+    if detail == "not_in_directory":
+        return errors.ImPermissionRequired("this agent is not in the shop's account directory")
+    return errors.ImPermissionRequired()
+
+
+_REFUSALS: dict[str, Callable[[str], errors.EscalationError]] = {
+    "SESSION_NOT_FOUND": lambda _: errors.SessionNotFound(),
+    "SESSION_CLOSED": _session_closed,
+    "SESSION_FULL": _session_full,
+    "CLIENT_MSG_ID_REUSED": lambda _: errors.ClientMsgIdReused(),
+    "REQUEST_ID_REUSED": lambda _: errors.RequestIdReused(),
+    "IM_PERMISSION_REQUIRED": _im_permission_required,
+    "AGENT_DISABLED": lambda _: errors.AgentDisabled(),
+    "TEMPLATE_NOT_FOUND": lambda _: errors.TemplateNotFound(),
+    "MERCHANT_NOT_FOUND": lambda _: errors.MerchantNotFound(),
+    "MERCHANT_DISABLED": lambda _: errors.MerchantDisabled(),
+    "NO_ELIGIBLE_AGENT": lambda _: errors.NoEligibleAgent(),
 }
 
 # SPEC §3: a lost, broken, read-only or shutting-down database is UNAVAILABLE (DATABASE_UNAVAILABLE),
@@ -66,6 +115,9 @@ def translate(exc: BaseException) -> errors.EscalationError | None:
     """
     if isinstance(exc, errors.EscalationError):
         return exc
+    if isinstance(exc, asyncpg.PostgresError) and exc.sqlstate == REFUSAL_STATE:
+        refusal = _REFUSALS.get(getattr(exc, "hint", None) or "")
+        return refusal(getattr(exc, "detail", None) or "") if refusal else None
     if isinstance(exc, asyncpg.IntegrityConstraintViolationError):
         name = getattr(exc, "constraint_name", None)
         factory = _CONSTRAINTS.get(name or "")

@@ -61,6 +61,11 @@ class MerchantAdminServiceStub:
                 request_serializer=escalation_dot_v1_dot_admin__pb2.UpdateReplyTimeoutRequest.SerializeToString,
                 response_deserializer=escalation_dot_v1_dot_admin__pb2.ReceptionSettings.FromString,
                 _registered_method=True)
+        self.UpdateIdleTimeout = channel.unary_unary(
+                '/escalation.v1.MerchantAdminService/UpdateIdleTimeout',
+                request_serializer=escalation_dot_v1_dot_admin__pb2.UpdateIdleTimeoutRequest.SerializeToString,
+                response_deserializer=escalation_dot_v1_dot_admin__pb2.ReceptionSettings.FromString,
+                _registered_method=True)
         self.CreateReplyTemplate = channel.unary_unary(
                 '/escalation.v1.MerchantAdminService/CreateReplyTemplate',
                 request_serializer=escalation_dot_v1_dot_admin__pb2.CreateReplyTemplateRequest.SerializeToString,
@@ -110,6 +115,14 @@ class MerchantAdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UpdateIdleTimeout(self, request, context):
+        """Sets the idle timeout, 5–120 min (SPEC R12). Idle deadlines already running keep theirs; the
+        next merchant message starts one with the new value.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CreateReplyTemplate(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -148,6 +161,11 @@ def add_MerchantAdminServiceServicer_to_server(servicer, server):
             'UpdateReplyTimeout': grpc.unary_unary_rpc_method_handler(
                     servicer.UpdateReplyTimeout,
                     request_deserializer=escalation_dot_v1_dot_admin__pb2.UpdateReplyTimeoutRequest.FromString,
+                    response_serializer=escalation_dot_v1_dot_admin__pb2.ReceptionSettings.SerializeToString,
+            ),
+            'UpdateIdleTimeout': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateIdleTimeout,
+                    request_deserializer=escalation_dot_v1_dot_admin__pb2.UpdateIdleTimeoutRequest.FromString,
                     response_serializer=escalation_dot_v1_dot_admin__pb2.ReceptionSettings.SerializeToString,
             ),
             'CreateReplyTemplate': grpc.unary_unary_rpc_method_handler(
@@ -295,6 +313,33 @@ class MerchantAdminService:
             target,
             '/escalation.v1.MerchantAdminService/UpdateReplyTimeout',
             escalation_dot_v1_dot_admin__pb2.UpdateReplyTimeoutRequest.SerializeToString,
+            escalation_dot_v1_dot_admin__pb2.ReceptionSettings.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateIdleTimeout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/escalation.v1.MerchantAdminService/UpdateIdleTimeout',
+            escalation_dot_v1_dot_admin__pb2.UpdateIdleTimeoutRequest.SerializeToString,
             escalation_dot_v1_dot_admin__pb2.ReceptionSettings.FromString,
             options,
             channel_credentials,

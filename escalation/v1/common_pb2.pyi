@@ -97,6 +97,10 @@ class _CloseReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CloseReas
     """The platform escalated it to a service ticket."""
     CLOSE_REASON_MERCHANT_TIMEOUT: _CloseReason.ValueType  # 3
     """The merchant left a platform message unanswered past the reply deadline; became a ticket."""
+    CLOSE_REASON_IDLE: _CloseReason.ValueType  # 4
+    """Resolved without a ticket by the service (SPEC R12): the merchant had answered every platform
+    message and nobody wrote for the merchant's idle_timeout.
+    """
 
 class CloseReason(_CloseReason, metaclass=_CloseReasonEnumTypeWrapper):
     """Why a session ended."""
@@ -108,6 +112,10 @@ CLOSE_REASON_PLATFORM_ESCALATED: CloseReason.ValueType  # 2
 """The platform escalated it to a service ticket."""
 CLOSE_REASON_MERCHANT_TIMEOUT: CloseReason.ValueType  # 3
 """The merchant left a platform message unanswered past the reply deadline; became a ticket."""
+CLOSE_REASON_IDLE: CloseReason.ValueType  # 4
+"""Resolved without a ticket by the service (SPEC R12): the merchant had answered every platform
+message and nobody wrote for the merchant's idle_timeout.
+"""
 Global___CloseReason: _TypeAlias = CloseReason  # noqa: Y015
 
 class _Sender:

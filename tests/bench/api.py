@@ -23,7 +23,7 @@ from escalation.v1 import common_pb2, platform_pb2
 from tests.bench import echo_server
 from tests.bench.cpu import CpuGroups, CpuMeter
 from tests.bench.env import JWT_SECRET, READY_TIMEOUT, BenchEnv, BenchError, Child
-from tests.bench.load import LoadResult, Metadata, closed_loop, raw_unary
+from tests.bench.load import LoadResult, Metadata, closed_loop, open_loop, raw_unary
 from tests.bench.sizes import Sizes
 
 OPEN = "/escalation.v1.PlatformService/OpenSession"
@@ -59,19 +59,25 @@ def open_request(merchant: str, n: int) -> bytes:
 
 async def make_merchants(pool: asyncpg.Pool, sizes: Sizes) -> None:
     """``sizes.merchants`` shops, each with designated agents (capacity 10, the default)."""
-    ops = Identity("bench-ops", Role.OPS)
     for m in range(sizes.merchants):
         mid = merchant_id(m)
-        await directory.upsert_merchant(
-            pool, merchant_id=mid, display_name=mid, main_account_id=f"{mid}-main", disabled=False
+        await make_merchant(
+            pool, mid, f"{mid}-main", [f"{mid}-sub-{a}" for a in range(1, sizes.agents_per_merchant + 1)]
         )
-        target = directory.MerchantScope(mid, ops)
-        agents = [f"{mid}-sub-{a}" for a in range(1, sizes.agents_per_merchant + 1)]
-        for agent in agents:
-            await directory.upsert_agent(
-                pool, target, agent_id=agent, display_name=agent, im_permission=True, disabled=False, capacity=10
-            )
-        await directory.set_reception_agents(pool, target, agents)
+
+
+async def make_merchant(pool: asyncpg.Pool, mid: str, main_account: str, agents: list[str]) -> None:
+    """One shop whose ``agents`` (capacity 10, the default) are its designated reception agents."""
+    ops = Identity("bench-ops", Role.OPS)
+    await directory.upsert_merchant(
+        pool, merchant_id=mid, display_name=mid, main_account_id=main_account, disabled=False
+    )
+    target = directory.MerchantScope(mid, ops)
+    for agent in agents:
+        await directory.upsert_agent(
+            pool, target, agent_id=agent, display_name=agent, im_permission=True, disabled=False, capacity=10
+        )
+    await directory.set_reception_agents(pool, target, agents)
 
 
 async def run_echo(
@@ -165,3 +171,19 @@ async def open_more(
             await call(open_request(merchant_id(n % sizes.merchants), n), metadata=metadata, timeout=30)
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
+
+
+async def run_open_loop(channel: grpc.aio.Channel, sizes: Sizes, metadata: Metadata) -> LoadResult:
+    """OpenSession at ``sizes.open_loop_rate`` per second on a fixed schedule, over all the merchants."""
+    total = round((sizes.warmup + sizes.open_loop_seconds) * sizes.open_loop_rate)
+    # Serialized beforehand, so building them never delays a scheduled send.
+    requests = [open_request(merchant_id(n % sizes.merchants), n) for n in range(total)]
+    return await open_loop(
+        channel,
+        OPEN,
+        requests,
+        metadata,
+        label=f"OpenSession at {sizes.open_loop_rate:.0f}/s",
+        rate=sizes.open_loop_rate,
+        warmup=sizes.warmup,
+    )

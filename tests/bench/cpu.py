@@ -44,7 +44,7 @@ def with_children(pid: int) -> list[int]:
     return pids
 
 
-def _tree_seconds(root: int) -> float:
+def tree_seconds(root: int) -> float:
     """CPU seconds of ``root`` and every live descendant, plus the children they have reaped.
 
     A dead child's time is added to its parent's cutime/cstime when reaped, so summing all four
@@ -86,7 +86,7 @@ class CpuMeter:
         self._started = time.monotonic()
         self._before = {name: self._sample(pids()) for name, pids in groups.items()}
         self._machine_before = _machine()
-        self._tree_before = _tree_seconds(os.getpid())
+        self._tree_before = tree_seconds(os.getpid())
 
     @staticmethod
     def _sample(pids: list[int]) -> dict[int, float]:
@@ -103,7 +103,7 @@ class CpuMeter:
         busy0, processes0, total0 = self._machine_before
         share = (busy - busy0) / max(1e-9, total - total0)
         used["machine"] = share * CORES
-        ours = _tree_seconds(os.getpid()) - self._tree_before
+        ours = tree_seconds(os.getpid()) - self._tree_before
         used["others"] = max(0.0, (processes - processes0 - ours) / max(1e-9, total - total0) * CORES)
         return used
 

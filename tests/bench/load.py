@@ -121,3 +121,56 @@ async def closed_loop(
 def raw_unary(channel: grpc.aio.Channel, method: str) -> grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]:
     """``method`` as a bytes-in, bytes-out callable: no serializers, so no protobuf work on our side."""
     return channel.unary_unary(method, request_serializer=None, response_deserializer=None)
+
+
+async def open_loop(
+    channel: grpc.aio.Channel,
+    method: str,
+    requests: Sequence[bytes],
+    metadata: Metadata,
+    *,
+    label: str,
+    rate: float,
+    warmup: float,
+    call_timeout: float = 10.0,
+) -> LoadResult:
+    """Sends ``requests[n]`` at ``start + n / rate``, whatever the answers do (an open loop).
+
+    Each latency runs from the call's scheduled send time, not from when it was actually sent, so a
+    stall delays and counts against every call scheduled during it (no coordinated omission). Calls
+    scheduled in the first ``warmup`` seconds are not counted.
+    """
+    call = raw_unary(channel, method)
+    loop = asyncio.get_running_loop()
+    start = loop.time() + 0.05
+    counted_from = math.ceil(warmup * rate)
+    measured = len(requests) - counted_from
+    if measured <= 0:
+        raise BenchError(f"{label}: no request after the warm-up")
+    result = LoadResult(label, 0, 0, measured / rate)
+    failures = 0
+
+    async def one(n: int) -> None:
+        nonlocal failures
+        scheduled = start + n / rate
+        await asyncio.sleep(max(0.0, scheduled - loop.time()))
+        try:
+            await call(requests[n], metadata=metadata, timeout=call_timeout)
+        except grpc.aio.AioRpcError as exc:
+            failures += 1
+            if result.first_error is None:
+                result.first_error = f"{exc.code().name}: {exc.details()}"
+            return
+        if n >= counted_from:
+            result.calls += 1
+            result.latencies.append(loop.time() - scheduled)
+
+    total = len(requests) / rate + call_timeout + 5
+    try:
+        await asyncio.wait_for(asyncio.gather(*(one(n) for n in range(len(requests)))), total)
+    except TimeoutError:
+        raise BenchError(f"{label}: the calls did not finish in time") from None
+    result.errors = failures
+    if failures > MAX_ERROR_SHARE * len(requests):
+        raise BenchError(f"{label}: {failures} of {len(requests)} calls failed; first: {result.first_error}")
+    return result

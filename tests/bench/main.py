@@ -8,8 +8,11 @@ tests/bench/last-results.md). ``--quick`` is a one-minute smoke run with smaller
 Measurements, in SPEC §5 order (the table keeps it):
 1. a bare grpc.aio unary echo server (its own process), 64 calls in flight for 8 s → calls/s, the baseline;
 2. OpenSession on ``escalation serve`` (its own process) spread over 50 merchants × 3 agents, same client
-   → opens/s and ratio; one merchant alone for information (its opens serialize on its row by design);
-3. SendMessage on 200 open sessions, same client → msgs/s and ratio;
+   → opens/s and ratio; one merchant alone (its opens serialize on its row) → opens/s; OpenSession at
+   100/s on a fixed schedule (open loop) → p50/p99 from each call's scheduled send time;
+3. SendMessage on 200 open sessions, same client → msgs/s and ratio; then the SQL ceiling: the statements
+   of one OpenSession and of one SendMessage (tests/bench/pgbench/*.sql) run by 20 pgbench clients
+   without the service → transactions/s, next to the service's rate through gRPC (sqlceiling.py);
 4. event fan-out: Connect streams of the 50 main accounts on replica A, OpenSession through replica B;
 5. 100,000 deadlines spread over 60 s plus 10,000 due in one second, ended by two
    ``escalation worker deadlines`` processes → lateness, early count, time to clear the burst;
@@ -39,25 +42,17 @@ import asyncpg
 import grpc
 
 from escalation.observability import logging as obs_logging
-from tests.bench import api, cpu, deadlines, isolation, realtime, tickets_flow
+from tests.bench import api, cpu, deadlines, isolation, realtime, sqlceiling, tickets_flow
 from tests.bench.env import REPO, BenchEnv, BenchError, Child, say
 from tests.bench.load import LoadResult, percentile
 from tests.bench.report import Report, code_version
 from tests.bench.sizes import FULL, QUICK, Sizes
+from tests.bench.verdicts import OPEN_TARGET, SEND_TARGET, Verdicts, ms
 
 RESULTS = Path(__file__).resolve().parent / "last-results.md"
 T = TypeVar("T")
 
-# SPEC §5 (revised to near the 2-core machine's physical limit: about 0.23× and 0.35× of a bare echo).
-OPEN_TARGET, SEND_TARGET, RELAY_TARGET = 0.2, 0.3, 0.2
-LATENESS_P99_TARGET, BURST_TARGET, TICKET_P99_TARGET = 1.0, 10.0, 0.5
-FAN_OUT_P99_TARGET, MEMORY_TARGET_MB = 0.020, 500.0
-ISOLATION_TARGET = 2.0  # another tenant's unary p99, loaded ÷ quiet (SPEC §3 Limits)
 BACKGROUND_WARNING = 0.2  # cores busy before the bench starts that make its numbers suspect
-
-
-def _ms(seconds: float) -> str:
-    return f"{seconds * 1000:,.0f} ms"
 
 
 class Run:
@@ -67,6 +62,7 @@ class Run:
         self.sizes = sizes
         self.report = report
         self.metadata = api.platform_metadata()
+        self.verdicts = Verdicts(report, sizes)
         self.failures = 0
 
     async def step(self, name: str, work: Callable[[], Awaitable[T]]) -> T | None:
@@ -132,13 +128,24 @@ class Run:
             say(f"{sizes.merchants} merchants with {sizes.agents_per_merchant} designated agents each")
             if self.only == "isolation":
                 await self._isolation(api_url)
+            elif self.only == "sql-ceiling":
+                await self._sql_ceiling(None, None)
+            elif self.only in ("throughput", "open-loop"):
+                echo = await self._echo_baseline() if self.only == "throughput" else None
+                serve, addr = await self.env.serve("escalation-serve", api_url)
+                async with grpc.aio.insecure_channel(addr) as channel:
+                    if self.only == "throughput":
+                        await self._throughput(channel, serve, pool, echo)
+                    else:
+                        await self._open_loop(channel, serve)
+                self.env.stop_child(serve)
             elif self.only == "fan-out":
                 serve, addr = await self.env.serve("escalation-serve", api_url)
                 fan = await self.step(
                     "4. event fan-out across two replicas",
                     lambda: realtime.fan_out(self.env, self.sizes, api_url, addr, self.metadata),
                 )
-                self._report_fan_out(fan)
+                self.verdicts.fan_out(fan)
                 self.env.stop_child(serve)
             else:
                 await self._all(api_url, pool)
@@ -151,107 +158,131 @@ class Run:
 
     async def _all(self, api_url: str, pool: asyncpg.Pool) -> None:
         """Every measurement, in SPEC §5 order (the report's rows follow it)."""
-        sizes, report = self.sizes, self.report
-        echo_result = await self.step("1. baseline: bare grpc.aio unary echo", self._echo)
-        echo = echo_result[0] if echo_result else None
-        if echo_result:
-            result, used = echo_result
-            report.info(
-                f"Baseline: bare grpc.aio unary echo ({len(api.open_request('m', 0))} B in/out)",
-                f"{result.rate:,.0f} calls/s (p50 {_ms(percentile(result.latencies, 50))}, p99 "
-                f"{_ms(percentile(result.latencies, 99))}; {cpu.per_call(used, result.rate)})",
-            )
+        sizes = self.sizes
+        echo = await self._echo_baseline()
         say("== starting `escalation serve` (replica A)")
         serve, addr = await self.env.serve("escalation-serve", api_url)
         async with grpc.aio.insecure_channel(addr) as channel:
-            opens = await self.step(
-                f"2. OpenSession over {sizes.merchants} merchants",
-                lambda: self.measured(
-                    serve,
-                    lambda: api.run_opens(
-                        channel,
-                        sizes,
-                        self.metadata,
-                        merchants=sizes.merchants,
-                        duration=sizes.duration,
-                        label="OpenSession",
-                    ),
-                ),
-            )
-            self._ratio(
-                f"OpenSession, {sizes.merchants} merchants × {sizes.agents_per_merchant} agents",
-                "opens/s",
-                opens,
-                echo,
-                OPEN_TARGET,
-            )
-            single = await self.step(
-                "2b. OpenSession, one merchant (information)",
-                lambda: self.measured(
-                    serve,
-                    lambda: api.run_opens(
-                        channel,
-                        sizes,
-                        self.metadata,
-                        merchants=1,
-                        duration=sizes.single_merchant_duration,
-                        label="OpenSession/1 merchant",
-                    ),
-                ),
-            )
-            if single:
-                report.info(
-                    "OpenSession, one merchant (its opens serialize on its row lock by design)",
-                    f"{single[0].rate:,.0f} opens/s (p50 {_ms(percentile(single[0].latencies, 50))}, p99 "
-                    f"{_ms(percentile(single[0].latencies, 99))})",
-                )
-            session_ids = [
-                str(r["session_id"])
-                for r in await pool.fetch(
-                    "SELECT session_id FROM sessions WHERE state = 'OPEN' ORDER BY open_time LIMIT $1",
-                    sizes.send_sessions,
-                )
-            ]
-            sends = None
-            if len(session_ids) < sizes.send_sessions:
-                say(f"!! only {len(session_ids)} open sessions: SendMessage skipped")
-            else:
-                sends = await self.step(
-                    f"3. SendMessage on {sizes.send_sessions} sessions",
-                    lambda: self.measured(serve, lambda: api.run_sends(channel, sizes, self.metadata, session_ids)),
-                )
-            self._ratio(
-                f"SendMessage, {sizes.send_sessions} open sessions (with client_msg_id)",
-                "msgs/s",
-                sends,
-                echo,
-                SEND_TARGET,
-            )
-
+            session_ids = await self._throughput(channel, serve, pool, echo)
             fan = await self.step(
                 "4. event fan-out across two replicas",
                 lambda: realtime.fan_out(self.env, sizes, api_url, addr, self.metadata),
             )
-            self._report_fan_out(fan)
+            self.verdicts.fan_out(fan)
 
             late = await self.step("5. deadlines", lambda: deadlines.run_deadlines(self.env, sizes))
-            self._report_deadlines(late)
+            self.verdicts.deadlines(late)
 
             flow = tickets_flow.TicketsBench(self.env, api_url)
             closes = await self.step(
                 "6. close → ticket on Kafka", lambda: self._close(flow, channel, pool, session_ids)
             )
-            self._report_closes(closes)
+            self.verdicts.closes(closes)
         relay = await self.step("7. outbox relay vs raw aiokafka produce", lambda: flow.relay_vs_raw(sizes))
-        self._report_relay(relay)
+        self.verdicts.relay(relay)
         for child in [c for c in self.env.children if c.name in ("escalation-serve", "outbox-relay")]:
             self.env.stop_child(child)
         memory = await self.step(
             f"8. {sizes.memory_streams:,} merchant streams on one server process",
             lambda: realtime.stream_memory(self.env, sizes, api_url),
         )
-        self._report_memory(memory)
+        self.verdicts.memory(memory)
         await self._isolation(api_url)
+
+    async def _echo_baseline(self) -> LoadResult | None:
+        """Step 1, before any server of ours runs."""
+        echo_result = await self.step("1. baseline: bare grpc.aio unary echo", self._echo)
+        if echo_result is None:
+            return None
+        result, used = echo_result
+        self.report.info(
+            f"Baseline: bare grpc.aio unary echo ({len(api.open_request('m', 0))} B in/out)",
+            f"{result.rate:,.0f} calls/s (p50 {ms(percentile(result.latencies, 50))}, p99 "
+            f"{ms(percentile(result.latencies, 99))}; {cpu.per_call(used, result.rate)})",
+        )
+        return result
+
+    async def _throughput(
+        self, channel: grpc.aio.Channel, serve: Child, pool: asyncpg.Pool, echo: LoadResult | None
+    ) -> list[str]:
+        """OpenSession (50 merchants, one merchant, open loop), SendMessage and the SQL ceiling; the
+        ratios are to ``echo``. Returns the sessions SendMessage wrote to (the close → ticket step
+        leaves them alone)."""
+        sizes = self.sizes
+        opens = await self.step(
+            f"2. OpenSession over {sizes.merchants} merchants",
+            lambda: self.measured(
+                serve,
+                lambda: api.run_opens(
+                    channel,
+                    sizes,
+                    self.metadata,
+                    merchants=sizes.merchants,
+                    duration=sizes.duration,
+                    label="OpenSession",
+                ),
+            ),
+        )
+        self.verdicts.ratio(
+            f"OpenSession, {sizes.merchants} merchants × {sizes.agents_per_merchant} agents",
+            "opens/s",
+            opens,
+            echo,
+            OPEN_TARGET,
+        )
+        single = await self.step(
+            "2b. OpenSession, one merchant",
+            lambda: self.measured(
+                serve,
+                lambda: api.run_opens(
+                    channel,
+                    sizes,
+                    self.metadata,
+                    merchants=1,
+                    duration=sizes.single_merchant_duration,
+                    label="OpenSession/1 merchant",
+                ),
+            ),
+        )
+        self.verdicts.one_merchant(single)
+        await self._open_loop(channel, serve)
+        session_ids = [
+            str(r["session_id"])
+            for r in await pool.fetch(
+                "SELECT session_id FROM sessions WHERE state = 'OPEN' ORDER BY open_time LIMIT $1",
+                sizes.send_sessions,
+            )
+        ]
+        sends = None
+        if len(session_ids) < sizes.send_sessions:
+            say(f"!! only {len(session_ids)} open sessions: SendMessage skipped")
+        else:
+            sends = await self.step(
+                f"3. SendMessage on {sizes.send_sessions} sessions",
+                lambda: self.measured(serve, lambda: api.run_sends(channel, sizes, self.metadata, session_ids)),
+            )
+        self.verdicts.ratio(
+            f"SendMessage, {sizes.send_sessions} open sessions (with client_msg_id)",
+            "msgs/s",
+            sends,
+            echo,
+            SEND_TARGET,
+        )
+        await self._sql_ceiling(opens[0] if opens else None, sends[0] if sends else None)
+        return session_ids
+
+    async def _open_loop(self, channel: grpc.aio.Channel, serve: Child) -> None:
+        sizes = self.sizes
+        measured = await self.step(
+            f"2c. OpenSession at {sizes.open_loop_rate:.0f}/s, open loop",
+            lambda: self.measured(serve, lambda: api.run_open_loop(channel, sizes, self.metadata)),
+        )
+        self.verdicts.open_loop(measured)
+
+    async def _sql_ceiling(self, opens: LoadResult | None, sends: LoadResult | None) -> None:
+        """The PostgreSQL work of each RPC without the service, next to the service's rate (SPEC §5)."""
+        rates = {"OpenSession": opens.rate if opens else None, "SendMessage": sends.rate if sends else None}
+        await sqlceiling.measure(self, self.env, self.sizes, self.report, rates)
 
     async def _isolation(self, api_url: str) -> None:
         sizes = self.sizes
@@ -260,7 +291,7 @@ class Run:
             f"9. tenant isolation: {sizes.isolation_streams:,} streams of one shop{fewer}",
             lambda: isolation.run_isolation(self.env, sizes, api_url, self.metadata),
         )
-        self._report_isolation(result)
+        self.verdicts.isolation(result)
 
     async def _echo(self) -> tuple[LoadResult, dict[str, float]]:
         result, used = await api.run_echo(self.env, self.sizes, self.metadata, self.cpu_groups)
@@ -294,185 +325,10 @@ class Run:
         result = await flow.close_to_ticket(channel, self.metadata, self.sizes, [str(r["session_id"]) for r in rows])
         say(
             f"  {result.received} of {result.closed} tickets received; "
-            f"latency p50 {_ms(percentile(result.latencies, 50))}"
-            f", p99 {_ms(percentile(result.latencies, 99))}, max {_ms(max(result.latencies, default=math.nan))}"
+            f"latency p50 {ms(percentile(result.latencies, 50))}"
+            f", p99 {ms(percentile(result.latencies, 99))}, max {ms(max(result.latencies, default=math.nan))}"
         )
         return result
-
-    # --- verdicts ------------------------------------------------------------------------------
-
-    def _ratio(
-        self,
-        measure: str,
-        unit: str,
-        measured: tuple[LoadResult, dict[str, float]] | None,
-        echo: LoadResult | None,
-        target: float,
-    ) -> None:
-        if measured is None or echo is None:
-            self.report.failed(measure, "see the log above", f"≥ {target} × echo")
-            return
-        result, used = measured
-        ratio = result.rate / echo.rate
-        verdict = self.report.target(
-            measure,
-            f"{result.rate:,.0f} {unit} = **{ratio:.2f} × echo** (p50 {_ms(percentile(result.latencies, 50))}, "
-            f"p99 {_ms(percentile(result.latencies, 99))}; {cpu.per_call(used, result.rate)})",
-            f"≥ {target} × echo",
-            ratio >= target,
-        )
-        say(f"  {measure}: {ratio:.2f} × echo (target ≥ {target}): {verdict}")
-
-    def _report_fan_out(self, result: realtime.FanOutResult | None) -> None:
-        sizes = self.sizes
-        measure = (
-            f"Event fan-out, commit → merchant stream: {sizes.merchants} streams on replica A, "
-            f"OpenSession through replica B at {sizes.fanout_rate:.0f}/s"
-        )
-        if result is None:
-            self.report.failed(measure, "see the log above", "p99 ≤ 20 ms")
-            return
-        p99 = percentile(result.latencies, 99)
-        complete = len(result.latencies) == result.expected and not result.failed_opens
-        text = (
-            f"p50 {_ms(percentile(result.latencies, 50))}, **p99 {_ms(p99)}**, max "
-            f"{_ms(max(result.latencies, default=math.nan))}; {len(result.latencies):,} of {result.expected:,} "
-            "events (from the event's event_time, taken inside the writing transaction)"
-        )
-        if result.failed_opens:
-            text += f"; {result.failed_opens} opens failed"
-        verdict = self.report.target(measure, text, "p99 ≤ 20 ms", complete and p99 <= FAN_OUT_P99_TARGET)
-        say(f"  fan-out: p50 {_ms(percentile(result.latencies, 50))}, p99 {_ms(p99)}: {verdict}")
-
-    def _report_memory(self, result: realtime.MemoryResult | None) -> None:
-        measure = f"{self.sizes.memory_streams:,} connected merchant streams, one `escalation serve`: RSS"
-        if result is None:
-            self.report.failed(measure, "see the log above", "≤ 500 MB")
-            return
-        verdict = self.report.target(
-            measure,
-            f"**{result.rss_after_mb:,.0f} MB** ({result.rss_before_mb:,.0f} MB idle + "
-            f"{result.per_stream_kb:,.1f} KB per stream; all connected in {result.connect_seconds:.1f} s)",
-            "≤ 500 MB",
-            result.rss_after_mb <= MEMORY_TARGET_MB,
-        )
-        say(f"  memory: {result.rss_after_mb:,.0f} MB: {verdict}")
-
-    def _report_isolation(self, result: isolation.IsolationResult | None) -> None:
-        sizes = self.sizes
-        measure = (
-            f"Tenant isolation: {sizes.isolation_streams:,} Connect streams of one shop"
-            + ("" if sizes.isolation_streams >= 2_000 else f" ({sizes.name} run; the target names 2,000)")
-            + f" + bursts of {sizes.isolation_burst} of its events every {sizes.isolation_burst_every:.0f} s; "
-            f"another shop's GetSession ({isolation.CALLERS} callers) p99 loaded ÷ quiet"
-        )
-        if result is None:
-            self.report.failed(measure, "see the log above", f"≤ {ISOLATION_TARGET:.0f}×")
-            return
-        quiet, loaded = percentile(result.quiet.latencies, 99), percentile(result.loaded.latencies, 99)
-        complete = result.delivered >= result.expected and not result.errors
-        text = (
-            f"**{result.ratio:.2f}×** (p99 {_ms(loaded)} vs {_ms(quiet)} quiet; p50 "
-            f"{_ms(percentile(result.loaded.latencies, 50))} vs {_ms(percentile(result.quiet.latencies, 50))}); "
-            f"{result.delivered:,} of {result.expected:,} event frames delivered ({result.events_sent} events × "
-            f"{result.streams:,} streams)"
-        )
-        if result.errors:
-            text += f"; stream errors: {result.errors[0]}"
-        verdict = self.report.target(
-            measure, text, f"≤ {ISOLATION_TARGET:.0f}×", complete and result.ratio <= ISOLATION_TARGET
-        )
-        say(f"  isolation: {result.ratio:.2f}× (target ≤ {ISOLATION_TARGET:.0f}×): {verdict}")
-
-    def _report_deadlines(self, result: deadlines.DeadlineResult | None) -> None:
-        report, sizes = self.report, self.sizes
-        who = f"{sizes.deadline_workers} `escalation worker deadlines` processes"
-        if result is None:
-            report.failed("Deadlines", "see the log above", "p99 ≤ 1 s, none early, burst ≤ 10 s")
-            return
-        say(f"  {deadlines.describe(result)}")
-        p99 = percentile(result.lateness, 99)
-        lateness = report.target(
-            f"Deadline lateness, {result.sessions:,} spread over {sizes.deadline_window:.0f} s plus the burst below "
-            f"({who})",
-            f"p50 {_ms(percentile(result.lateness, 50))}, **p99 {_ms(p99)}**, max "
-            f"{_ms(max(result.lateness, default=math.nan))}",
-            "p99 ≤ 1 s",
-            p99 <= LATENESS_P99_TARGET,
-        )
-        report.info(
-            f"… the {len(result.unaffected_lateness):,} of them not due while the burst was being cleared",
-            f"p50 {_ms(percentile(result.unaffected_lateness, 50))}, p99 "
-            f"{_ms(percentile(result.unaffected_lateness, 99))}, max "
-            f"{_ms(max(result.unaffected_lateness, default=math.nan))}",
-        )
-        verdicts = [
-            lateness,
-            report.target(
-                f"Deadlines fired early, all {result.sessions + result.burst_sessions:,}",
-                f"**{result.early}**",
-                "0",
-                result.early == 0,
-            ),
-            report.target(
-                f"{result.burst_sessions:,} due in the same second: cleared after",
-                f"**{result.burst_cleared_after:.2f} s** (their lateness p50 "
-                f"{_ms(percentile(result.burst_lateness, 50))}, p99 {_ms(percentile(result.burst_lateness, 99))})",
-                "≤ 10 s",
-                result.burst_cleared_after <= BURST_TARGET,
-            ),
-        ]
-        for problem in result.problems:
-            report.notes.append(f"Deadlines: {problem}")
-        say(f"  deadlines: {', '.join(verdicts)}")
-
-    def _report_closes(self, result: tickets_flow.CloseResult | None) -> None:
-        measure = (
-            f"Close (ESCALATED, {self.sizes.close_rate:.0f}/s for {self.sizes.close_seconds:.0f} s) → ticket "
-            "at a Kafka consumer"
-        )
-        if result is None:
-            self.report.failed(measure, "see the log above", "p99 ≤ 500 ms")
-            return
-        p99 = percentile(result.latencies, 99)
-        complete = result.received == result.closed and result.failed == 0
-        text = (
-            f"p50 {_ms(percentile(result.latencies, 50))}, **p99 {_ms(p99)}**, max "
-            f"{_ms(max(result.latencies, default=math.nan))}; {result.received}/{result.closed} tickets received"
-            f" (CloseSession p50 {_ms(percentile(result.close_rpc, 50))}, p99 {_ms(percentile(result.close_rpc, 99))};"
-            f" consumer fetch wait {tickets_flow.FETCH_MAX_WAIT_MS} ms, plain produce → consume floor p50 "
-            f"{_ms(percentile(result.floor, 50))}, p99 {_ms(percentile(result.floor, 99))})"
-        )
-        if result.failed:
-            text += f"; {result.failed} closes failed, first: {result.first_error}"
-        verdict = self.report.target(measure, text, "p99 ≤ 500 ms", complete and p99 <= TICKET_P99_TARGET)
-        say(f"  close → ticket: {verdict}")
-
-    def _report_relay(self, result: tickets_flow.RelayResult | None) -> None:
-        sizes = self.sizes
-        measure = (
-            f"Outbox relay draining {sizes.produce_messages:,} rows vs raw aiokafka produce "
-            f"({sizes.value_bytes} B each)"
-        )
-        if result is None:
-            self.report.failed(measure, "see the log above", f"≥ {RELAY_TARGET} × raw")
-            return
-        ratio = result.relay_rate / result.raw_rate
-        text = f"relay {result.relay_rate:,.0f} rows/s vs raw {result.raw_rate:,.0f} msgs/s = **{ratio:.2f} × raw**"
-        complete = result.delivered == result.relay_rows
-        if not complete:
-            text += f"; only {result.delivered:,} of the {result.relay_rows:,} rows found on the topic"
-        verdict = self.report.target(measure, text, f"≥ {RELAY_TARGET} × raw", ratio >= RELAY_TARGET and complete)
-        say(f"  relay: {ratio:.2f} × raw (target ≥ {RELAY_TARGET}): {verdict}")
-        stale_ratio = result.stale_rate / result.raw_rate
-        stale_verdict = self.report.target(
-            "Same, but table statistics from before the backlog (a sudden backlog, before autovacuum analyzes)",
-            f"relay {result.stale_rate:,.0f} rows/s ({result.stale_rows:,} rows in {result.stale_seconds:.1f} s) "
-            f"= **{stale_ratio:.3f} × raw**",
-            f"≥ {RELAY_TARGET} × raw",
-            stale_ratio >= RELAY_TARGET,
-        )
-        say(f"  relay with stale statistics: {stale_ratio:.3f} × raw: {stale_verdict}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -482,7 +338,10 @@ def main(argv: list[str] | None = None) -> None:
         "--output", type=Path, default=RESULTS, help=f"where to write the Markdown table (default {RESULTS})"
     )
     parser.add_argument(
-        "--only", choices=["isolation", "fan-out"], help="run one measurement only (the merchants are still set up)"
+        "--only",
+        choices=["throughput", "open-loop", "sql-ceiling", "fan-out", "isolation"],
+        help="run one part only (the merchants are still set up): throughput = echo, OpenSession (50 merchants, "
+        "one merchant, open loop), SendMessage and the SQL ceiling",
     )
     args = parser.parse_args(argv)
     sizes = QUICK if args.quick else FULL

@@ -14,6 +14,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from datetime import UTC
 from fractions import Fraction
 from pathlib import Path
 
@@ -22,6 +23,7 @@ import grpc
 import pytest
 
 from escalation.bus.kafka import TICKETS_TOPIC
+from escalation.domain import assignment
 from escalation.domain.assignment import RULE_VERSION
 from escalation.v1 import common_pb2, platform_pb2, platform_pb2_grpc
 from tests.e2e import replicas
@@ -165,6 +167,17 @@ def _assert_decisions(
         assert {a: c.capacity for a, c in candidates.items()} == capacities, decision
         saturation = {a: Fraction(c.open_sessions, c.capacity) for a, c in candidates.items()}
         assert saturation[decision.agent_id] == min(saturation.values()), f"not the least saturated: {decision}"
+        # Every tie-break too: the pure rule, given the state the decision read, names the same agent.
+        state = [
+            assignment.Candidate(
+                c.agent_id,
+                c.open_sessions,
+                c.capacity,
+                c.last_assign_time.ToDatetime(tzinfo=UTC) if c.HasField("last_assign_time") else None,
+            )
+            for c in decision.candidates
+        ]
+        assert assignment.choose(state).agent_id == decision.agent_id, f"not the pure rule's pick: {decision}"
         totals.append(sum(c.open_sessions for c in decision.candidates))
         seen_by_winner[decision.agent_id].append(candidates[decision.agent_id].open_sessions)
     repeated = sorted(total for total, times in Counter(totals).items() if times > 1)

@@ -16,6 +16,7 @@ import time
 import uuid
 from collections import Counter, defaultdict
 from contextlib import ExitStack
+from datetime import timedelta
 from pathlib import Path
 
 import asyncpg
@@ -23,9 +24,12 @@ import grpc
 import pytest
 from aiokafka import AIOKafkaProducer
 
+from escalation.auth import Identity, Role
 from escalation.devenv.broker import EmbeddedBroker
 from escalation.devenv.ports import free_port
-from escalation.v1 import platform_pb2, platform_pb2_grpc
+from escalation.domain.session import Kind
+from escalation.services import sessions
+from escalation.v1 import common_pb2, platform_pb2, platform_pb2_grpc
 from tests.e2e import replicas
 from tests.e2e.harness import escalation
 from tests.e2e.workers_harness import (
@@ -150,6 +154,55 @@ async def test_two_deadline_workers_and_two_relays_end_each_session_once_and_pub
         assert sum(published_by) == len(records), "each record on the topic was counted by the relay that sent it"
 
         _assert_clean_shutdown(*workers, *relays)
+
+
+# --- R12: idle close with replicas of the deadline worker ------------------------------------------
+
+
+async def test_two_deadline_workers_close_each_answered_session_once_as_idle(
+    database_url: str, pool: asyncpg.Pool, tmp_path: Path
+) -> None:
+    count, idle = 40, 1.0
+    await make_shop(pool)
+    with ExitStack() as stack:
+        workers = [
+            stack.enter_context(worker("deadlines", database_url, tmp_path, f"idle-{n}", env=FAST)) for n in (1, 2)
+        ]
+        await asyncio.gather(*(wait_started(p) for p in workers))
+        # Answered within an hour's reply timeout; idle after `idle` seconds (the dev override).
+        opened = await open_sessions(pool, count, policy(3600))
+        assigned = dict(await pool.fetch("SELECT session_id, assigned_agent_id FROM sessions"))
+        answering = sessions.SessionPolicy(idle_timeout_override=idle)
+        content = common_pb2.MessageContent(text=common_pb2.Text(body="Yes, today.")).SerializeToString()
+        idle_deadlines = {}
+        for sid in opened:
+            agent = Identity(assigned[sid], Role.MERCHANT, "shop")
+            row = await sessions.add_message(pool, agent, sid, sessions.NewMessage(Kind.TEXT, content), answering)
+            idle_deadlines[sid] = row["send_time"] + timedelta(seconds=idle)
+
+        async def all_idle() -> bool:
+            closed: int = await pool.fetchval("SELECT count(*) FROM sessions WHERE close_reason = 'IDLE'")
+            return closed == count
+
+        async def explain() -> str:
+            return await progress(pool) + "\n" + "\n".join(p.output() for p in workers)
+
+        await wait_for(all_idle, 30, "every answered session closed as idle", explain)
+        rows = await pool.fetch("SELECT session_id, close_time FROM sessions")
+        assert all(r["close_time"] >= idle_deadlines[r["session_id"]] for r in rows), "none closed early"
+        assert await pool.fetchval("SELECT count(*) FROM tickets") == 0
+        assert await pool.fetchval("SELECT coalesce(sum(open_sessions), 0) FROM agents") == 0, "capacity released"
+        closed_events = await pool.fetchval("SELECT count(*) FROM merchant_events WHERE kind = 'session_closed'")
+        assert closed_events == count, "one SessionClosed per session"
+
+        worker_metrics = [await metrics(p) for p in workers]
+        closed_by = [int(m["escalation_sessions_closed_total"]) for m in worker_metrics]
+        observed_by = [int(m["escalation_deadline_lateness_seconds_count"]) for m in worker_metrics]
+        print(f"\nidle sessions closed per deadline worker {closed_by}")
+        assert sum(closed_by) == count, "each idle close counted once across the workers"
+        assert sum(observed_by) == count, "and its lateness observed once"
+
+        _assert_clean_shutdown(*workers)
 
 
 # --- R7: at least once, marked only after the ack -------------------------------------------------

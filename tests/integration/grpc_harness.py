@@ -25,7 +25,9 @@ def settings(limits: config.LimitSettings = UNTHROTTLED) -> config.Settings:
     )
 
 
-def token(role: auth.Role | str, sub: str, merchant_id: str | None = None, ttl: int = 600) -> str:
+def token(role: auth.Role | str, sub: str, merchant_id: str | None = None, ttl: int = 6 * 3600) -> str:
+    """A test token; several modules mint theirs at import, so it must outlive the whole suite on a loaded
+    machine (a 600 s lifetime expired mid-run once the suite took 11 minutes)."""
     return auth.mint(
         key=JWT_SECRET,
         algorithm="HS256",

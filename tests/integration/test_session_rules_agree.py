@@ -1,4 +1,4 @@
-"""The SQL that applies R5 with the database clock agrees with the pure state machine."""
+"""The SQL that applies R5 and R12 with the database clock agrees with the pure state machine."""
 
 from __future__ import annotations
 
@@ -31,6 +31,9 @@ async def test_sql_deadlines_match_the_pure_rule_on_random_conversations(pool: a
     await directory.upsert_merchant(pool, merchant_id="shop", display_name="", main_account_id="main", disabled=False)
     rng = random.Random(7)
     for conversation in range(15):
+        # R12: the merchant's idle timeout (5–120 min) as stored, changed between conversations.
+        idle_timeout = rng.choice([300, 1800, 7200])
+        await pool.execute("UPDATE reception_settings SET idle_timeout_seconds = $1", idle_timeout)
         opened = await sessions.open_session(
             pool,
             PLATFORM,
@@ -46,15 +49,21 @@ async def test_sql_deadlines_match_the_pure_rule_on_random_conversations(pool: a
         expected = SessionClock(State.OPEN, 0, None, None)
         for sender, at in sent:
             expected = after_message(
-                expected, sender, at, reply_timeout=timedelta(seconds=180), remind_before=POLICY.remind_before
+                expected,
+                sender,
+                at,
+                reply_timeout=timedelta(seconds=180),
+                remind_before=POLICY.remind_before,
+                idle_timeout=timedelta(seconds=idle_timeout),
             )
         row = await pool.fetchrow(
-            "SELECT last_seq, reply_deadline, remind_time FROM sessions WHERE session_id = $1", sid
+            "SELECT last_seq, reply_deadline, remind_time, idle_deadline FROM sessions WHERE session_id = $1", sid
         )
         assert row is not None
-        assert (row["last_seq"], row["reply_deadline"], row["remind_time"]) == (
+        assert (row["last_seq"], row["reply_deadline"], row["remind_time"], row["idle_deadline"]) == (
             expected.last_seq,
             expected.reply_deadline,
             expected.remind_time,
+            expected.idle_deadline,
         ), f"conversation {conversation}: {[s for s, _ in sent]}"
         assert isinstance(sid, uuid.UUID)

@@ -14,11 +14,34 @@ WITH due AS (
 )
 UPDATE sessions s
 SET state = 'ENDED', close_reason = 'MERCHANT_TIMEOUT', close_time = coalesce($2::timestamptz, clock_timestamp()),
-    reply_deadline = NULL, remind_time = NULL
+    reply_deadline = NULL, remind_time = NULL, idle_deadline = NULL
 FROM due
 WHERE s.session_id = due.session_id
 RETURNING s.session_id, s.merchant_id, s.assigned_agent_id, s.platform_agent_id, s.order_id, s.category,
           s.open_time, s.close_time, due.reply_deadline;
+
+-- name: claim_idle_sessions
+-- SPEC R12: closes up to $1 answered sessions (no reply deadline pending) whose idle deadline has
+-- passed at $2 (NULL: by the database clock) as IDLE, in one statement; rows a racing message holds
+-- are skipped (and looked at again next round, when that message has moved or cleared the deadline).
+-- state and reply_deadline are checked as well (the predicate of the index sessions_idle_due): a
+-- writer that knows nothing of idle_deadline (a replica of the previous release during a deploy) may
+-- have left one beside a pending reply deadline or on an ended session.
+WITH due AS (
+    SELECT session_id, idle_deadline FROM sessions
+    WHERE idle_deadline <= coalesce($2::timestamptz, clock_timestamp())
+      AND state = 'OPEN' AND reply_deadline IS NULL
+    ORDER BY idle_deadline
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE sessions s
+SET state = 'ENDED', close_reason = 'IDLE', close_time = coalesce($2::timestamptz, clock_timestamp()),
+    idle_deadline = NULL, remind_time = NULL
+FROM due
+WHERE s.session_id = due.session_id
+RETURNING s.session_id, s.merchant_id, s.assigned_agent_id, s.platform_agent_id, s.order_id, s.category,
+          s.open_time, s.close_time, due.idle_deadline;
 
 -- name: claim_due_reminders
 -- Up to $1 sessions whose reminder is due at $2 (NULL: the database clock).
@@ -36,32 +59,12 @@ FROM due
 WHERE s.session_id = due.session_id
 RETURNING s.session_id, s.merchant_id, s.assigned_agent_id, s.reply_deadline;
 
--- name: lock_agents
-SELECT 1 FROM agents
-WHERE (merchant_id, agent_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))
-ORDER BY merchant_id, agent_id
-FOR UPDATE;
-
--- name: release_assignments
-UPDATE agents a SET open_sessions = a.open_sessions - d.n
-FROM (SELECT m, g, count(*) AS n FROM unnest($1::text[], $2::text[]) AS u(m, g) GROUP BY m, g) d
-WHERE a.merchant_id = d.m AND a.agent_id = d.g;
-
--- name: transcripts
-SELECT session_id, seq, sender, sender_id, kind, client_msg_id, template_id, content, send_time
-FROM messages WHERE session_id = ANY($1::uuid[]) ORDER BY session_id, seq;
-
 -- name: next_wakeup
--- Seconds from $1 (NULL: the database clock) until the nearest deadline or reminder; NULL when none is pending.
+-- Seconds from $1 (NULL: the database clock) until the nearest deadline, reminder or idle deadline
+-- (R12); NULL when none is pending.
 SELECT extract(epoch FROM least(
     (SELECT min(reply_deadline) FROM sessions WHERE reply_deadline IS NOT NULL),
-    (SELECT min(remind_time) FROM sessions WHERE remind_time IS NOT NULL)
+    (SELECT min(remind_time) FROM sessions WHERE remind_time IS NOT NULL),
+    (SELECT min(idle_deadline) FROM sessions
+     WHERE idle_deadline IS NOT NULL AND reply_deadline IS NULL AND state = 'OPEN')
 ) - coalesce($1::timestamptz, clock_timestamp()))::float8 AS seconds;
-
--- name: sessions_by_id
-SELECT s.session_id, s.merchant_id, s.assigned_agent_id, s.platform_agent_id, s.order_id, s.category, s.state,
-       s.close_reason, s.open_time, s.close_time, s.reply_deadline, s.last_seq, s.assignment, t.ticket_id
-FROM sessions s
-LEFT JOIN tickets t ON t.session_id = s.session_id
-WHERE s.session_id = ANY($1::uuid[])
-ORDER BY s.close_time, s.session_id;

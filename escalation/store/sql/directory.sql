@@ -64,7 +64,7 @@ WHERE merchant_id = $1 AND reception_agent IS DISTINCT FROM (agent_id = ANY($2::
 UPDATE reception_settings SET update_time = now() WHERE merchant_id = $1;
 
 -- name: get_reception_settings
-SELECT s.merchant_id, s.reply_timeout_seconds, s.update_time,
+SELECT s.merchant_id, s.reply_timeout_seconds, s.idle_timeout_seconds, s.update_time,
        coalesce(array_agg(e.agent_id ORDER BY e.agent_id) FILTER (WHERE e.reception_agent), '{}') AS reception_agent_ids,
        coalesce(array_agg(e.agent_id ORDER BY e.agent_id) FILTER (WHERE e.eligible), '{}') AS eligible_agent_ids
 FROM reception_settings s
@@ -74,6 +74,11 @@ GROUP BY s.merchant_id;
 
 -- name: update_reply_timeout
 UPDATE reception_settings SET reply_timeout_seconds = $2, update_time = now() WHERE merchant_id = $1;
+
+-- name: update_idle_timeout
+-- SPEC R12. Idle deadlines already running keep their instant (as reply deadlines do on
+-- update_reply_timeout); the next merchant message starts one with the new value.
+UPDATE reception_settings SET idle_timeout_seconds = $2, update_time = now() WHERE merchant_id = $1;
 
 -- name: create_reply_template
 INSERT INTO reply_templates (template_id, merchant_id, title, body) VALUES ($1, $2, $3, $4)

@@ -81,3 +81,7 @@ WHERE m.merchant_id = $1;
 -- name: presence_prune
 -- This server's rows of streams that are no longer live (a release that could not reach the database).
 DELETE FROM agent_presence WHERE server_id = $1 AND stream_id <> ALL($2::uuid[]);
+
+-- name: event_heads
+-- The newest cursor of each merchant $1 (a stream hub's fallback for a lost wake-up, store/signals.py).
+SELECT merchant_id, last_event_cursor AS head FROM merchants WHERE merchant_id = ANY($1::text[]);
