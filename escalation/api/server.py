@@ -21,7 +21,7 @@ from escalation.api.limits import Limits, LimitsInterceptor
 from escalation.api.merchant import MerchantServicer
 from escalation.api.ops import OpsServicer
 from escalation.api.platform import PlatformServicer
-from escalation.api.streams import StreamConfig
+from escalation.api.streams import StreamConfig, connect_frame
 from escalation.api.tls import server_credentials
 from escalation.auth import TokenVerifier
 from escalation.config import ConfigError, Settings
@@ -103,7 +103,7 @@ class Server:
         # True while health reports SERVING: what /readyz answers (observability/http.py).
         self.serving = False
         policy = SessionPolicy.from_settings(settings)
-        self.hub = Hub(dsn or settings.require_database_url(), pool)
+        self.hub = Hub(dsn or settings.require_database_url(), pool, frame=connect_frame)
         streams = StreamConfig(
             heartbeat_seconds=settings.stream_heartbeat_seconds,
             write_timeout_seconds=settings.stream_write_timeout_seconds,

@@ -51,6 +51,12 @@ class StreamConfig:
     hello_timeout_seconds: float = 10.0
 
 
+def connect_frame(event: merchant_pb2.MerchantEvent) -> merchant_pb2.ConnectResponse:
+    """The ``Connect`` frame of one event; the hub builds it once per process and every stream of the
+    merchant writes the same object (realtime/feed.py ``Frame``)."""
+    return merchant_pb2.ConnectResponse(event=event)
+
+
 async def _write(context: Context, frame: pb_message.Message, config: StreamConfig) -> None:
     try:
         await asyncio.wait_for(context.write(frame), config.write_timeout_seconds)

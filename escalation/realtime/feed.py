@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 import asyncpg
 import structlog
+from google.protobuf import message as pb_message
 
 from escalation import errors
 from escalation.domain import limits
@@ -65,13 +66,23 @@ class Access:
             raise errors.ImPermissionRequired()
 
 
+# What a stream writes for one event, built once per feed by a function the API layer supplies (the hub
+# knows no gRPC frame: api/server.py passes one that wraps the event in a ConnectResponse).
+Frame = Callable[[merchant_pb2.MerchantEvent], pb_message.Message]
+
+
+def bare_event(event: merchant_pb2.MerchantEvent) -> pb_message.Message:
+    """The default :data:`Frame`: the event itself (tests of the hub that write no gRPC stream)."""
+    return event
+
+
 @dataclass(frozen=True)
 class Buffered:
     """One event of the log, with the frame every stream writes (built once, shared, never mutated)."""
 
     cursor: int
     agent_id: str | None  # the session's assigned agent when the event was written
-    frame: merchant_pb2.ConnectResponse
+    frame: pb_message.Message
     size: int  # the frame's serialized bytes, for the feed's byte budget
 
 
@@ -97,6 +108,7 @@ class MerchantFeed:
         *,
         agents: Callable[[], Iterable[str]],
         on_read: Callable[[], None],
+        frame: Frame = bare_event,
         keep: int = 1000,
         page_size: int = 200,
         max_bytes: int = limits.FEED_BYTE_BUDGET,
@@ -105,6 +117,7 @@ class MerchantFeed:
         self._pool = pool
         self._agents = agents  # the agents holding a stream of this merchant here, asked at each read
         self._on_read = on_read  # wakes the streams
+        self._frame = frame
         self._keep = keep  # events held in memory (streams further behind read their own pages)
         self._page = page_size
         self._max_bytes = max_bytes
@@ -196,7 +209,7 @@ class MerchantFeed:
             rows = await self._pool.fetch(sql("events_after"), self.merchant_id, after, None, head, self._page)
             if not rows:
                 break
-            fresh += [_buffered(r) for r in rows]
+            fresh += [_buffered(r, self._frame) for r in rows]
             after = rows[-1]["cursor"]
         # Held events stay only if the new ones follow them without a hole; otherwise the feed starts over
         # at what it read (streams before that read their own pages, which also reports expired cursors).
@@ -240,8 +253,8 @@ class MerchantFeed:
             await self._task
 
 
-def _buffered(row: asyncpg.Record) -> Buffered:
-    frame = merchant_pb2.ConnectResponse(event=events.from_row(row))
+def _buffered(row: asyncpg.Record, framed: Frame) -> Buffered:
+    frame = framed(events.from_row(row))
     return Buffered(row["cursor"], row["agent_id"], frame, frame.ByteSize())
 
 

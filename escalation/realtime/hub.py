@@ -33,7 +33,7 @@ import structlog
 
 from escalation.domain import limits
 from escalation.observability import metrics
-from escalation.realtime.feed import MerchantFeed
+from escalation.realtime.feed import Frame, MerchantFeed, bare_event
 from escalation.store import signals
 from escalation.store.queries import sql
 
@@ -107,8 +107,12 @@ class Hub:
         presence_refresh_seconds: float = 15.0,
         feed_keep_events: int = 1000,
         page_size: int = 200,
+        frame: Frame = bare_event,
     ) -> None:
+        """``frame`` builds what a stream writes for an event, once per process (api/server.py: the
+        ``Connect`` frame); the hub itself knows no gRPC message."""
         self._dsn = dsn
+        self._frame = frame
         self._pool = pool
         self._refresh = presence_refresh_seconds
         self._feed_keep = feed_keep_events
@@ -296,6 +300,7 @@ class Hub:
                 self._pool,
                 agents=lambda: (s.agent_id for s in self._by_merchant.get(merchant_id, ()) if s.agent_id),
                 on_read=lambda: self._wake_streams(merchant_id),
+                frame=self._frame,
                 keep=self._feed_keep,
                 page_size=self._page_size,
             )
