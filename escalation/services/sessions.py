@@ -244,7 +244,11 @@ async def add_message(
 
 
 async def mark_read(pool: asyncpg.Pool, caller: Identity, session_id: uuid.UUID, seq: int) -> None:
-    """A merchant read receipt (R8): the read mark only moves forward; the platform sees it live."""
+    """A merchant read receipt (R8): the read mark only moves forward; the platform sees it live.
+
+    Raises SessionNotFound (outside the caller's scope, R9) and, for a merchant caller the directory no
+    longer admits, AgentDisabled or ImPermissionRequired.
+    """
     async with pool.acquire() as conn, conn.transaction():
         s = await _lock_visible(conn, caller, session_id)
         marked = await conn.fetchrow(sql("mark_read"), session_id, seq)
@@ -344,6 +348,10 @@ async def list_sessions(
 async def list_messages(
     pool: asyncpg.Pool, caller: Identity, session_id: uuid.UUID, *, after_seq: int, limit: int
 ) -> list[asyncpg.Record]:
+    """A session's messages with ``seq`` > ``after_seq`` in seq order, at most ``limit`` (AIP-158).
+
+    Raises what :func:`get_session` raises (SessionNotFound outside the caller's scope, R9).
+    """
     async with pool.acquire() as conn:
         await _get_visible(conn, caller, session_id)
         rows: list[asyncpg.Record] = await conn.fetch(sql("list_messages"), session_id, after_seq, limit)
