@@ -352,17 +352,25 @@ def main(argv: Sequence[str] | None = None) -> None:
             settings.require_database_url()
             raise SystemExit(asyncio.run(_outbox_retry(settings, args.outbox_id)))
         elif args.command == "tickets":
-            from escalation.bus.tickets_tail import tail
+            from escalation.bus.tickets_tail import BrokerUnreachable, tail
 
-            asyncio.run(
-                tail(
-                    _kafka_settings(settings),
-                    group_id=args.group,
-                    from_beginning=args.from_beginning,
-                    as_json=args.json,
-                    max_tickets=args.max,
+            try:
+                asyncio.run(
+                    tail(
+                        _kafka_settings(settings),
+                        group_id=args.group,
+                        from_beginning=args.from_beginning,
+                        as_json=args.json,
+                        max_tickets=args.max,
+                    )
                 )
-            )
+            except BrokerUnreachable as exc:
+                print(
+                    f"escalation tickets tail: cannot reach Kafka at {exc.bootstrap} (ESCALATION_KAFKA_BOOTSTRAP)"
+                    " — is `make run` running?",
+                    file=sys.stderr,
+                )
+                raise SystemExit(1) from None
     except (config.ConfigError, tracing.TracingConfigError) as exc:
         _fail_config(str(exc))
     except (MetricsPortInUse, GrpcPortInUse) as exc:

@@ -15,11 +15,20 @@ from collections import OrderedDict
 from typing import TextIO
 
 from aiokafka import TopicPartition
+from aiokafka.errors import KafkaConnectionError
 from google.protobuf import json_format
 
 from escalation.bus import kafka
 from escalation.domain import display
 from escalation.v1 import common_pb2, events_pb2
+
+
+class BrokerUnreachable(Exception):
+    """No Kafka broker answered at the bootstrap address; ``bootstrap`` is that ``host:port`` list."""
+
+    def __init__(self, bootstrap: str) -> None:
+        super().__init__(bootstrap)
+        self.bootstrap = bootstrap
 
 
 class SeenEventIds:
@@ -70,15 +79,22 @@ async def tail(
     max_tickets: int | None,
     out: TextIO = sys.stdout,
 ) -> int:
-    """Prints tickets until interrupted (or ``max_tickets`` distinct ones); returns how many."""
+    """Prints tickets until interrupted (or ``max_tickets`` distinct ones); returns how many.
+
+    Raises BrokerUnreachable when no broker answers at ``settings.bootstrap`` (the consumer is
+    stopped first, so nothing is left unclosed).
+    """
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     consumer = kafka.consumer(settings, kafka.TICKETS_TOPIC, group_id, from_beginning=from_beginning)
-    await consumer.start()
     seen, printed = SeenEventIds(), 0
     try:
+        try:
+            await consumer.start()
+        except KafkaConnectionError:
+            raise BrokerUnreachable(settings.bootstrap) from None
         while not stop.is_set() and (max_tickets is None or printed < max_tickets):
             batches = await consumer.getmany(timeout_ms=500)
             done: dict[TopicPartition, int] = {}
