@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import os
 import random
 import sys
@@ -24,7 +25,7 @@ from datetime import UTC, datetime, timedelta
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from escalation.client import RESOLVED, PlatformClient
+from escalation.client import RESOLVED, ClientError, PlatformClient
 from escalation.devenv import seed
 from escalation.v1 import common_pb2
 
@@ -158,6 +159,7 @@ async def run(
             task = asyncio.create_task(follow(platform, session.session_id, say))
             followers.add(task)
             task.add_done_callback(followers.discard)
+            task.add_done_callback(functools.partial(report_failure, session.session_id, say))
             if count is None or n < count:
                 await asyncio.sleep(interval * rng.uniform(0.7, 1.3))
     finally:
@@ -168,19 +170,41 @@ async def run(
     return opened
 
 
+def report_failure(session_id: str, say: Callable[[str], None], task: asyncio.Task[None]) -> None:
+    """A follower's done-callback: retrieves its exception (so asyncio never reports "Task exception was
+    never retrieved") and says it in one line; a cancelled follower (the demo stopping) says nothing."""
+    if task.cancelled():
+        return
+    exc = task.exception()
+    if exc is not None:
+        say(f"demo platform agent: stopped following session {session_id[:8]}: {exc}")
+
+
 async def follow(
     platform: PlatformClient, session_id: str, say: Callable[[str], None], *, close_after: float = 5.0
 ) -> None:
     """Watches a session it opened: thanks the merchant's first reply and, ``close_after`` seconds
-    later (time to read the thanks at the workbench), closes it RESOLVED; reports how it ended."""
+    later (time to read the thanks at the workbench), closes it RESOLVED; reports how it ended.
+
+    Later merchant messages are left alone: the session is being (or has been) closed. A
+    FAILED_PRECONDITION SESSION_CLOSED while thanking or closing is normal (the reply timeout or another
+    path closed it first); the watch then ends with ``session_ended`` as usual. Raises ClientError for
+    any other failure.
+    """
     short = session_id[:8]
+    answered = False
     async for frame in platform.watch(session_id):
         kind = frame.WhichOneof("event")
-        if kind == "message_added" and frame.message_added.sender == common_pb2.SENDER_MERCHANT:
+        if kind == "message_added" and frame.message_added.sender == common_pb2.SENDER_MERCHANT and not answered:
+            answered = True
             say(f"demo platform agent: {frame.message_added.sender_id} answered session {short}")
-            await platform.send(session_id, text="Thank you, I will tell the buyer.")
-            await asyncio.sleep(close_after)
-            await platform.close(session_id, resolution=RESOLVED)
+            try:
+                await platform.send(session_id, text="Thank you, I will tell the buyer.")
+                await asyncio.sleep(close_after)
+                await platform.close(session_id, resolution=RESOLVED)
+            except ClientError as exc:
+                if exc.reason != "SESSION_CLOSED":
+                    raise
         elif kind == "session_ended":
             ended = frame.session_ended.session
             if ended.ticket_id:

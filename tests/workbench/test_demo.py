@@ -4,14 +4,16 @@ the ones a merchant answered, and the banner tells how to open the workbench as 
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import stat
 import sys
 from pathlib import Path
 
+import grpc
 import jwt
 
-from escalation.client import PlatformClient
+from escalation.client import ESCALATED, ClientError, PlatformClient
 from escalation.devenv import demo, seed
 from escalation.devenv.runner import _demo_note
 from escalation.v1 import common_pb2, merchant_pb2, merchant_pb2_grpc
@@ -112,3 +114,67 @@ async def test_the_demo_agent_without_a_token_says_which_variable(service: Servi
     _, err = await process.communicate()
     assert process.returncode == 2
     assert demo.JWT_VARIABLE in err.decode()
+
+
+async def _merchant_replies(service: Service, session: common_pb2.Session, *bodies: str) -> None:
+    metadata = (("authorization", f"Bearer {service.agent_token(session.assigned_agent_id)}"),)
+    stub = merchant_pb2_grpc.MerchantServiceStub(service.channel)
+    for n, body in enumerate(bodies):
+        await stub.Reply(
+            merchant_pb2.ReplyRequest(
+                session_id=session.session_id,
+                client_msg_id=f"demo-answer-{n}",
+                content=common_pb2.MessageContent(text=common_pb2.Text(body=body)),
+            ),
+            metadata=metadata,
+        )
+
+
+async def test_the_demo_agent_thanks_only_the_first_merchant_reply(service: Service) -> None:
+    """A second merchant message must not make it write into the session it has just closed."""
+    async with PlatformClient(service.target, token=PLATFORM_AGENT_TOKEN) as platform:
+        (opened,) = await demo.run(platform, count=1, interval=0, say=lambda _: None)
+        session = await service.session(opened)
+        await _merchant_replies(service, session, "Yes, it ships today.", "Tracking number follows.", "Done.")
+        lines: list[str] = []
+        async with asyncio.timeout(20):
+            await demo.follow(platform, opened, lines.append, close_after=0)  # replays all three replies
+        closed = await service.session(opened)
+        assert closed.close_reason == common_pb2.CLOSE_REASON_RESOLVED
+        thanks = [m for m in await service.messages(opened) if m.sender == common_pb2.SENDER_PLATFORM]
+        # After the question and the order card: one thanks, however many merchant messages.
+        assert [m.content.text.body for m in thanks][2:] == ["Thank you, I will tell the buyer."]
+        assert sum("answered session" in line for line in lines) == 1
+
+
+async def test_the_demo_agent_takes_a_session_closed_elsewhere_in_its_stride(service: Service) -> None:
+    """Closed by another path (timeout, a person) before the thanks: SESSION_CLOSED is not an error."""
+    async with PlatformClient(service.target, token=PLATFORM_AGENT_TOKEN) as platform:
+        (opened,) = await demo.run(platform, count=1, interval=0, say=lambda _: None)
+        await _merchant_replies(service, await service.session(opened), "Yes.")
+        await platform.close(opened, resolution=ESCALATED)
+        lines: list[str] = []
+        async with asyncio.timeout(20):
+            await demo.follow(platform, opened, lines.append, close_after=0)
+        assert lines[-1].startswith(f"demo platform agent: session {opened[:8]} became ticket ")
+
+
+async def test_a_failed_follower_is_reported_in_one_line_not_left_unretrieved() -> None:
+    lines: list[str] = []
+
+    async def fails() -> None:
+        raise ClientError(grpc.StatusCode.NOT_FOUND, "no such session", reason="SESSION_NOT_FOUND")
+
+    task = asyncio.create_task(fails())
+    task.add_done_callback(functools.partial(demo.report_failure, "0123456789", lines.append))
+    await asyncio.wait([task])
+    await asyncio.sleep(0)  # done-callbacks run on the next loop turn
+    assert lines == [
+        "demo platform agent: stopped following session 01234567: NOT_FOUND SESSION_NOT_FOUND: no such session"
+    ]
+    cancelled = asyncio.create_task(asyncio.sleep(10))
+    cancelled.add_done_callback(functools.partial(demo.report_failure, "x", lines.append))
+    cancelled.cancel()
+    await asyncio.wait([cancelled])
+    await asyncio.sleep(0)
+    assert len(lines) == 1
