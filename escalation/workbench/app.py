@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, tzinfo
 from typing import Any, ClassVar
 
+import grpc
 import structlog
 from rich.console import Console, RenderableType
 from textual import events
@@ -20,6 +21,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Footer, Input, OptionList, Static
 from textual.widgets.option_list import Option
 
+from escalation.client import ClientError
 from escalation.domain.display import one_line
 from escalation.v1 import common_pb2, merchant_pb2
 from escalation.workbench import quick_replies, views
@@ -30,6 +32,16 @@ log = structlog.get_logger(__name__)
 
 # Seconds between attempts to load the first screen while the service is unreachable.
 RETRY_SECONDS = 2.0
+# Answers no retry can change: the token is rejected or lacks the right (SPEC §3 Auth). Every other
+# failure (UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED…) is the service being away or busy.
+FINAL_CODES = frozenset({grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED})
+# `escalation workbench`'s exit status when the service refuses the token (as for bad usage).
+EXIT_REFUSED = 2
+
+
+def is_final(exc: BaseException) -> bool:
+    """True when ``exc`` is an answer retrying would only repeat (FINAL_CODES)."""
+    return isinstance(exc, ClientError) and exc.code in FINAL_CODES
 
 
 def _utc_now() -> datetime:
@@ -100,6 +112,8 @@ class Workbench(App[None]):
         self.tick_seconds = tick_seconds
         self.selected: str | None = None
         self.connection = "connecting"
+        # Why the app stopped on a final answer (FINAL_CODES), for `escalation workbench` to print.
+        self.stopped: str | None = None
         self.templates: list[merchant_pb2.ReplyTemplate] = []
         # Every notice shown and the bells rung, in order: what a person at the desk saw and heard.
         self.notices: list[Notice] = []
@@ -135,7 +149,8 @@ class Workbench(App[None]):
         """Loads the templates and open sessions, then applies the merchant's events as they come.
 
         The SDK reconnects the stream by itself; a unary call failing meanwhile (the service restarting)
-        costs only a refresh, retried with the next event or the resync after the reconnect."""
+        costs only a refresh, retried with the next event or the resync after the reconnect. A final
+        answer (FINAL_CODES: the token refused) stops the app with EXIT_REFUSED and the reason."""
         try:
             for _attempt in itertools.count():
                 if await self._load():
@@ -149,15 +164,25 @@ class Workbench(App[None]):
                     await self._apply(item)
                 self.redraw()
         except Exception as exc:  # the stream gave up (a revoked token, say): say so, keep the screen
-            log.exception("workbench.events_failed")
-            self.connection = f"stopped: {one_line(str(exc))[:80]}"
+            reason = one_line(str(exc))
+            self.connection = f"stopped: {reason[:80]}"
             self.redraw()
+            if is_final(exc):
+                log.warning("workbench.refused", reason=reason)
+                self.stopped = reason
+                self.exit(return_code=EXIT_REFUSED)
+            else:
+                log.exception("workbench.events_failed")
 
     async def _load(self) -> bool:
+        """Loads the first screen; False when the service is away (try again). Raises ClientError for a
+        final answer (FINAL_CODES)."""
         try:
             self.templates = await self.backend.templates()
             await self._resync(replace=True)
         except Exception as exc:  # the service is not up yet: say so and try again
+            if is_final(exc):
+                raise
             self.connection = f"waiting for the service: {one_line(str(exc))[:60]}"
             self.redraw()
             return False

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 from escalation.client import ConnectionState, CursorExpired, FileCursorStore, MerchantClient, TlsOptions
 from escalation.v1 import common_pb2, merchant_pb2
-from escalation.workbench.app import Workbench
+from escalation.workbench.app import EXIT_REFUSED, Workbench
 from escalation.workbench.backend import CursorGap
 from escalation.workbench.state import WorkbenchState
 
@@ -74,12 +75,13 @@ def run(
     tls: bool = False,
     ca_file: Path | None = None,
 ) -> int:
-    """Runs the workbench until the agent quits; returns 0."""
+    """Runs the workbench until the agent quits; returns 0, or EXIT_REFUSED (2) after printing why when
+    the service refused the token (UNAUTHENTICATED, PERMISSION_DENIED: retrying would not help)."""
     state = WorkbenchState(agent_id=agent_id, merchant_id=merchant_id)
     cursor_file.parent.mkdir(parents=True, exist_ok=True)
     options = TlsOptions.from_files(ca=ca_file) if tls or ca_file else None
 
-    async def go() -> None:
+    async def go() -> int:
         shown: list[Workbench] = []
 
         def on_state(connection: ConnectionState, cursor: int | None) -> None:
@@ -93,6 +95,9 @@ def run(
             app = Workbench(SdkBackend(client), state, target=target)
             shown.append(app)
             await app.run_async()
+        if app.stopped is not None:
+            print(f"escalation workbench: stopped: {app.stopped}", file=sys.stderr)
+            return EXIT_REFUSED
+        return 0
 
-    asyncio.run(go())
-    return 0
+    return asyncio.run(go())
