@@ -213,7 +213,8 @@ class Workbench(App[None]):
 
     async def _apply(self, event: merchant_pb2.MerchantEvent) -> None:
         kind = event.WhichOneof("kind")
-        if event.session_id and event.session_id not in self.state.sessions and kind != "session_assigned":
+        carries_session = kind in ("session_assigned", "session_unassigned")
+        if event.session_id and event.session_id not in self.state.sessions and not carries_session:
             # Not seen yet (started without a cursor, or in a resync's gap): fetch it first.
             await self._refresh(event.session_id)
         for notice in self.state.apply(event, self.clock()):
@@ -221,7 +222,11 @@ class Workbench(App[None]):
         if kind == "message_added" and event.message_added.message.sender != common_pb2.SENDER_MERCHANT:
             # R5: the deadline this message set is in no event; the session holds it.
             await self._refresh(event.session_id)
-        if self.selected is None and kind == "session_assigned":
+        if self.selected is not None and self.selected not in self.state.sessions:
+            # The selected session moved to another agent (R13): show the next one.
+            ordered = self.state.ordered(self.clock())
+            await self.select(ordered[0].session_id if ordered else None)
+        elif self.selected is None and kind == "session_assigned":
             await self.select(event.session_id)
         elif event.session_id == self.selected and event.session_id in self.state.sessions:
             await self._read(self.state.sessions[event.session_id])

@@ -96,6 +96,8 @@ class WorkbenchState:
         self.cursor: int | None = None
         # The merchant's reply timeout as last observed (R5: per merchant); R5's default until then.
         self.reply_window_seconds = DEFAULT_REPLY_WINDOW_SECONDS
+        # (session id, step) of every move told already (see _first_word_on_move).
+        self._moves_told: set[tuple[str, int]] = set()
 
     # -- updates ---------------------------------------------------------------------------------
 
@@ -145,6 +147,8 @@ class WorkbenchState:
     def apply(self, event: merchant_pb2.MerchantEvent, now: datetime | None = None) -> list[Notice]:
         """Applies one event of the merchant's log (SPEC R8) and returns what to tell the agent:
         SessionAssigned and ReplyReminder ring the bell; a closed session or a ticket is a quiet notice.
+        A move (R13: SessionAssigned with a step, SessionUnassigned) rings only for the agent receiving
+        it; the agent it left drops it, the main account is told where it went (docs/clients.md).
 
         With ``now``, an event that is news no more rings no bell: a session whose deadline passed, a
         reminder of one, or of a session known to be closed (a workbench resuming after a night away
@@ -153,16 +157,21 @@ class WorkbenchState:
         kind = event.WhichOneof("kind")
         notices: list[Notice] = []
         if kind == "session_assigned":
-            assigned = event.session_assigned.session
-            known = assigned.session_id in self.sessions
-            view = self.upsert_session(assigned)
-            if not known and view.deadline is not None and _assigned_at_open(assigned):
-                # Opened with platform messages: the deadline counts from the open (R5).
-                view.waiting_since = assigned.open_time.ToDatetime(tzinfo=UTC)
-                self._learn_window(view)
-            if view.is_open:
-                live = now is None or view.deadline is None or view.deadline > now
-                notices.append(Notice(view.session_id, f"New session {describe(view.session)}", bell=live))
+            assigned = event.session_assigned
+            if _is_move(assigned.step):
+                notices.extend(self._moved_in(assigned.session, assigned.step, now))
+            else:
+                known = assigned.session.session_id in self.sessions
+                view = self.upsert_session(assigned.session)
+                if not known and view.deadline is not None:
+                    # Opened with platform messages: the deadline counts from the open (R5).
+                    view.waiting_since = assigned.session.open_time.ToDatetime(tzinfo=UTC)
+                    self._learn_window(view)
+                if view.is_open:
+                    live = now is None or view.deadline is None or view.deadline > now
+                    notices.append(Notice(view.session_id, f"New session {describe(view.session)}", bell=live))
+        elif kind == "session_unassigned":
+            notices.extend(self._moved_out(event.session_unassigned.session, event.session_unassigned.step))
         elif kind == "message_added":
             self.add_message(event.message_added.message)
         elif kind == "reply_reminder":
@@ -200,6 +209,42 @@ class WorkbenchState:
                 # This agent's read mark, maybe from another of its workbenches: unread counts agree.
                 view_or_none.read_seq = max(view_or_none.read_seq, receipt.seq)
         return notices
+
+    def _moved_in(
+        self, session: common_pb2.Session, step: common_pb2.AssignmentStep, now: datetime | None
+    ) -> list[Notice]:
+        """A SessionAssigned of a move (R13). The receiving agent gets new work (bell, unless no longer
+        news); the main account, which saw the session already, only learns where it went."""
+        first_word = self._first_word_on_move(session.session_id, step)
+        view = self.upsert_session(session)
+        if not first_word or not view.is_open:
+            return []
+        if step.to_agent_id == self.agent_id:
+            live = now is None or view.deadline is None or view.deadline > now
+            text = f"Transferred to you from {one_line(step.from_agent_id)}: {describe(view.session)}"
+            return [Notice(view.session_id, text, bell=live)]
+        return [Notice(view.session_id, moved_line(session.session_id, step.to_agent_id), bell=False)]
+
+    def _moved_out(self, session: common_pb2.Session, step: common_pb2.AssignmentStep) -> list[Notice]:
+        """A SessionUnassigned (R13): the agent it left drops it from its list (the session is no longer
+        its own to answer); the main account keeps it, now with its new agent."""
+        first_word = self._first_word_on_move(session.session_id, step)
+        if step.from_agent_id == self.agent_id and step.to_agent_id != self.agent_id:
+            self.sessions.pop(session.session_id, None)
+        else:
+            self.upsert_session(session)
+        if not first_word:
+            return []
+        return [Notice(session.session_id, moved_line(session.session_id, step.to_agent_id), bell=False)]
+
+    def _first_word_on_move(self, session_id: str, step: common_pb2.AssignmentStep) -> bool:
+        """True the first time this move is seen: the main account gets both a SessionUnassigned and a
+        SessionAssigned for it, and one notice is enough."""
+        key = (session_id, step.step)
+        if key in self._moves_told:
+            return False
+        self._moves_told.add(key)
+        return True
 
     def replace_open(self, sessions: list[common_pb2.Session]) -> None:
         """After CURSOR_EXPIRED (docs/clients.md): the open sessions are exactly ``sessions`` now; a
@@ -245,10 +290,11 @@ class WorkbenchState:
             self.reply_window_seconds = window
 
 
-def _assigned_at_open(session: common_pb2.Session) -> bool:
-    """Whether this assignment is the one made when the session opened (not a later transfer, R13)."""
-    decided = session.assignment.decide_time.ToNanoseconds()
-    return not session.assignment.HasField("decide_time") or abs(decided - session.open_time.ToNanoseconds()) < 1e9
+def _is_move(step: common_pb2.AssignmentStep) -> bool:
+    """Whether a SessionAssigned is a transfer or re-assignment (SPEC R13: step 1, 2, …), not the
+    assignment made when the session opened (the step is unset then; Session.assignment is always the
+    decision at open, whatever moved later, so it cannot tell)."""
+    return step.step > 0
 
 
 _M = TypeVar("_M", common_pb2.Session, common_pb2.Message)
@@ -272,6 +318,11 @@ def describe(session: common_pb2.Session) -> str:
     if session.order_id:
         parts.append(one_line(session.order_id))
     return " · ".join(parts)
+
+
+def moved_line(session_id: str, agent_id: str) -> str:
+    """``"3f2a9c1e moved to agent-2"``: where a transferred or re-assigned session went (R13)."""
+    return f"{short_id(session_id)} moved to {one_line(agent_id)}"
 
 
 def closed_line(session: common_pb2.Session) -> str:
