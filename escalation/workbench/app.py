@@ -118,6 +118,8 @@ class Workbench(App[None]):
         # Every notice shown and the bells rung, in order: what a person at the desk saw and heard.
         self.notices: list[Notice] = []
         self.bells = 0
+        # The notice on the notice line now (None: the line is empty).
+        self.notice_line: Notice | None = None
         self._history_loaded: set[str] = set()
         # The session list's rows as last drawn: (session id, height in lines), top to bottom.
         self._rows: list[tuple[str, int]] = []
@@ -222,6 +224,8 @@ class Workbench(App[None]):
         if kind == "message_added" and event.message_added.message.sender != common_pb2.SENDER_MERCHANT:
             # R5: the deadline this message set is in no event; the session holds it.
             await self._refresh(event.session_id)
+        elif kind == "message_added":
+            self._replied(event.session_id)
         if self.selected is not None and self.selected not in self.state.sessions:
             # The selected session moved to another agent (R13): show the next one.
             ordered = self.state.ordered(self.clock())
@@ -243,11 +247,20 @@ class Workbench(App[None]):
 
     def _show(self, notice: Notice) -> None:
         self.notices.append(notice)
+        self.notice_line = notice
         self.query_one("#notice", Static).update(notice.text)
         self.notify(notice.text, markup=False, severity="warning" if notice.bell else "information")
         if notice.bell:
             self.bells += 1
             self.bell()
+
+    def _replied(self, session_id: str) -> None:
+        """A merchant reply to ``session_id`` landed (this workbench's or another's): its "Reply due
+        by …" is answered, so the notice line drops it (any other notice stays)."""
+        shown = self.notice_line
+        if shown is not None and shown.reply_due and shown.session_id == session_id:
+            self.notice_line = None
+            self.query_one("#notice", Static).update("")
 
     # -- selection and reading ---------------------------------------------------------------------
 
@@ -348,6 +361,7 @@ class Workbench(App[None]):
             self.redraw()
             return False
         self.state.add_message(message)
+        self._replied(session_id)
         self.redraw()
         return True
 

@@ -49,6 +49,8 @@ class Notice:
     session_id: str
     text: str
     bell: bool
+    # A ReplyReminder's "Reply due by …": stale once a merchant reply to the session lands.
+    reply_due: bool = False
 
 
 @dataclass
@@ -186,6 +188,7 @@ class WorkbenchState:
                     event.reply_reminder.session_id,
                     f"Reply due by {deadline:%H:%M:%S} UTC: session {short_id(event.reply_reminder.session_id)}",
                     bell=live,
+                    reply_due=True,
                 )
             )
         elif kind == "session_closed":
