@@ -22,6 +22,7 @@ from google.protobuf import json_format
 
 from escalation.client import ESCALATED, RESOLVED, ClientError, PlatformClient, TlsOptions
 from escalation.consoles import render
+from escalation.consoles.refusal import refusal_lines
 from escalation.v1 import common_pb2
 
 DEFAULT_TARGET = "localhost:50051"
@@ -264,7 +265,7 @@ COMMANDS: dict[str, Callable[[PlatformClient, argparse.Namespace, Out], Coroutin
 }
 
 
-def _refused(err: ClientError, as_json: bool) -> None:
+def _refused(err: ClientError, as_json: bool, target: str) -> None:
     if as_json:
         error = {
             "code": err.code.name,
@@ -275,9 +276,8 @@ def _refused(err: ClientError, as_json: bool) -> None:
         }
         print(json.dumps({"error": error}, ensure_ascii=False), file=sys.stderr)
         return
-    print(f"escalation platform: {err.code.name} {err.reason}: {err.message}".rstrip(), file=sys.stderr)
-    for violation in err.violations:
-        print(f"  {violation.field}: {violation.description}", file=sys.stderr)
+    first, *rest = refusal_lines(err, target)
+    print(f"escalation platform: {first}", *rest, sep="\n", file=sys.stderr)
 
 
 def _print_line(line: str) -> None:
@@ -297,7 +297,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"escalation platform {args.platform_command}: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except ClientError as err:
-        _refused(err, args.json)
+        _refused(err, args.json, args.target)
         return EXIT_REFUSED
     except KeyboardInterrupt:
         return 130

@@ -82,8 +82,13 @@ def session(s: common_pb2.Session) -> str:
     if s.state == common_pb2.SESSION_STATE_ENDED:
         reason = _enum(s.close_reason, common_pb2.CloseReason, "CLOSE_REASON_")
         ticket = f", ticket {s.ticket_id}" if s.ticket_id else ""
-        return f"{head}  ENDED {reason}{ticket}  ({s.last_seq} messages)"
-    return f"{head}  OPEN, {deadline(s)}  ({s.last_seq} messages)"
+        return f"{head}  ENDED {reason}{ticket}  ({count(s.last_seq, 'message')})"
+    return f"{head}  OPEN, {deadline(s)}  ({count(s.last_seq, 'message')})"
+
+
+def count(n: int, noun: str) -> str:
+    """``"1 message"``, ``"0 messages"``, ``"2 messages"``: English plural for a regular noun."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def watched(frame: platform_pb2.WatchSessionResponse) -> str:

@@ -22,6 +22,7 @@ from textual.widgets import Footer, Input, OptionList, Static
 from textual.widgets.option_list import Option
 
 from escalation.client import ClientError
+from escalation.consoles.refusal import refusal_lines
 from escalation.domain.display import one_line
 from escalation.v1 import common_pb2, merchant_pb2
 from escalation.workbench import quick_replies, views
@@ -166,7 +167,7 @@ class Workbench(App[None]):
                     await self._apply(item)
                 self.redraw()
         except Exception as exc:  # the stream gave up (a revoked token, say): say so, keep the screen
-            reason = one_line(str(exc))
+            reason = self._why(exc)
             self.connection = f"stopped: {reason[:80]}"
             self.redraw()
             if is_final(exc):
@@ -185,10 +186,16 @@ class Workbench(App[None]):
         except Exception as exc:  # the service is not up yet: say so and try again
             if is_final(exc):
                 raise
-            self.connection = f"waiting for the service: {one_line(str(exc))[:60]}"
+            self.connection = f"waiting for the service: {self._why(exc)[:80]}"
             self.redraw()
             return False
         return True
+
+    def _why(self, exc: Exception) -> str:
+        """One line on why a call failed (escalation/consoles/refusal.py for a ClientError)."""
+        if isinstance(exc, ClientError):
+            return one_line(refusal_lines(exc, self.target or "the service")[0])
+        return one_line(str(exc))
 
     async def _resync(self, *, replace: bool, sessions: tuple[common_pb2.Session, ...] | None = None) -> None:
         """Reloads the open sessions: ``replace`` after CURSOR_EXPIRED (what is not listed ended in the

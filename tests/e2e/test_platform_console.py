@@ -11,6 +11,7 @@ import grpc
 import pytest
 
 from escalation.client import MerchantClient
+from escalation.devenv.ports import free_port
 from tests.e2e import harness, replicas
 from tests.integration.grpc_harness import token
 from tests.integration.sessions_harness import make_shop
@@ -112,6 +113,21 @@ async def test_console_reports_a_refusal_with_reason_and_fields_and_exit_status_
         error = json.loads(refused.stderr)["error"]
         assert (error["code"], error["reason"]) == ("INVALID_ARGUMENT", "INVALID_FIELDS")
         assert [v["field"] for v in error["violations"]] == ["session_id"]
+        # As a person reads it: the field violation once (the message states it; no second line).
+        refused = harness.run([*PLATFORM, "send", "not-a-session", "--target", server.grpc_addr, "--text", "hi"], env)
+        assert refused.returncode == 1
+        assert refused.stderr.startswith("escalation platform: INVALID_ARGUMENT INVALID_FIELDS: "), refused.stderr
+        assert refused.stderr.count("session_id") == 1, refused.stderr
         no_token = harness.run([*PLATFORM, "list", "--target", server.grpc_addr], harness.clean_env())
         assert no_token.returncode == 2
         assert "PLATFORM_TOKEN" in no_token.stderr
+
+
+@pytest.mark.parametrize("host", ["localhost", "127.0.0.1"])
+@pytest.mark.parametrize("command", [["list"], ["send", "3f2a9c1e-0000-4000-8000-000000000000", "--text", "hi"]])
+def test_console_without_a_service_names_the_address_and_the_option(host: str, command: list[str]) -> None:
+    target = f"{host}:{free_port()}"  # nothing listens there
+    env = harness.clean_env(PLATFORM_TOKEN=token("platform", "pa-1"))
+    refused = harness.run([*PLATFORM, *command, "--target", target], env)
+    assert refused.returncode == 1
+    assert refused.stderr == f"escalation platform: cannot reach {target} — is the service running? (--target)\n"

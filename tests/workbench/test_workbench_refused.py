@@ -34,9 +34,8 @@ REFUSED = {
 
 def _workbench(target: str, bearer: str) -> tuple[MerchantClient, Workbench]:
     client = MerchantClient(target, token=bearer, cursor_store=MemoryCursorStore())
-    app = Workbench(
-        SdkBackend(client), WorkbenchState(agent_id=AGENT, merchant_id=MERCHANT), clock=Clock(), tick_seconds=0
-    )
+    state = WorkbenchState(agent_id=AGENT, merchant_id=MERCHANT)
+    app = Workbench(SdkBackend(client), state, target=target, clock=Clock(), tick_seconds=0)
     return client, app
 
 
@@ -59,6 +58,7 @@ async def test_a_service_that_is_away_is_waited_for(service: Service) -> None:
     service.server = None
     client, app = _workbench(service.target, token("merchant", seed.DEMO_AGENTS[0], MERCHANT))
     async with client, app.run_test(size=SIZE) as pilot:
-        await until(pilot, lambda: app.connection.startswith("waiting for the service: UNAVAILABLE"), "a wait")
+        wanted = f"waiting for the service: cannot reach {service.target} — is the service running? (--target)"
+        await until(pilot, lambda: app.connection == wanted, "a wait")
         assert app.stopped is None
         assert app.is_running
