@@ -41,16 +41,27 @@ def claims(token: str) -> tuple[str, str]:
     """(agent id, merchant id) as the token says, read without verifying it: only to label the screen
     and name the cursor file; the service verifies the token on every call (SPEC §3 Auth).
 
-    Raises ValueError when the token is not a JWT or names no agent and merchant.
+    Raises ValueError when the token is not a JWT, or lacks the sub or merchant_id claim (saying which,
+    and the token's role: a platform or ops token has no merchant_id).
     """
     try:
         payload = jwt.decode(token, options={"verify_signature": False})
     except jwt.PyJWTError as exc:
         raise ValueError(f"the token is not a JWT: {exc}") from None
     sub, merchant = payload.get("sub"), payload.get("merchant_id")
-    if not isinstance(sub, str) or not isinstance(merchant, str) or not sub or not merchant:
-        raise ValueError("the token has no sub and merchant_id: a merchant agent's token is needed")
-    return sub, merchant
+    if isinstance(sub, str) and sub and isinstance(merchant, str) and merchant:
+        return sub, merchant
+    # Say which claim is missing: a platform or ops token has a sub, only no shop.
+    missing = [
+        name for name, value in (("sub", sub), ("merchant_id", merchant)) if not value or not isinstance(value, str)
+    ]
+    role = payload.get("role")
+    of_role = f" (role {role})" if isinstance(role, str) and role else ""
+    claims_word = "claim" if len(missing) == 1 else "claims"
+    raise ValueError(
+        f"this token has no {' and no '.join(missing)} {claims_word}{of_role}: "
+        "the workbench needs a merchant agent's token"
+    )
 
 
 def _safe(part: str) -> str:

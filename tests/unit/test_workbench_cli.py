@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import jwt
 import pytest
 
 from escalation import auth, cli
@@ -49,3 +50,30 @@ def test_an_unset_token_variable_is_bad_usage(
         cli.main(["workbench", "--token", mint(auth.Role.PLATFORM, "pa-1")])
     assert caught.value.code == 2
     assert "merchant agent" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("token", "said"),
+    [
+        (
+            mint(auth.Role.PLATFORM, "pa-1"),
+            "this token has no merchant_id claim (role platform): the workbench needs a merchant agent's token",
+        ),
+        (
+            mint(auth.Role.OPS, "ops-1"),
+            "this token has no merchant_id claim (role ops): the workbench needs a merchant agent's token",
+        ),
+        (
+            jwt.encode({"merchant_id": "demo-shop", "role": "merchant"}, SECRET),
+            "this token has no sub claim (role merchant): the workbench needs a merchant agent's token",
+        ),
+        (
+            jwt.encode({}, SECRET),
+            "this token has no sub and no merchant_id claims: the workbench needs a merchant agent's token",
+        ),
+    ],
+)
+def test_a_token_without_a_shop_says_which_claim_is_missing(token: str, said: str) -> None:
+    with pytest.raises(ValueError, match="claim") as caught:
+        claims(token)
+    assert str(caught.value) == said
