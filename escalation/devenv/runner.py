@@ -74,6 +74,10 @@ class DevPorts:
         ):
             host, _, port = addr.rpartition(":")
             ensure_free(host, int(port), what, var)
+        # The workers serve their metrics on the next ports (see run(): metrics port + 1, + 2, …).
+        host, _, port = self.metrics_addr.rpartition(":")
+        for offset, name in enumerate(WORKERS, start=1):
+            ensure_free(host, int(port) + offset, f"metrics of worker {name}", "ESCALATION_METRICS_ADDR")
 
     @property
     def grpc_port(self) -> int:

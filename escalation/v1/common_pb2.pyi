@@ -622,7 +622,7 @@ class Session(_message.Message):
     @_builtins.property
     def assignment_history(self) -> _containers.RepeatedCompositeFieldContainer[Global___AssignmentStep]:
         """Output only. Every step of the session's assignment, oldest first: the initial assignment, then
-        each transfer and re-assignment (SPEC R13). Filled by GetSession; empty in events and lists.
+        each transfer and re-assignment (SPEC R13). Filled by GetSession and TransferSession; empty in events and lists.
         """
 
     def __init__(
