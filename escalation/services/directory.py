@@ -19,6 +19,7 @@ from escalation import errors
 from escalation.auth import Identity, Role
 from escalation.domain.reception import DEFAULT_CAPACITY
 from escalation.services import callers, moves
+from escalation.store import signals
 from escalation.store.queries import sql
 
 
@@ -84,9 +85,13 @@ async def _reassign(conn: asyncpg.Connection, merchant_id: str, actor: Identity)
 
 
 async def _after_commit(pool: asyncpg.Pool, merchant_id: str, done: moves.Reassigned, actor: Identity) -> None:
-    """The sessions a writer held during the change, re-assigned now in the usual lock order."""
+    """The sessions a writer held during the change, re-assigned now in the usual lock order; then the
+    wake-up of the merchant's streams for every move (store/signals.py: events are announced after the
+    commit, SPEC R8)."""
     if done.held:
         await moves.reassign_held(pool, merchant_id=merchant_id, session_ids=done.held, actor=actor)
+    if done.moved or done.held:
+        signals.touch(pool, merchant_id)
 
 
 async def upsert_merchant(

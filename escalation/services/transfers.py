@@ -14,6 +14,7 @@ from escalation.domain.assignment import MoveReason
 from escalation.domain.session import State
 from escalation.services import callers, moves, sessions
 from escalation.services.directory import MerchantScope
+from escalation.store import signals
 from escalation.store.queries import sql
 
 
@@ -92,7 +93,7 @@ async def transfer_session(pool: asyncpg.Pool, target: MerchantScope, req: Trans
                 request_hash=req.request_hash,
             )
             await moves.apply(conn=conn, moves=[move], actor=caller)
-            return await _view(conn, req.session_id)
+            view = await _view(conn, req.session_id)
     except asyncpg.UniqueViolationError as exc:
         # The same request id for another session at the same moment: the other transaction won.
         if exc.constraint_name != "session_assignments_request_id":
@@ -101,6 +102,10 @@ async def transfer_session(pool: asyncpg.Pool, target: MerchantScope, req: Trans
             prior = await _replayed(conn, target, req)
             assert prior is not None, "the row that won the index is committed"
             return prior
+    else:
+        # After the commit: both agents' streams and the platform's WatchSession hear of it now (R8).
+        signals.touch(pool, target.merchant_id)
+        return view
 
 
 def _main_account_or_ops(caller: Identity, merchant: asyncpg.Record) -> None:

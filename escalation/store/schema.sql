@@ -186,6 +186,15 @@ DECLARE
     reason_number int := pb_close_reason(p_reason);
     per record;
 BEGIN
+    -- Merchant rows first, in one order, before anything else: the ticket inserts below take a
+    -- foreign-key lock on their merchant row in close order, and the events' cursor update locks it
+    -- again, so a batch of several merchants (the deadline worker's) took them out of order and
+    -- deadlocked with OpenSession (FOR UPDATE of its merchant) and another worker's batch. NO KEY
+    -- UPDATE: the key never changes, and it still queues behind (and ahead of) OpenSession's lock.
+    PERFORM 1 FROM merchants mm
+    WHERE mm.merchant_id IN (SELECT ss.merchant_id FROM sessions ss WHERE ss.session_id = ANY(p_session_ids))
+    ORDER BY mm.merchant_id COLLATE "C"
+    FOR NO KEY UPDATE;
     IF p_makes_ticket THEN
         FOR s IN SELECT * FROM sessions ss WHERE ss.session_id = ANY(p_session_ids)
                  ORDER BY ss.close_time, ss.session_id

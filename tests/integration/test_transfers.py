@@ -423,3 +423,27 @@ async def test_a_main_account_that_moves_hands_its_sessions_to_the_new_one(
         "ops",
     )
     assert await assert_counts_are_true(pool, "shop-a") == {"new-main": 1}
+
+
+async def test_a_transfer_wakes_the_streams_after_its_commit(
+    pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Since migration 0009 nothing NOTIFYs from a writing transaction: a transfer must send its own
+    wake-up after the commit (store/signals.py). With the hub's head poll pushed to a minute, the new
+    agent still hears of the move at once (found by a review: transfers waited for the 1 s poll)."""
+    from escalation.domain import limits
+
+    monkeypatch.setattr(limits, "SIGNAL_POLL_SECONDS", 60.0)
+    async with running_server(pool) as ch:
+        await make_shop(ch, agents={SUB1: 10, SUB2: 10})
+        platform = platform_pb2_grpc.PlatformServiceStub(ch)
+        admin = admin_pb2_grpc.MerchantAdminServiceStub(ch)
+        for n in range(2):
+            opened = await _open(platform)
+            new = SUB2 if opened.assigned_agent_id == SUB1 else SUB1
+            call = await live(pool, ch, sub(new))
+            await admin.TransferSession(transfer(opened.session_id, new, request_id=f"wake-{n}"), metadata=MAIN)
+            event = await next_event(call, wait=5.0)  # the head poll would take 60 s
+            assert event.WhichOneof("kind") == "session_assigned"
+            assert event.session_id == opened.session_id
+            call.cancel()
