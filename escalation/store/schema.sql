@@ -186,15 +186,6 @@ DECLARE
     reason_number int := pb_close_reason(p_reason);
     per record;
 BEGIN
-    -- Merchant rows first, in one order, before anything else: the ticket inserts below take a
-    -- foreign-key lock on their merchant row in close order, and the events' cursor update locks it
-    -- again, so a batch of several merchants (the deadline worker's) took them out of order and
-    -- deadlocked with OpenSession (FOR UPDATE of its merchant) and another worker's batch. NO KEY
-    -- UPDATE: the key never changes, and it still queues behind (and ahead of) OpenSession's lock.
-    PERFORM 1 FROM merchants mm
-    WHERE mm.merchant_id IN (SELECT ss.merchant_id FROM sessions ss WHERE ss.session_id = ANY(p_session_ids))
-    ORDER BY mm.merchant_id COLLATE "C"
-    FOR NO KEY UPDATE;
     IF p_makes_ticket THEN
         FOR s IN SELECT * FROM sessions ss WHERE ss.session_id = ANY(p_session_ids)
                  ORDER BY ss.close_time, ss.session_id
@@ -368,7 +359,9 @@ BEGIN
     SELECT m.disabled, rs.reply_timeout_seconds INTO merchant
     FROM merchants m JOIN reception_settings rs ON rs.merchant_id = m.merchant_id
     WHERE m.merchant_id = p_merchant_id
-    FOR UPDATE OF m;
+    -- NO KEY UPDATE (0015): still one open at a time per shop (it conflicts with itself), but not with
+    -- the KEY SHARE a ticket or session insert takes on its merchant row (foreign key).
+    FOR NO KEY UPDATE OF m;
     merchant_found := FOUND;
     SELECT s.session_id, s.request_hash INTO prior FROM sessions s
     WHERE s.platform_agent_id = p_platform_agent_id AND s.request_id = p_request_id;

@@ -139,6 +139,15 @@ class Run:
                     else:
                         await self._open_loop(channel, serve)
                 self.env.stop_child(serve)
+            elif self.only == "deadlines":
+                late = await self.step("5. deadlines", lambda: deadlines.run_deadlines(self.env, self.sizes))
+                self.verdicts.deadlines(late)
+            elif self.only == "streams":
+                memory = await self.step(
+                    f"8. {self.sizes.memory_streams:,} merchant streams on one server process",
+                    lambda: realtime.stream_memory(self.env, self.sizes, api_url),
+                )
+                self.verdicts.memory(memory)
             elif self.only == "fan-out":
                 serve, addr = await self.env.serve("escalation-serve", api_url)
                 fan = await self.step(
@@ -339,7 +348,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument(
         "--only",
-        choices=["throughput", "open-loop", "sql-ceiling", "fan-out", "isolation"],
+        choices=["throughput", "open-loop", "sql-ceiling", "fan-out", "deadlines", "streams", "isolation"],
         help="run one part only (the merchants are still set up): throughput = echo, OpenSession (50 merchants, "
         "one merchant, open loop), SendMessage and the SQL ceiling",
     )

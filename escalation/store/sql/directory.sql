@@ -25,7 +25,9 @@ SET main_account = true, im_permission = true, update_time = now()
 WHERE NOT agents.main_account OR NOT agents.im_permission;
 
 -- name: lock_merchant
-SELECT merchant_id, main_account_id, disabled FROM merchants WHERE merchant_id = $1 FOR UPDATE;
+-- NO KEY UPDATE: serializes with OpenSession and other changes of the shop, not with the foreign-key
+-- KEY SHARE locks of ticket and session inserts (migration 0015).
+SELECT merchant_id, main_account_id, disabled FROM merchants WHERE merchant_id = $1 FOR NO KEY UPDATE;
 
 -- name: get_merchant
 SELECT merchant_id, main_account_id, disabled FROM merchants WHERE merchant_id = $1;
